@@ -1,0 +1,46 @@
+# Developer verbs for eve_lightning. `make help` lists them.
+#
+# The first `make test` (or `make install`) creates .venv and installs the package with its dev extra.
+# By default it installs the CPU build of torch pinned below, so no step pulls a multi-GB CUDA build.
+# GPU users: `make install TORCH_SPEC="torch==2.5.1 --index-url <your index>"` chooses another torch,
+# `make install TORCH_SPEC= VENV_FLAGS=--system-site-packages` keeps the torch already on the machine.
+
+PYTHON ?= python3
+VENV ?= .venv
+VENV_FLAGS ?=
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev
+PYTEST_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help install test test-gpu lint format clean
+
+help:  ## list the verbs
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@if [ -n "$(TORCH_SPEC)" ]; then echo "installing $(TORCH_SPEC)"; $(BIN)/python -m pip install -q $(TORCH_SPEC); fi
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install eve_lightning (+ dev tools)
+
+test: $(STAMP)  ## run the CPU test suite (GPU tests skip themselves)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-gpu: $(STAMP)  ## run only the GPU tests (on a machine with CUDA)
+	$(BIN)/python -m pytest -q -m gpu $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff check + format check
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: $(STAMP)  ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests
+
+clean:  ## remove caches (keeps .venv)
+	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
