@@ -1,0 +1,72 @@
+"""Factories that Hydra configs call: the training model (VLM + frozen teacher) and its parts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eve_lightning.models.clip_teacher import ClipTeacher, build_teacher
+from eve_lightning.models.eve_vlm import EveConfig, EveOutput, EveVLM
+from eve_lightning.models.llm import build_llm
+
+
+def teacher_cell_mask(teacher_pixel_mask: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Valid teacher cells: [N, S, S] pixel mask -> bool [N, (S/p)^2] (cells fully inside the band)."""
+    pooled = F.avg_pool2d(teacher_pixel_mask.float().unsqueeze(1), patch_size)  # [N, 1, g, g]
+    return (pooled > 0.5).flatten(1)
+
+
+class EveWithTeacher(nn.Module):
+    """The training model: EveVLM plus the frozen CLIP teacher that gives the alignment targets."""
+
+    def __init__(self, vlm: EveVLM, teacher: ClipTeacher | None = None) -> None:
+        super().__init__()
+        self.vlm = vlm
+        self.teacher = teacher
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> EveOutput:
+        """Losses for a collated batch (keys of `eve_lightning.constants`)."""
+        features = cell_mask = None
+        if self.teacher is not None and self.vlm.aligner is not None and "teacher_pixel_values" in batch:
+            rows = EveVLM.image_rows(batch["input_ids"], batch["attention_mask"])
+            if rows.numel():
+                features = self.teacher(batch["teacher_pixel_values"][rows])  # [N, g_t^2, C]
+                if "teacher_pixel_mask" in batch:
+                    cell_mask = teacher_cell_mask(batch["teacher_pixel_mask"][rows], self.vlm.config.teacher_patch_size)
+        return self.vlm(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            pixel_values=batch.get("pixel_values"),
+            pixel_mask=batch.get("pixel_mask"),
+            teacher_features=features,
+            teacher_cell_mask=cell_mask,
+        )
+
+
+def build_eve_model(
+    llm: dict[str, Any], eve: dict[str, Any] | None = None, teacher: dict[str, Any] | None = None
+) -> EveWithTeacher:
+    """Build VLM and (when the alignment loss is on) teacher from plain dicts.
+
+    Args:
+        llm: `build_llm` arguments (path | config, dtype, attn_implementation).
+        eve: `EveConfig` fields. The teacher's width, image size and patch size are taken from the teacher.
+        teacher: `build_teacher` arguments (path | config, select_layer, dtype); ignored when
+            `eve.align_weight` is 0, in which case no teacher is built or loaded.
+    """
+    cfg = EveConfig(**(eve or {}))
+    tmodel = None
+    if cfg.align_weight > 0:
+        if teacher is None:
+            raise ValueError("model.align_weight > 0 needs a model.teacher (path or config); or set it to 0")
+        tmodel = build_teacher(**teacher)
+        tcfg = tmodel.clip.config
+        cfg.teacher_hidden = tcfg.hidden_size
+        cfg.teacher_image_size = tcfg.image_size
+        cfg.teacher_patch_size = tcfg.patch_size
+    vlm = EveVLM(build_llm(**llm), cfg)
+    return EveWithTeacher(vlm, tmodel)

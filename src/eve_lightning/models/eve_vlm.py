@@ -1,0 +1,350 @@
+"""EveVLM: the decoder-only VLM (PEL -> projector -> token splice -> decoder LLM), with its training losses.
+
+One forward serves training and inference prefill:
+  * image tokens of every image row are computed in one batched PEL call and spliced at the row's
+    IMAGE_TOKEN_INDEX placeholder (one image per row at most); rows are re-laid out with a cumulative-sum
+    position map, then truncated to `max_length` *after* expansion (truncated tokens are counted);
+  * the decoder runs once; hooks capture only the hidden states the aligner reads, only at image cells;
+  * logits are computed only at supervised positions (never full-vocab logits for image tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, TEACHER_IMAGE_SIZE
+from eve_lightning.models.losses import causal_lm_loss, cosine_alignment_loss
+from eve_lightning.models.patch_aligner import PatchAligner
+from eve_lightning.models.patch_embedding import PatchEmbedding, token_layout
+from eve_lightning.models.projector import Projector
+
+
+@dataclass
+class EveConfig:
+    """Hyperparameters of the EVE parts around the LLM (the LLM keeps its own HF config).
+
+    Attributes:
+        image_size: EVE canvas side in px (672 or 1344).
+        patch_size: conv patch in px (14).
+        pool_stride: local-attention pooling window in patches (2).
+        vision_hidden: PEL width (1024 in EVE-7B).
+        vision_heads: heads of both PEL attentions (8).
+        projector_type: "mlp2x_gelu".
+        max_length: sequence cap after image expansion (2048; 4096 for HD SFT).
+        align_weight: weight of the alignment loss; 0 builds no aligner (and the trainer no teacher).
+        align_layer_interval: aligner reads every k-th hidden state from the top (4).
+        align_heads: heads of the aligner's layer-wise cross-attention (8).
+        teacher_hidden: teacher feature width (1024 for CLIP ViT-L).
+        teacher_image_size: teacher view side in px (336).
+        teacher_patch_size: teacher patch in px (14).
+        check_alignment: verify per image that the aligned cells are exactly the teacher's valid cells.
+    """
+
+    image_size: int = 672
+    patch_size: int = 14
+    pool_stride: int = 2
+    vision_hidden: int = 1024
+    vision_heads: int = 8
+    projector_type: str = "mlp2x_gelu"
+    max_length: int = 2048
+    align_weight: float = 1.0
+    align_layer_interval: int = 4
+    align_heads: int = 8
+    teacher_hidden: int = 1024
+    teacher_image_size: int = TEACHER_IMAGE_SIZE
+    teacher_patch_size: int = 14
+    check_alignment: bool = True
+
+    @property
+    def canvas_grid(self) -> int:
+        return self.image_size // (self.patch_size * self.pool_stride)
+
+    @property
+    def teacher_grid(self) -> int:
+        return self.teacher_image_size // self.teacher_patch_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class MultimodalInputs:
+    """Decoder inputs after image expansion (right-padded unless asked otherwise).
+
+    Attributes:
+        inputs_embeds: [B, L', H].
+        attention_mask: bool [B, L'].
+        position_ids: [B, L'].
+        labels: [B, L'] or None.
+        image_rows: [N] batch row of each image.
+        cell_rows, cell_pos: [M] row and sequence position of every image cell token of a complete image.
+        cell_teacher: [M] teacher cell id (image * g_t^2 + row * g_t + col) of those tokens.
+        n_truncated: tokens dropped by the max-length cap, per row [B].
+    """
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor | None
+    image_rows: torch.Tensor
+    cell_rows: torch.Tensor
+    cell_pos: torch.Tensor
+    cell_teacher: torch.Tensor
+    n_truncated: torch.Tensor
+
+
+@dataclass
+class EveOutput:
+    """Losses and counters of one forward."""
+
+    loss: torch.Tensor
+    loss_ce: torch.Tensor
+    loss_align: torch.Tensor
+    n_ce_tokens: int
+    n_align_images: int
+    n_truncated: int
+    stats: dict = field(default_factory=dict)
+
+
+class EveVLM(nn.Module):
+    """Encoder-free VLM around an HF causal LM."""
+
+    def __init__(self, llm: PreTrainedModel, config: EveConfig | dict | None = None) -> None:
+        super().__init__()
+        cfg = config if isinstance(config, EveConfig) else EveConfig(**(config or {}))
+        if cfg.canvas_grid % cfg.teacher_grid:
+            raise ValueError(
+                f"canvas token grid {cfg.canvas_grid} (image_size {cfg.image_size}) is not a multiple of the "
+                f"teacher grid {cfg.teacher_grid}; use image_size 672 or 1344"
+            )
+        self.config = cfg
+        self.llm = llm
+        llm_hidden = llm.config.hidden_size
+        self.patch_embed = PatchEmbedding(cfg.vision_hidden, cfg.vision_heads, cfg.patch_size, cfg.pool_stride)
+        self.projector = Projector(cfg.vision_hidden, llm_hidden, cfg.projector_type)
+        self.aligner = None
+        if cfg.align_weight > 0:
+            self.aligner = PatchAligner(
+                llm_hidden,
+                cfg.teacher_hidden,
+                llm.config.num_hidden_layers,
+                cfg.align_layer_interval,
+                cfg.align_heads,
+            )
+
+    # ------------------------------------------------------------------ inputs
+    @staticmethod
+    def image_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Rows of `input_ids` [B, L] that hold an image placeholder on a real token, in row order."""
+        return ((input_ids == IMAGE_TOKEN_INDEX) & attention_mask.bool()).any(1).nonzero().flatten()
+
+    def prepare_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        max_length: int | None = None,
+        pad_side: str = "right",
+    ) -> MultimodalInputs:
+        """Expand image placeholders into image tokens and re-lay the rows out.
+
+        Args:
+            input_ids: [B, L] with at most one IMAGE_TOKEN_INDEX per row; padding anywhere is allowed.
+            attention_mask: [B, L] True/1 on real tokens.
+            pixel_values: uint8 [B, 3, S, S] (rows without a placeholder are ignored).
+            pixel_mask: [B, S, S].
+            labels: [B, L] or None.
+            max_length: cap after expansion (default `config.max_length`).
+            pad_side: "right" (training) or "left" (batched generation).
+        """
+        bsz = input_ids.shape[0]
+        device = input_ids.device
+        max_length = max_length or self.config.max_length
+        embed = self.llm.get_input_embeddings()
+        real = attention_mask.bool()
+        is_img = (input_ids == IMAGE_TOKEN_INDEX) & real  # [B, L]
+        per_row = is_img.sum(1)
+        if bool((per_row > 1).any()):
+            raise ValueError("a row holds more than one image placeholder; EVE takes one image per sample")
+        rows, starts = is_img.nonzero(as_tuple=True)  # [N], [N]
+
+        img_len = torch.zeros(bsz, dtype=torch.long, device=device)
+        image_tokens = None
+        if rows.numel():
+            if pixel_values is None or pixel_mask is None:
+                raise ValueError("input_ids hold image placeholders but no pixel_values / pixel_mask were given")
+            image = self.patch_embed(pixel_values[rows], pixel_mask[rows])
+            image_tokens = self.projector(image.tokens)  # [T, H]
+            img_len[rows] = image.lengths
+
+        width = torch.where(is_img, img_len[:, None], 1) * real  # [B, L] positions each token takes
+        dst = torch.cumsum(width, 1) - width  # [B, L] first destination of each token
+        new_len = width.sum(1)  # [B]
+        out_len = int(min(int(new_len.max()) if bsz else 0, max_length))
+        kept_len = new_len.clamp(max=out_len)  # [B]
+        shift = (out_len - kept_len)[:, None] if pad_side == "left" else 0
+        dst = dst + shift
+
+        text = real & ~is_img & (dst < out_len)
+        t_rows, t_cols = text.nonzero(as_tuple=True)
+        hidden = embed.weight.shape[1]
+        embeds = embed.weight.new_zeros(bsz, out_len, hidden)
+        text_emb = embed(input_ids[t_rows, t_cols])  # [K, H]
+        embeds = embeds.index_put((t_rows, dst[t_rows, t_cols]), text_emb)
+        new_labels = None
+        if labels is not None:
+            new_labels = torch.full((bsz, out_len), IGNORE_INDEX, dtype=labels.dtype, device=device)
+            new_labels[t_rows, dst[t_rows, t_cols]] = labels[t_rows, t_cols]
+
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        cell_rows = cell_pos = cell_teacher = empty
+        if image_tokens is not None:
+            lay = token_layout(image.grids, image.lengths, image.canvas_grid)
+            tok_row = rows[lay["image"]]  # [T]
+            tok_pos = dst[rows, starts][lay["image"]] + lay["offset"]  # [T]
+            keep = tok_pos < out_len
+            embeds = embeds.index_put((tok_row[keep], tok_pos[keep]), image_tokens[keep].to(embeds.dtype))
+            complete = dst[rows, starts] + image.lengths <= out_len  # [N] whole image inside the cap
+            is_cell = ~lay["is_cls"] & ~lay["is_spl"] & complete[lay["image"]]
+            g, gt = image.canvas_grid, self.config.teacher_grid
+            ratio = g // gt
+            cell = lay["cell"][is_cell]
+            cell_teacher = lay["image"][is_cell] * gt * gt + (cell // g // ratio) * gt + (cell % g) // ratio
+            cell_rows, cell_pos = tok_row[is_cell], tok_pos[is_cell]
+
+        pos = torch.arange(out_len, device=device)[None, :]  # [1, L']
+        if pad_side == "left":
+            start = out_len - kept_len[:, None]
+            mask = pos >= start
+            position_ids = (pos - start).clamp(min=0)
+        else:
+            mask = pos < kept_len[:, None]
+            position_ids = pos.expand(bsz, -1)
+        return MultimodalInputs(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=position_ids,
+            labels=new_labels,
+            image_rows=rows,
+            cell_rows=cell_rows,
+            cell_pos=cell_pos,
+            cell_teacher=cell_teacher,
+            n_truncated=new_len - kept_len,
+        )
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        teacher_features: torch.Tensor | None = None,
+        teacher_cell_mask: torch.Tensor | None = None,
+    ) -> EveOutput:
+        """Training forward: CE (+ alignment) losses.
+
+        Args:
+            input_ids: [B, L], see `prepare_inputs`.
+            attention_mask: [B, L].
+            labels: [B, L].
+            pixel_values: uint8 [B, 3, S, S].
+            pixel_mask: [B, S, S].
+            teacher_features: [N, g_t^2, C] teacher patch features of the N image rows (in row order), or None
+                to skip the alignment loss.
+            teacher_cell_mask: optional bool [N, g_t^2], the teacher's valid cells, checked against the aligned
+                cells when `config.check_alignment`.
+        """
+        mm = self.prepare_inputs(input_ids, attention_mask, pixel_values, pixel_mask, labels)
+        use_align = self.aligner is not None and teacher_features is not None
+        captured: dict[int, torch.Tensor] = {}
+        handles = self._capture_hooks(mm, captured) if use_align else []
+        try:
+            decoder = self.llm.get_decoder()
+            out = decoder(
+                inputs_embeds=mm.inputs_embeds,
+                attention_mask=mm.attention_mask,
+                position_ids=mm.position_ids,
+                use_cache=False,
+            )
+        finally:
+            for h in handles:
+                h.remove()
+        last = out.last_hidden_state  # [B, L', H], final-norm output
+        loss_ce, n_tok = causal_lm_loss(last, mm.labels, self.llm.get_output_embeddings())
+
+        loss_align = last.new_zeros((), dtype=torch.float32)
+        n_align = 0
+        if use_align and mm.cell_rows.numel():
+            top = self.aligner.layer_indices[0]
+            captured[top] = last[mm.cell_rows, mm.cell_pos]
+            captured[0] = mm.inputs_embeds[mm.cell_rows, mm.cell_pos]
+            layers = [captured[i] for i in self.aligner.layer_indices]
+            pred, cells = self.aligner(layers, mm.cell_teacher)  # [P, C], [P]
+            gt2 = self.config.teacher_grid**2
+            target = teacher_features.reshape(-1, teacher_features.shape[-1])[cells]  # [P, C]
+            images, image_index = torch.unique(cells // gt2, return_inverse=True)
+            n_align = int(images.numel())
+            if self.config.check_alignment and teacher_cell_mask is not None:
+                self._check_cells(cells, images, teacher_cell_mask)
+            loss_align = cosine_alignment_loss(pred, target.to(pred.dtype), image_index, n_align)
+
+        loss = loss_ce + self.config.align_weight * loss_align
+        loss = loss + self._touch_unused(mm, use_align and n_align > 0)
+        return EveOutput(
+            loss=loss,
+            loss_ce=loss_ce.detach(),
+            loss_align=loss_align.detach(),
+            n_ce_tokens=n_tok,
+            n_align_images=n_align,
+            n_truncated=int(mm.n_truncated.sum()),
+            stats={"seq_len": mm.inputs_embeds.shape[1], "n_images": int(mm.image_rows.numel())},
+        )
+
+    def _capture_hooks(self, mm: MultimodalInputs, store: dict[int, torch.Tensor]) -> list:
+        """Forward hooks keeping decoder-layer outputs at image cells, for the aligner's middle indices."""
+        layers = self.llm.get_decoder().layers
+        wanted = [i for i in self.aligner.layer_indices if 0 < i < len(layers)]
+        rows, pos = mm.cell_rows, mm.cell_pos
+
+        def make(index: int):
+            def hook(_module, _args, output):
+                hidden = output[0] if isinstance(output, tuple) else output  # [B, L', H]
+                if index not in store:  # activation-checkpoint recomputation must not overwrite
+                    store[index] = hidden[rows, pos]  # [M, H]
+
+            return hook
+
+        # hidden_states[i] is the output of decoder layer i-1 (0-based)
+        return [layers[i - 1].register_forward_hook(make(i)) for i in wanted]
+
+    def _check_cells(self, cells: torch.Tensor, images: torch.Tensor, teacher_cell_mask: torch.Tensor) -> None:
+        gt2 = self.config.teacher_grid**2
+        expected = teacher_cell_mask.reshape(-1, gt2)[images].nonzero()  # [P', 2] (image slot, cell)
+        expected_ids = images[expected[:, 0]] * gt2 + expected[:, 1]
+        if expected_ids.shape != cells.shape or not torch.equal(expected_ids, cells):
+            raise ValueError(
+                "aligned image cells differ from the teacher's valid cells: the EVE view and the teacher view "
+                "were not preprocessed from the same image geometry (see eve_lightning.data preprocessing)"
+            )
+
+    def _touch_unused(self, mm: MultimodalInputs, aligned: bool) -> torch.Tensor:
+        """Zero-valued term over parts that took no part in this step, so DDP/ZeRO-3 see every parameter."""
+        unused: list[nn.Module] = []
+        if not mm.image_rows.numel():
+            unused += [self.patch_embed, self.projector]
+        if self.aligner is not None and not aligned:
+            unused.append(self.aligner)
+        zero = mm.inputs_embeds.new_zeros((), dtype=torch.float32)
+        for module in unused:
+            for p in module.parameters():
+                if p.requires_grad:
+                    zero = zero + p.sum() * 0.0
+        return zero

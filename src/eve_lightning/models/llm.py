@@ -1,0 +1,41 @@
+"""Decoder LLM loading: any HF causal LM (LLaMA family first) from a local folder or from a config dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+
+def build_llm(
+    path: str | None = None,
+    config: dict | None = None,
+    dtype: str | None = None,
+    attn_implementation: str = "sdpa",
+) -> PreTrainedModel:
+    """Build the decoder.
+
+    Args:
+        path: local folder of an HF causal LM (e.g. vicuna-7b-v1.5). Nothing is downloaded.
+        config: keyword arguments of the model config, with `model_type` (default "llama"); used when `path`
+            is None, giving random weights (tests, debug, small from-scratch runs).
+        dtype: torch dtype name for the weights (e.g. "bfloat16"); default float32.
+        attn_implementation: "sdpa", "eager" or "flash_attention_2".
+    """
+    torch_dtype = getattr(torch, dtype) if dtype else torch.float32
+    if path is not None:
+        if not Path(path).is_dir():
+            raise FileNotFoundError(
+                f"LLM folder {path!r} does not exist; set model.llm.path to a local HF checkpoint "
+                "(e.g. a downloaded vicuna-7b-v1.5)"
+            )
+        return AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=torch_dtype, attn_implementation=attn_implementation
+        )
+    if config is None:
+        raise ValueError("build_llm needs a local `path` or a `config`")
+    cfg = dict(config)
+    cfg_obj = AutoConfig.for_model(cfg.pop("model_type", "llama"), **cfg)
+    cfg_obj._attn_implementation = attn_implementation
+    return AutoModelForCausalLM.from_config(cfg_obj, dtype=torch_dtype)

@@ -1,0 +1,71 @@
+"""Pure loss functions: next-token CE only at supervised positions, and the per-image cosine alignment loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eve_lightning.constants import IGNORE_INDEX
+
+
+def supervised_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positions whose next token is supervised.
+
+    Args:
+        labels: [B, L] with IGNORE_INDEX where not supervised.
+
+    Returns:
+        (rows, cols, targets): the hidden state at (rows, cols) predicts `targets`; each [K].
+    """
+    nxt = labels[:, 1:]  # [B, L-1]
+    rows, cols = (nxt != IGNORE_INDEX).nonzero(as_tuple=True)
+    return rows, cols, nxt[rows, cols]
+
+
+def causal_lm_loss(
+    hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module, chunk_size: int = 4096
+) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross entropy, computing logits only where a label is supervised.
+
+    Args:
+        hidden: [B, L, H] final (normed) hidden states.
+        labels: [B, L] token labels aligned with `hidden` (shifted inside).
+        lm_head: the output projection H -> V.
+        chunk_size: supervised positions per logits chunk (bounds the [chunk, V] float32 buffer).
+
+    Returns:
+        (loss, n_tokens). With no supervised token the loss is an exact 0 that still keeps the graph
+        (never NaN).
+    """
+    rows, cols, targets = supervised_positions(labels)
+    n = int(targets.numel())
+    if n == 0:
+        return hidden.sum() * 0.0, 0
+    h = hidden[rows, cols]  # [K, H]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, n, chunk_size):
+        logits = lm_head(h[start : start + chunk_size]).float()  # [k, V]
+        total = total + F.cross_entropy(logits, targets[start : start + chunk_size], reduction="sum")
+    return total / n, n
+
+
+def cosine_alignment_loss(pred: torch.Tensor, target: torch.Tensor, image_index: torch.Tensor, n_images: int):
+    """EVE's alignment loss: mean over images of (1 - mean cosine over the image's cells).
+
+    Args:
+        pred: [P, C] predicted teacher features (cells of all images, flat).
+        target: [P, C] teacher features at the same cells.
+        image_index: [P] image of each cell, in [0, n_images).
+        n_images: number of images that contribute.
+
+    Returns:
+        Scalar loss (0 with the graph kept when there is no cell).
+    """
+    if pred.shape[0] == 0 or n_images == 0:
+        return pred.sum() * 0.0
+    cos = F.cosine_similarity(pred.float(), target.float(), dim=-1)  # [P]
+    sums = cos.new_zeros(n_images).index_add(0, image_index, cos)
+    counts = cos.new_zeros(n_images).index_add(0, image_index, torch.ones_like(cos))
+    per_image = 1.0 - sums / counts.clamp(min=1)  # [n_images]
+    return per_image.mean()

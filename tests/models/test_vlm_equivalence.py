@@ -1,0 +1,181 @@
+"""The batched EveVLM equals a per-sample formulation written from the spec (losses and gradients)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from views import batch_views, photo
+
+from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from eve_lightning.models.build import teacher_cell_mask
+from eve_lightning.models.patch_embedding import normalize_pixels
+
+# --------------------------------------------------------------------------- reference, one sample at a time
+
+
+def ref_attention(attn, query_in, kv_in):
+    """attn: PoolingAttention; query_in [Q, D]; kv_in [K, D] -> [Q, D] aggregated values (before proj)."""
+    heads = attn.num_heads
+    q = attn.q_proj(attn.q_norm(query_in))
+    kv = attn.kv_proj(attn.kv_norm(kv_in))
+    d = q.shape[-1]
+    k, v = kv[:, :d], kv[:, d:]
+    out = []
+    for h in range(heads):
+        sl = slice(h * d // heads, (h + 1) * d // heads)
+        logits = q[:, sl] @ k[:, sl].T * d**-0.5  # scale over the full width
+        out.append(logits.softmax(-1) @ v[:, sl])
+    return torch.cat(out, -1)
+
+
+def ref_pel(pel, pixels, mask):
+    """Spec 1.2 for one image: [3, S, S] uint8, [S, S] -> ([T, D] tokens, h, w, row0, col0)."""
+    feat = pel.conv(normalize_pixels(pixels[None], pel.conv.weight.dtype))[0]  # [D, 2g, 2g]
+    pm = F.avg_pool2d(mask[None, None].float(), 14)[0, 0]
+    rows, cols = pm.sum(1).nonzero().flatten(), pm.sum(0).nonzero().flatten()
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    crop = feat[:, r0:r1, c0:c1]  # [D, Hp, Wp]
+    d, hp, wp = crop.shape
+    h, w = hp // 2, wp // 2
+    cells = []
+    for i in range(h):
+        for j in range(w):
+            sub = crop[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].reshape(d, 4).T  # [4, D] row-major
+            avg = sub.mean(0, keepdim=True)
+            agg = ref_attention(pel.local_attn, avg, sub)
+            cells.append(avg + pel.local_attn.out_proj(agg))
+    cells = torch.cat(cells)  # [h*w, D]
+    cls = pel.cls_token[None]
+    cls = cls + pel.global_attn.out_proj(ref_attention(pel.global_attn, cls, cells))
+    grid = cells.view(h, w, d)
+    grid = torch.cat([grid, pel.split_token.view(1, 1, d).expand(h, 1, d)], 1)
+    return torch.cat([cls, grid.reshape(-1, d)]), h, w, r0 // 2, c0 // 2
+
+
+def ref_aligner(al, hidden_states, span_start, h, w, ratio):
+    """Spec 1.3 for one image: HF hidden_states tuple -> [P, C] prediction."""
+    grids = []
+    for idx in al.layer_indices:
+        hs = hidden_states[idx][0, span_start + 1 : span_start + 1 + h * (w + 1)]  # drop CLS
+        g = hs.view(h, w + 1, -1)[:, :w]  # drop SPL column
+        if ratio > 1:
+            g = F.avg_pool2d(g.permute(2, 0, 1)[None], ratio)[0].permute(1, 2, 0)
+        grids.append(g.reshape(-1, g.shape[-1]))
+    feats = [proj(norm(x)) for x, norm, proj in zip(grids, al.layer_norms, al.layer_projs)]
+    c = feats[0].shape[-1]
+    heads, hd = al.num_heads, c // al.num_heads
+    fused = []
+    for hh in range(heads):
+        sl = slice(hh * hd, (hh + 1) * hd)
+        q = feats[0][:, sl]  # [P, hd]
+        ks = torch.stack([f[:, sl] for f in feats[1:]], 1)  # [P, J-1, hd]
+        a = ((ks @ q[:, :, None]).squeeze(-1) * c**-0.5).softmax(-1)  # [P, J-1]
+        fused.append((a[:, :, None] * ks).sum(1))
+    return al.top_proj(grids[0]) + al.fused_proj(torch.cat(fused, -1))
+
+
+def reference_losses(model, batch):
+    vlm, teacher = model.vlm, model.teacher
+    embed = vlm.llm.get_input_embeddings()
+    ce_sum, n_tok, align = 0.0, 0, []
+    for b in range(batch["input_ids"].shape[0]):
+        keep = batch["attention_mask"][b].bool()
+        ids, labels = batch["input_ids"][b][keep], batch["labels"][b][keep]
+        img_pos = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten()
+        if img_pos.numel():
+            s = int(img_pos[0])
+            tok, h, w, _, _ = ref_pel(vlm.patch_embed, batch["pixel_values"][b], batch["pixel_mask"][b])
+            img = vlm.projector(tok)
+            emb = torch.cat([embed(ids[:s]), img, embed(ids[s + 1 :])])
+            lab = torch.cat([labels[:s], torch.full((img.shape[0],), IGNORE_INDEX), labels[s + 1 :]])
+        else:
+            emb, lab = embed(ids), labels
+        emb, lab = emb[: vlm.config.max_length], lab[: vlm.config.max_length]
+        out = vlm.llm(inputs_embeds=emb[None], output_hidden_states=True)
+        logits, target = out.logits[0, :-1], lab[1:]
+        sel = target != IGNORE_INDEX
+        ce_sum = ce_sum + F.cross_entropy(logits[sel], target[sel], reduction="sum")
+        n_tok += int(sel.sum())
+        if img_pos.numel() and s + img.shape[0] <= vlm.config.max_length:
+            ratio = vlm.config.canvas_grid // 24
+            pred = ref_aligner(vlm.aligner, out.hidden_states, s, h, w, ratio)
+            feats = teacher(batch["teacher_pixel_values"][b : b + 1])[0]  # [576, C]
+            valid = teacher_cell_mask(batch["teacher_pixel_mask"][b : b + 1], 14)[0]
+            target_f = feats[valid]
+            assert target_f.shape == pred.shape
+            align.append(1 - F.cosine_similarity(pred, target_f, dim=-1).mean())
+    loss_align = torch.stack(align).mean() if align else torch.zeros(())
+    return ce_sum / n_tok, loss_align, len(align)
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def make_batch(side, max_text=40, seed=0):
+    """4 rows: landscape, portrait, text-only, square; random text with supervised spans; right padding."""
+    g = torch.Generator().manual_seed(seed)
+    images = [photo("astronaut", (600, 300)), photo("coffee", (200, 560)), None, photo("chelsea", (300, 300))]
+    pix, mask, tpix, tmask = batch_views(images, side)
+    lengths = [30, 17, 40, 25]
+    img_at = [1, 6, None, 24]  # image first, in the middle, none, at the very end
+    ids = torch.zeros(4, max_text, dtype=torch.long)
+    labels = torch.full((4, max_text), IGNORE_INDEX)
+    attn = torch.zeros(4, max_text, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        row = torch.randint(3, 32000, (n,), generator=g)
+        row[0] = 1
+        if img_at[b] is not None:
+            row[img_at[b]] = IMAGE_TOKEN_INDEX
+        ids[b, :n] = row
+        attn[b, :n] = True
+        sup = torch.rand(n, generator=g) < 0.6
+        sup[0] = False
+        lab = torch.where(sup, row, IGNORE_INDEX)
+        lab[row == IMAGE_TOKEN_INDEX] = IGNORE_INDEX
+        labels[b, :n] = lab
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": attn,
+        "pixel_values": pix,
+        "pixel_mask": mask,
+        "teacher_pixel_values": tpix,
+        "teacher_pixel_mask": tmask,
+    }
+
+
+def build(cfg, side, max_length=2048):
+    cfg = copy.deepcopy(cfg)
+    cfg["eve"]["image_size"] = side
+    cfg["eve"]["max_length"] = max_length
+    torch.manual_seed(0)
+    return instantiate(cfg, _convert_="all").float()
+
+
+@pytest.mark.parametrize(("side", "max_length"), [(672, 2048), (1344, 2048), (672, 400)])
+def test_batched_forward_and_grads_equal_per_sample_reference(tiny_model_cfg, side, max_length):
+    model = build(tiny_model_cfg, side, max_length)
+    batch = make_batch(side)
+
+    out = model(batch)
+    model.zero_grad()
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.vlm.named_parameters() if p.grad is not None}
+
+    model.zero_grad()
+    ce, al, n_aligned = reference_losses(model, batch)
+    (ce + al).backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.vlm.named_parameters() if p.grad is not None}
+
+    torch.testing.assert_close(out.loss_ce, ce.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.loss_align, al.detach(), rtol=1e-5, atol=1e-5)
+    assert out.n_align_images == n_aligned == (3 if (side, max_length) == (672, 2048) else 2)
+    assert (out.n_truncated > 0) == ((side, max_length) != (672, 2048))
+    assert set(grads) == set(ref_grads)
+    assert any(n.startswith("patch_embed.") for n in grads) and any(n.startswith("aligner.") for n in grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-5, atol=1e-5, msg=name)
