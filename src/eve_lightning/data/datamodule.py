@@ -1,0 +1,294 @@
+"""``EveDataModule``: the LightningDataModule that streams shards for every EVE stage.
+
+``task="pretrain"`` defaults to the ``plain`` template and an endless resampled stream cut into epochs of
+``epoch_samples`` samples; ``task="sft"`` defaults to ``vicuna_v1``, one exact pass per epoch and modality/length
+grouping. Validation is always one exact, unshuffled pass. Rank and world size come from ``torch.distributed``
+when it is initialized, else from the ``rank``/``world_size`` arguments, else from the ``RANK``/``WORLD_SIZE``
+environment variables; every rank yields the same number of batches.
+
+Each DataLoader runs with ``batch_size=None``: workers yield collated batches (see ``collate`` for the keys and
+``eve_lightning.constants`` for the contract).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from eve_lightning.data.shards import INDEX_FILE, ShardInfo, resolve_shards
+from eve_lightning.data.stream import CollateMode, SampleConfig, ShardStream
+from eve_lightning.data.tokenizer import Backend, TextTokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+Task = Literal["pretrain", "sft"]
+_TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pretrain": {"template": "plain", "resampled": True, "group_by_modality_length": False},
+    "sft": {"template": "vicuna_v1", "resampled": False, "group_by_modality_length": True},
+}
+
+
+def resolve_rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """Return (rank, world size): torch.distributed if initialized, else the arguments, else the environment."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    r = rank if rank is not None else int(os.environ.get("RANK", "0"))
+    return r, world
+
+
+class EpochLoader(DataLoader):
+    """DataLoader that tells its ``ShardStream`` the epoch before each pass (works without persistent workers).
+
+    The epoch comes from ``epoch_fn`` (the Trainer's current epoch, so a resumed run continues the sequence);
+    without it the loader counts its own passes.
+    """
+
+    def __init__(self, dataset: ShardStream, epoch_fn: Callable[[], int | None] | None = None, **kwargs: Any):
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self._epoch_fn = epoch_fn
+        self._passes = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self._epoch_fn() if self._epoch_fn is not None else None
+        self.dataset.set_epoch(self._passes if epoch is None else epoch)  # type: ignore[attr-defined]
+        self._passes += 1
+        return super().__iter__()
+
+
+class EveDataModule(L.LightningDataModule):
+    """Streams WebDataset shards written by ``eve_lightning.data.make_shards`` (see the Hydra ``conf/data``).
+
+    Args:
+        train_shards: shard directory (with ``index.json``), index file, tar glob/brace pattern, or a list of them.
+        val_shards: the same for validation, or None.
+        task: ``pretrain`` or ``sft``; sets the defaults of ``template``, ``resampled`` and
+            ``group_by_modality_length`` (each None = task default).
+        template: chat template name (``plain``, ``vicuna_v1`` or a registered one).
+        resampled: endless resampled stream with epochs of ``epoch_samples`` (else one exact pass per epoch).
+        group_by_modality_length: single-modality, length-sorted batches within each window.
+        tokenizer: local HF tokenizer directory or SentencePiece ``.model`` file; None = mistral-common's
+            LLaMA-style model (demo / tiny setups).
+        tokenizer_backend: ``auto``, ``sentencepiece`` or ``hf`` (see ``data.tokenizer``).
+        image_size: EVE canvas side, 672 or 1344.
+        teacher_view: also produce the 336 px teacher (CLIP) view.
+        exact_teacher: bicubic teacher resize even from pre-resized shards (slower).
+        max_length: limit on the expanded sequence length (text + image tokens).
+        batch_size: samples per batch per rank.
+        val_batch_size: validation batch size (None = ``batch_size``).
+        collate: ``padded`` or ``packed``.
+        pack_length: packed row budget in expanded tokens (None = ``max_length``).
+        pad_to_multiple_of: round row lengths up to a multiple.
+        epoch_samples: resampled mode: samples per epoch over all ranks (None = the shard set's size).
+        shuffle: shuffle the training data.
+        shuffle_buffer: resampled mode: raw samples in the shuffle buffer of each worker.
+        group_window: batches per shuffle/grouping window.
+        num_workers: DataLoader worker processes per rank.
+        val_num_workers: validation workers (None = ``num_workers``).
+        pin_memory: pin batches for faster host-to-device copies.
+        persistent_workers: keep workers alive between epochs.
+        prefetch_factor: batches prefetched per worker.
+        seed: base seed (must be the same on every rank).
+        rank: rank override when torch.distributed is not initialized.
+        world_size: world size override when torch.distributed is not initialized.
+        demo_root: if set and ``train_shards`` has no index yet, ``prepare_data`` generates the demo data set
+            there (``eve_lightning.data.demo``; shards under ``demo_root/{pretrain,sft}/{train,val}``).
+        demo_samples: training samples per task when the demo set is generated (held-out: 5%, at least 50).
+    """
+
+    def __init__(
+        self,
+        train_shards: str | Sequence[str],
+        val_shards: str | Sequence[str] | None = None,
+        task: Task = "sft",
+        template: str | None = None,
+        resampled: bool | None = None,
+        group_by_modality_length: bool | None = None,
+        tokenizer: str | None = None,
+        tokenizer_backend: Backend = "auto",
+        image_size: int = 672,
+        teacher_view: bool = True,
+        exact_teacher: bool = False,
+        max_length: int = 2048,
+        batch_size: int = 4,
+        val_batch_size: int | None = None,
+        collate: CollateMode = "padded",
+        pack_length: int | None = None,
+        pad_to_multiple_of: int = 1,
+        epoch_samples: int | None = None,
+        shuffle: bool = True,
+        shuffle_buffer: int = 1000,
+        group_window: int = 16,
+        num_workers: int = 4,
+        val_num_workers: int | None = None,
+        pin_memory: bool = True,
+        persistent_workers: bool = False,
+        prefetch_factor: int | None = 2,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        demo_root: str | None = None,
+        demo_samples: int = 2000,
+    ) -> None:
+        super().__init__()
+        if task not in _TASK_DEFAULTS:
+            raise ValueError(f"task must be one of {sorted(_TASK_DEFAULTS)}, got {task!r}")
+        defaults = _TASK_DEFAULTS[task]
+        self.train_source = _plain(train_shards)
+        self.val_source = _plain(val_shards) if val_shards else None
+        self.task = task
+        self.template = template or defaults["template"]
+        self.resampled = defaults["resampled"] if resampled is None else bool(resampled)
+        self.group = (
+            defaults["group_by_modality_length"] if group_by_modality_length is None else group_by_modality_length
+        )
+        self.tokenizer_path = tokenizer
+        self.tokenizer_backend = tokenizer_backend
+        self.sample_cfg = SampleConfig(self.template, image_size, max_length, teacher_view, exact_teacher)
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.collate = collate
+        self.pack_length = pack_length
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.epoch_samples = epoch_samples
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+        self.group_window = group_window
+        self.num_workers = num_workers
+        self.val_num_workers = num_workers if val_num_workers is None else val_num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.prefetch_factor = prefetch_factor
+        self.seed = seed
+        self._rank_arg, self._world_arg = rank, world_size
+        self.demo_root = demo_root
+        self.demo_samples = demo_samples
+        self._tokenizer: TextTokenizer | None = None
+        self._train_shards: list[ShardInfo] | None = None
+        self._val_shards: list[ShardInfo] | None = None
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        """The tokenizer (loaded on first use)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.tokenizer_path, self.tokenizer_backend)
+        return self._tokenizer
+
+    @property
+    def tokenizer_source(self) -> str:
+        """Path of the tokenizer in use (a SentencePiece file or a tokenizer folder), for exports."""
+        return self.tokenizer.source
+
+    def prepare_data(self) -> None:
+        """Generate the demo data set when ``demo_root`` is set and the training shards do not exist yet."""
+        if self.demo_root is None or not isinstance(self.train_source, str):
+            return
+        if (Path(self.train_source) / INDEX_FILE).is_file():
+            return
+        from eve_lightning.data import demo
+
+        held_out = max(50, self.demo_samples // 20)
+        summaries = demo.generate(
+            self.demo_root,
+            num_pretrain=self.demo_samples,
+            num_sft=self.demo_samples,
+            num_val=held_out,
+            seed=0,
+            max_side=self.sample_cfg.image_size,
+            workers=os.cpu_count() or 1,
+            overwrite=True,
+        )
+        for name, summary in summaries.items():
+            log.info("demo data %s: %s", name, summary.line())
+
+    def setup(self, stage: str | None = None) -> None:
+        need_columns = not self.resampled
+        if self._train_shards is None and stage in (None, "fit"):
+            self._train_shards = resolve_shards(self.train_source, columns=need_columns)
+        if self._val_shards is None and self.val_source and stage in (None, "fit", "validate"):
+            self._val_shards = resolve_shards(self.val_source, columns=True)
+
+    def _epoch(self) -> int | None:
+        trainer = self.trainer
+        return int(trainer.current_epoch) if trainer is not None else None
+
+    def train_stream(self) -> ShardStream:
+        """Build the training ``ShardStream`` of this rank."""
+        self.setup("fit")
+        assert self._train_shards is not None
+        rank, world = resolve_rank_world(self._rank_arg, self._world_arg)
+        batches_per_rank = None
+        if self.resampled:
+            total = self.epoch_samples or sum(s.num_samples for s in self._train_shards)
+            batches_per_rank = max(1, -(-total // (world * self.batch_size)))
+        return ShardStream(
+            self._train_shards,
+            self.tokenizer,
+            self.sample_cfg,
+            batch_size=self.batch_size,
+            resampled=self.resampled,
+            batches_per_rank=batches_per_rank,
+            shuffle=self.shuffle,
+            group_by_modality=self.group,
+            window=self.group_window,
+            shuffle_buffer=self.shuffle_buffer,
+            collate=self.collate,
+            pack_length=self.pack_length,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            num_workers=self.num_workers,
+        )
+
+    def val_stream(self) -> ShardStream | None:
+        """Build the validation ``ShardStream`` of this rank (one exact, unshuffled pass), or None."""
+        self.setup("validate")
+        if not self._val_shards:
+            return None
+        rank, world = resolve_rank_world(self._rank_arg, self._world_arg)
+        return ShardStream(
+            self._val_shards,
+            self.tokenizer,
+            self.sample_cfg,
+            batch_size=self.val_batch_size,
+            resampled=False,
+            shuffle=False,
+            group_by_modality=False,
+            collate=self.collate,
+            pack_length=self.pack_length,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            num_workers=self.val_num_workers,
+        )
+
+    def _loader(self, stream: ShardStream, workers: int, epoch_fn: Callable[[], int | None] | None) -> EpochLoader:
+        extra: dict[str, Any] = {}
+        if workers > 0:
+            extra["persistent_workers"] = self.persistent_workers
+            if self.prefetch_factor is not None:
+                extra["prefetch_factor"] = self.prefetch_factor
+        return EpochLoader(stream, epoch_fn, num_workers=workers, pin_memory=self.pin_memory, **extra)
+
+    def train_dataloader(self) -> EpochLoader:
+        return self._loader(self.train_stream(), self.num_workers, self._epoch)
+
+    def val_dataloader(self) -> EpochLoader | list:
+        stream = self.val_stream()
+        if stream is None:
+            return []
+        return self._loader(stream, self.val_num_workers, lambda: 0)
+
+
+def _plain(value: str | Sequence[str]) -> str | list[str]:
+    """Turn Hydra ListConfig values into plain Python (no live config objects in workers)."""
+    return value if isinstance(value, str) else [str(v) for v in value]

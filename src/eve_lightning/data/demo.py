@@ -1,0 +1,293 @@
+"""Demo data set that needs no download: procedural shape images with captions and question/answer chats.
+
+Usage::
+
+    python -m eve_lightning.data.demo --out data/demo
+
+Each image shows one to three shapes (circle, square, triangle, diamond) of distinct colours and shapes, small or
+large, placed in thirds of the long axis, on canvases of many aspect ratios (square, landscape, portrait, 4:1
+and 1:3). The vocabulary is tiny and the answers are deterministic functions of the picture, so a small model can
+learn to describe and answer. Writes raw images and LLaVA-style annotations under ``OUT/raw`` (an example of the
+input format) and shards through the regular writer::
+
+    OUT/pretrain/{train,val}   caption shards (template plain)
+    OUT/sft/{train,val}        conversation shards (template vicuna_v1), ~10% text-only, multi-turn
+
+Everything is seeded per sample: the same arguments give byte-identical shards, with any ``--workers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from eve_lightning.data.make_shards import BuildSummary, build_shards
+from eve_lightning.data.records import BuildOptions
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 40),
+    "purple": (140, 60, 180),
+    "orange": (240, 130, 30),
+}
+SHAPES = ("circle", "square", "triangle", "diamond")
+SIZES = ("small", "large")
+BACKGROUNDS = ((250, 250, 250), (205, 205, 205), (30, 30, 30))
+# (width, height): square, landscape, portrait, very wide (4:1) and tall (1:3), small and large.
+CANVASES = (
+    (672, 672), (448, 448), (640, 480), (480, 640), (800, 400), (400, 800),
+    (960, 540), (540, 960), (1024, 256), (256, 768), (336, 168),
+)  # fmt: skip
+COUNT_WORDS = ("one", "two", "three")
+TEXT_ONLY_QA = (
+    ("How many sides does a triangle have?", "three."),
+    ("How many sides does a square have?", "four."),
+    ("Which shape has no corners?", "a circle."),
+    ("What colour do you get by mixing blue and yellow?", "green."),
+    ("What colour do you get by mixing red and yellow?", "orange."),
+    ("What colour do you get by mixing red and blue?", "purple."),
+    ("Count from one to three.", "one, two, three."),
+)
+TASK_IDS = {"pretrain": 0, "sft": 1}
+SPLIT_IDS = {"train": 0, "val": 1}
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """One drawn shape."""
+
+    shape: str
+    colour: str
+    size: str
+    slot: int  # 0..2 along the long axis
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A generated picture and the facts about it."""
+
+    width: int
+    height: int
+    background: tuple[int, int, int]
+    shapes: tuple[ShapeSpec, ...]
+
+    @property
+    def portrait(self) -> bool:
+        return self.height > self.width
+
+
+def position_phrase(slot: int, portrait: bool) -> str:
+    """Return where a slot is, in words."""
+    if portrait:
+        return ("at the top", "in the middle", "at the bottom")[slot]
+    return ("on the left", "in the middle", "on the right")[slot]
+
+
+def sample_scene(rng: np.random.Generator) -> Scene:
+    """Draw the random facts of one picture."""
+    width, height = CANVASES[int(rng.integers(len(CANVASES)))]
+    n = int(rng.integers(1, 4))
+    slots = sorted(int(s) for s in rng.choice(3, size=n, replace=False))
+    colours = [list(COLOURS)[int(i)] for i in rng.choice(len(COLOURS), size=n, replace=False)]
+    shapes = [SHAPES[int(i)] for i in rng.choice(len(SHAPES), size=n, replace=False)]
+    sizes = [SIZES[int(i)] for i in rng.integers(0, 2, size=n)]
+    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    specs = tuple(ShapeSpec(s, c, z, slot) for s, c, z, slot in zip(shapes, colours, sizes, slots))
+    return Scene(width, height, background, specs)
+
+
+def render_scene(scene: Scene, rng: np.random.Generator) -> Image.Image:
+    """Draw a scene (positions jitter a little inside each slot)."""
+    img = Image.new("RGB", (scene.width, scene.height), scene.background)
+    draw = ImageDraw.Draw(img)
+    long_side = scene.height if scene.portrait else scene.width
+    short_side = scene.width if scene.portrait else scene.height
+    cell = long_side / 3
+    for spec in scene.shapes:
+        extent = min(cell, short_side) * (0.8 if spec.size == "large" else 0.4)
+        room_long, room_short = (cell - extent) / 2, (short_side - extent) / 2
+        c_long = (spec.slot + 0.5) * cell + rng.uniform(-0.5, 0.5) * room_long
+        c_short = short_side / 2 + rng.uniform(-0.3, 0.3) * room_short
+        cx, cy = (c_short, c_long) if scene.portrait else (c_long, c_short)
+        h = extent / 2
+        colour = COLOURS[spec.colour]
+        if spec.shape == "circle":
+            draw.ellipse((cx - h, cy - h, cx + h, cy + h), fill=colour)
+        elif spec.shape == "square":
+            draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=colour)
+        elif spec.shape == "triangle":
+            draw.polygon([(cx, cy - h), (cx + h, cy + h), (cx - h, cy + h)], fill=colour)
+        else:
+            draw.polygon([(cx, cy - h), (cx + h, cy), (cx, cy + h), (cx - h, cy)], fill=colour)
+    return img
+
+
+def caption(scene: Scene) -> str:
+    """Describe a scene in the demo's small vocabulary.
+
+    Example: ``two shapes: a small red circle on the left and a large blue square on the right.``
+    """
+    parts = [f"a {s.size} {s.colour} {s.shape} {position_phrase(s.slot, scene.portrait)}" for s in scene.shapes]
+    n = len(parts)
+    listing = parts[0] if n == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"{COUNT_WORDS[n - 1]} shape{'s' if n > 1 else ''}: {listing}."
+
+
+def questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """All question/answer pairs about a scene (one ``Is there`` question, true or false)."""
+    count = COUNT_WORDS[len(scene.shapes) - 1]
+    qa = [("Describe the image.", caption(scene)), ("How many shapes are there?", f"{count}.")]
+    for s in scene.shapes:
+        qa += [
+            (f"What colour is the {s.shape}?", f"{s.colour}."),
+            (f"What shape is the {s.colour} object?", f"a {s.shape}."),
+            (f"Where is the {s.colour} {s.shape}?", f"{position_phrase(s.slot, scene.portrait)}."),
+            (f"Is the {s.colour} {s.shape} small or large?", f"{s.size}."),
+        ]
+    present = {(s.colour, s.shape) for s in scene.shapes}
+    if rng.random() < 0.5:
+        colour, shape = next(iter(sorted(present)))
+        qa.append((f"Is there a {colour} {shape}?", "yes."))
+    else:
+        absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+        colour, shape = absent[int(rng.integers(len(absent)))]
+        qa.append((f"Is there a {colour} {shape}?", "no."))
+    return qa
+
+
+def _rng(seed: int, task: str, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, TASK_IDS[task], SPLIT_IDS[split], index])
+
+
+def make_record(index: int, *, task: str, split: str, seed: int, images_dir: str, text_only: float) -> dict[str, Any]:
+    """Generate sample ``index`` of a split: write its image (if any) and return its annotation record."""
+    rng = _rng(seed, task, split, index)
+    rid = f"{task}-{split}-{index:06d}"
+    if task == "sft" and rng.random() < text_only:
+        picked = rng.choice(len(TEXT_ONLY_QA), size=int(rng.integers(1, 3)), replace=False)
+        conv = []
+        for i in picked:
+            q, a = TEXT_ONLY_QA[int(i)]
+            conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+        return {"id": rid, "conversations": conv}
+    scene = sample_scene(rng)
+    rel = f"{task}/{split}/{index // 1000:03d}/{index:06d}.png"  # nested folders, like real data sets
+    path = Path(images_dir) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    render_scene(scene, rng).save(path, format="PNG")
+    if task == "pretrain":
+        return {"id": rid, "image": rel, "caption": caption(scene)}
+    qa = questions(scene, rng)
+    picked = rng.choice(len(qa), size=int(rng.integers(1, 4)), replace=False)
+    conv = []
+    for turn, i in enumerate(picked):
+        q, a = qa[int(i)]
+        if turn == 0:  # the image placeholder sits before or after the first question, as in LLaVA data
+            q = f"<image>\n{q}" if rng.random() < 0.5 else f"{q}\n<image>"
+        conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    return {"id": rid, "image": rel, "conversations": conv}
+
+
+def generate_split(
+    out: Path,
+    task: str,
+    split: str,
+    count: int,
+    *,
+    seed: int,
+    max_side: int | None,
+    shard_size: int,
+    workers: int,
+    text_only: float,
+    overwrite: bool,
+) -> BuildSummary:
+    """Generate one split's raw files and annotations, then write its shards."""
+    images_dir = out / "raw" / "images"
+    fn = partial(make_record, task=task, split=split, seed=seed, images_dir=str(images_dir), text_only=text_only)
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            records = pool.map(fn, range(count), chunksize=16)
+    else:
+        records = [fn(i) for i in range(count)]
+    ann = out / "raw" / f"{task}_{split}.json"
+    ann.write_text(json.dumps(records, indent=1), encoding="utf-8")
+    opts = BuildOptions(fmt="caption" if task == "pretrain" else "llava", images_dir=str(images_dir), max_side=max_side)
+    return build_shards(
+        records, out / task / split, opts, shard_size=shard_size, workers=workers, overwrite=overwrite, progress=False
+    )
+
+
+def generate(
+    out: str | Path,
+    *,
+    num_pretrain: int = 4000,
+    num_sft: int = 4000,
+    num_val: int = 200,
+    seed: int = 0,
+    max_side: int | None = 672,
+    shard_size: int = 500,
+    workers: int = 1,
+    text_only: float = 0.1,
+    overwrite: bool = False,
+) -> dict[str, BuildSummary]:
+    """Generate the whole demo set under ``out`` and return the build summary of each ``task/split``."""
+    root = Path(out)
+    plan = {
+        ("pretrain", "train"): num_pretrain,
+        ("pretrain", "val"): num_val,
+        ("sft", "train"): num_sft,
+        ("sft", "val"): num_val,
+    }
+    summaries = {}
+    for (task, split), count in plan.items():
+        if count > 0:
+            summaries[f"{task}/{split}"] = generate_split(
+                root, task, split, count, seed=seed, max_side=max_side, shard_size=shard_size,
+                workers=workers, text_only=text_only, overwrite=overwrite,
+            )  # fmt: skip
+    return summaries
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m eve_lightning.data.demo", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--num-pretrain", type=int, default=4000, help="caption training samples")
+    p.add_argument("--num-sft", type=int, default=4000, help="conversation training samples")
+    p.add_argument("--num-val", type=int, default=200, help="held-out samples per task")
+    p.add_argument("--seed", type=int, default=0, help="generator seed")
+    p.add_argument("--max-side", type=int, default=672, choices=(0, 672, 1344), help="pre-resize (0: keep)")
+    p.add_argument("--shard-size", type=int, default=500, help="samples per shard")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
+    p.add_argument("--text-only", type=float, default=0.1, help="share of text-only SFT samples")
+    p.add_argument("--overwrite", action="store_true", help="replace existing shards")
+    args = p.parse_args(argv)
+    summaries = generate(
+        args.out,
+        num_pretrain=args.num_pretrain,
+        num_sft=args.num_sft,
+        num_val=args.num_val,
+        seed=args.seed,
+        max_side=args.max_side or None,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        text_only=args.text_only,
+        overwrite=args.overwrite,
+    )
+    for name, summary in summaries.items():
+        print(f"{name}: {summary.line()}")
+
+
+if __name__ == "__main__":
+    main()

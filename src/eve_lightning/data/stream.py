@@ -1,0 +1,335 @@
+"""Streaming datasets over shards: decode -> tokenize/fit -> resize -> batch -> collate, inside each worker.
+
+``SampleProcessor`` turns one raw shard sample into a ``ProcessedSample`` or a drop reason. ``ShardStream`` is the
+``IterableDataset`` a DataLoader runs with ``batch_size=None``: every worker yields ready, collated batches.
+
+- exact mode (SFT, validation): follows ``plan.plan_exact_pass``: each sample of the pass is read by exactly one
+  (rank, worker), and every rank yields exactly ``len(stream)`` batches. Raw samples wait in memory (encoded
+  bytes) only until their batch is complete.
+- resampled mode (pre-training): each worker draws shards at random with replacement (seeded by seed, epoch,
+  rank, worker), passes raw samples through a shuffle buffer, and stops after its share of the epoch's batches.
+
+Dropped samples (no image for ``plain``, image larger than ``max_length``, all labels masked, undecodable image or
+conversation) are counted in ``batch["meta"]["stats"]``. In exact mode a batch whose samples were all dropped is
+replaced by a one-sample filler batch (the worker's previous good sample) so that batch counts stay equal.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from torch.utils.data import IterableDataset, get_worker_info
+
+from eve_lightning.constants import IGNORE_INDEX
+from eve_lightning.data.collate import PackedCollator, PaddedCollator, ProcessedSample
+from eve_lightning.data.conversation import ConversationError
+from eve_lightning.data.encoding import encode_parts, fit_length
+from eve_lightning.data.geometry import band_geometry
+from eve_lightning.data.image import open_image, prepare_image
+from eve_lightning.data.plan import ExactPlan, WindowBatcher, plan_exact_pass, split_quota
+from eve_lightning.data.shards import ShardFormatError, ShardInfo, ShardSample, decode_sample, iter_shard
+from eve_lightning.data.templates import get_template
+from eve_lightning.data.tokenizer import TextTokenizer
+
+CollateMode = Literal["padded", "packed"]
+MAX_CONSECUTIVE_DROPS = 10_000
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How samples are processed.
+
+    Attributes:
+        template: chat template name.
+        image_size: EVE canvas side (672 or 1344).
+        max_length: limit on the expanded sequence length (text + image tokens).
+        teacher_view: also build the 336 px teacher band.
+        exact_teacher: resize the teacher band bicubically even from pre-resized images.
+    """
+
+    template: str
+    image_size: int
+    max_length: int
+    teacher_view: bool = True
+    exact_teacher: bool = False
+
+
+class SampleProcessor:
+    """Raw shard sample -> ``ProcessedSample`` or a drop reason (a short string)."""
+
+    def __init__(self, tokenizer: TextTokenizer, cfg: SampleConfig) -> None:
+        if cfg.max_length < 2:
+            raise ValueError("max_length must be >= 2")
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.template = get_template(cfg.template)
+
+    def __call__(self, raw: dict[str, Any]) -> ProcessedSample | str:
+        try:
+            sample = decode_sample(raw)
+        except ConversationError as exc:
+            return exc.reason
+        except (UnicodeDecodeError, ValueError) as exc:
+            if isinstance(exc, ShardFormatError):
+                raise
+            return "bad_text"
+        return self.process(sample)
+
+    def process(self, sample: ShardSample) -> ProcessedSample | str:
+        """Tokenize, fit and prepare the image of a decoded sample."""
+        if sample.image is None and self.template.requires_image:
+            return "no_image"
+        img = None
+        num_image_tokens = 0
+        if sample.image is not None:
+            try:
+                img = open_image(sample.image)
+                num_image_tokens = band_geometry(img.width, img.height, self.cfg.image_size).num_image_tokens
+            except Exception:
+                return "bad_image"
+        enc = encode_parts(self.template.render(sample.turns), self.tokenizer)
+        fitted = fit_length(enc, num_image_tokens, self.cfg.max_length)
+        if isinstance(fitted, str):
+            return fitted
+        prepared = None
+        if img is not None:
+            try:
+                prepared = prepare_image(img, self.cfg.image_size, self.cfg.teacher_view, self.cfg.exact_teacher)
+            except Exception:
+                return "bad_image"
+        key = f"{sample.url}#{sample.key}"
+        return ProcessedSample(key, fitted.input_ids, fitted.labels, fitted.image_pos, prepared, num_image_tokens)
+
+
+def filler_sample(tokenizer: TextTokenizer) -> ProcessedSample:
+    """A minimal text-only sample (BOS, EOS with EOS supervised) used when nothing else is available."""
+    ids = [t for t in (tokenizer.bos_id, tokenizer.eos_id) if t is not None]
+    labels = [IGNORE_INDEX] * (len(ids) - 1) + [tokenizer.eos_id]
+    return ProcessedSample("<filler>", np.asarray(ids, np.int64), np.asarray(labels, np.int64), -1, None, 0)
+
+
+class ShardStream(IterableDataset):
+    """Iterable dataset of collated batches streamed from shards (use with ``DataLoader(batch_size=None)``).
+
+    Args:
+        shards: the shards (with sidecar columns for exact mode with grouping).
+        tokenizer: the tokenizer (pickled to workers).
+        sample: sample processing options.
+        batch_size: samples per batch.
+        resampled: endless random shard sampling (pre-training) instead of one exact pass.
+        batches_per_rank: resampled mode: batches each rank yields per epoch.
+        shuffle: shuffle (exact mode: shard order, windows and batch order; resampled: shuffle buffer).
+        group_by_modality: single-modality, length-sorted batches.
+        window: batches per shuffle/grouping window.
+        shuffle_buffer: resampled mode: raw samples held for shuffling.
+        collate: ``padded`` or ``packed``.
+        pack_length: packed rows' budget in expanded tokens (default ``max_length``).
+        pad_to_multiple_of: round row lengths up.
+        seed: base seed (same on every rank).
+        rank: this process's rank.
+        world_size: number of ranks.
+        num_workers: DataLoader workers per rank (0 and 1 both mean one stream in the loading process).
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[ShardInfo],
+        tokenizer: TextTokenizer,
+        sample: SampleConfig,
+        *,
+        batch_size: int,
+        resampled: bool,
+        batches_per_rank: int | None = None,
+        shuffle: bool = True,
+        group_by_modality: bool = False,
+        window: int = 16,
+        shuffle_buffer: int = 1000,
+        collate: CollateMode = "padded",
+        pack_length: int | None = None,
+        pad_to_multiple_of: int = 1,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.shards = list(shards)
+        self.tokenizer = tokenizer
+        self.sample = sample
+        self.batch_size = batch_size
+        self.resampled = resampled
+        self.shuffle = shuffle
+        self.group = group_by_modality
+        self.window = window
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.num_workers = max(1, num_workers)
+        self.epoch = 0
+        self._plan: tuple[int, ExactPlan] | None = None
+        if collate == "packed":
+            budget = pack_length or sample.max_length
+            if budget < sample.max_length:
+                raise ValueError(f"pack_length {budget} must be >= max_length {sample.max_length}")
+            self.collator: PaddedCollator | PackedCollator = PackedCollator(
+                tokenizer.pad_id, sample.image_size, budget, sample.teacher_view, pad_to_multiple_of
+            )
+        elif collate == "padded":
+            self.collator = PaddedCollator(tokenizer.pad_id, sample.image_size, sample.teacher_view, pad_to_multiple_of)
+        else:
+            raise ValueError(f"collate must be 'padded' or 'packed', got {collate!r}")
+        if resampled:
+            if not batches_per_rank or batches_per_rank < 1:
+                raise ValueError("resampled streams need batches_per_rank >= 1")
+            self.batches_per_rank = batches_per_rank
+        elif group_by_modality and not all(s.has_columns for s in self.shards):
+            raise ValueError("modality grouping needs the shards' sidecar indexes (written by make_shards)")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (changes shuffling and resampling seeds)."""
+        self.epoch = int(epoch)
+
+    def plan(self, epoch: int | None = None) -> ExactPlan:
+        """Return the exact-pass plan of ``epoch`` (default: the current epoch)."""
+        epoch = self.epoch if epoch is None else epoch
+        if self._plan is None or self._plan[0] != epoch:
+            counts = [s.num_samples for s in self.shards]
+            is_image = [s.has_image if s.has_image is not None else np.ones(s.num_samples, bool) for s in self.shards]
+            words = [s.words if s.words is not None else np.zeros(s.num_samples, np.int64) for s in self.shards]
+            plan = plan_exact_pass(
+                counts,
+                is_image,
+                words,
+                world_size=self.world_size,
+                num_workers=self.num_workers,
+                batch_size=self.batch_size,
+                seed=self.seed,
+                epoch=epoch,
+                shuffle=self.shuffle,
+                group=self.group,
+                window=self.window,
+            )
+            self._plan = (epoch, plan)
+        return self._plan[1]
+
+    def __len__(self) -> int:
+        return self.batches_per_rank if self.resampled else self.plan().batches_per_rank
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if num_workers != self.num_workers:
+            raise ValueError(f"stream was built for {self.num_workers} workers but runs with {num_workers}")
+        return self.iter_worker(worker)
+
+    def iter_worker(self, worker: int) -> Iterator[dict[str, Any]]:
+        """Yield the batches of one worker of this rank (tests call it directly to simulate workers)."""
+        processor = SampleProcessor(self.tokenizer, self.sample)
+        if self.resampled:
+            return self._iter_resampled(processor, worker)
+        return self._iter_exact(processor, worker)
+
+    # -- exact pass ---------------------------------------------------------------------------------------
+    def _iter_exact(self, processor: SampleProcessor, worker: int) -> Iterator[dict[str, Any]]:
+        slot = self.plan().slots[self.rank][worker]
+        batches = slot.batches
+        ready = np.maximum.accumulate([int(b.max()) for b in batches]) if batches else np.zeros(0, np.int64)
+        buffer: dict[int, dict[str, Any]] = {}
+        drops: Counter = Counter()
+        last_good: list[ProcessedSample] = []
+        emitted, pos = 0, -1
+        for piece in slot.pieces:
+            info = self.shards[piece.shard]
+            offset = int(info.offsets[piece.start]) if info.offsets is not None else None
+            for raw in iter_shard(info.url, piece.start, piece.stop, offset):
+                pos += 1
+                if info.keys is not None and info.keys[raw["__index__"]] != raw["__key__"]:
+                    raise ShardFormatError(f"{info.url} changed since it was indexed (sample {raw['__index__']})")
+                buffer[pos] = raw
+                while emitted < len(batches) and ready[emitted] <= pos:
+                    raws = [buffer.pop(int(p)) for p in batches[emitted]]
+                    yield self._collate_exact(processor, raws, drops, last_good)
+                    emitted += 1
+        if pos + 1 != slot.num_samples or emitted != len(batches):
+            raise ShardFormatError(f"worker {worker} read {pos + 1} of {slot.num_samples} planned samples")
+
+    def _collate_exact(
+        self,
+        processor: SampleProcessor,
+        raws: list[dict[str, Any]],
+        drops: Counter,
+        last_good: list[ProcessedSample],
+    ) -> dict[str, Any]:
+        samples: list[ProcessedSample] = []
+        for raw in raws:
+            out = processor(raw)
+            if isinstance(out, str):
+                drops[out] += 1
+            else:
+                samples.append(out)
+        filler = 0
+        if not samples:
+            samples = [last_good[0] if last_good else filler_sample(self.tokenizer)]
+            filler = 1
+        else:
+            last_good[:] = samples[-1:]
+        batch = self.collator(samples)
+        self._add_drop_stats(batch, drops, filler)
+        return batch
+
+    @staticmethod
+    def _add_drop_stats(batch: dict[str, Any], drops: Counter, filler: int) -> None:
+        stats = batch["meta"]["stats"]
+        stats["dropped"] = float(sum(drops.values()))
+        for reason, n in drops.items():
+            stats[f"dropped_{reason}"] = float(n)
+        stats["filler"] = float(filler)
+        drops.clear()
+
+    # -- resampled stream ---------------------------------------------------------------------------------
+    def _iter_resampled(self, processor: SampleProcessor, worker: int) -> Iterator[dict[str, Any]]:
+        quota = split_quota(self.batches_per_rank, self.num_workers, worker)
+        if quota == 0:
+            return
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, 1])
+        counts = np.array([s.num_samples for s in self.shards], dtype=np.float64)
+        if counts.sum() <= 0:
+            raise ValueError("resampled stream over empty shards")
+        weights = counts / counts.sum()
+        batcher = WindowBatcher(self.batch_size, self.window, self.group, rng if self.shuffle else None)
+        buffer: list[dict[str, Any]] = []
+        drops: Counter = Counter()
+        produced = consecutive_drops = 0
+        while True:
+            shard = self.shards[int(rng.choice(len(self.shards), p=weights))]
+            for raw in iter_shard(shard.url):
+                if self.shuffle and self.shuffle_buffer > 1:
+                    if len(buffer) < self.shuffle_buffer:
+                        buffer.append(raw)
+                        continue
+                    j = int(rng.integers(len(buffer)))
+                    raw, buffer[j] = buffer[j], raw
+                out = processor(raw)
+                if isinstance(out, str):
+                    drops[out] += 1
+                    consecutive_drops += 1
+                    if consecutive_drops > MAX_CONSECUTIVE_DROPS:
+                        raise RuntimeError(f"{consecutive_drops} consecutive samples dropped: {dict(drops)}")
+                    continue
+                consecutive_drops = 0
+                for samples in batcher.add(out, out.has_image, out.expanded_length):
+                    batch = self.collator(samples)
+                    self._add_drop_stats(batch, drops, 0)
+                    yield batch
+                    produced += 1
+                    if produced >= quota:
+                        return

@@ -1,0 +1,161 @@
+r"""Chat templates as data: conversations render to parts (text runs, BOS/EOS ids, the image slot).
+
+Each text run is flagged as supervised or not; ``encoding`` computes the label masks from these parts.
+
+Built in (spec section 3):
+- ``plain`` (pre-training): ``BOS <image> caption "\n"``; the human text is discarded; the caption and its
+  newline are supervised; an image is required.
+- ``vicuna_v1`` (SFT): ``BOS system " USER: " ... " ASSISTANT:" " answer" EOS "USER: " ...``; every answer and
+  its EOS are supervised, everything else masked. The image sits at the start of the first human turn.
+
+More templates can be registered with ``register_template``; names are unique and templates are immutable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+from eve_lightning.constants import IMAGE_PLACEHOLDER
+from eve_lightning.data.conversation import Turn
+
+
+@dataclass(frozen=True)
+class Text:
+    """A run of text; ``train`` marks it supervised."""
+
+    text: str
+    train: bool
+
+
+@dataclass(frozen=True)
+class Special:
+    """A special token inserted by id (``bos`` or ``eos``), never by text."""
+
+    which: Literal["bos", "eos"]
+    train: bool
+
+
+@dataclass(frozen=True)
+class ImageSlot:
+    """Where the image tokens go (one IMAGE_TOKEN_INDEX in ``input_ids``, never supervised)."""
+
+
+Part = Text | Special | ImageSlot
+IMAGE_SLOT = ImageSlot()
+
+
+def split_image(text: str, train: bool) -> list[Part]:
+    """Split ``text`` on the image placeholder into text runs and ``ImageSlot`` parts (empty runs dropped)."""
+    parts: list[Part] = []
+    for i, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if i:
+            parts.append(IMAGE_SLOT)
+        if chunk:
+            parts.append(Text(chunk, train))
+    return parts
+
+
+class ChatTemplate:
+    """Base class of chat templates.
+
+    Attributes:
+        name: registry key.
+        requires_image: samples without an image are dropped (pre-training templates).
+    """
+
+    name: str = ""
+    requires_image: bool = False
+
+    def render(self, turns: Sequence[Turn]) -> list[Part]:
+        """Render a full training conversation (alternating turns, human first, gpt last)."""
+        raise NotImplementedError
+
+    def render_prompt(self, turns: Sequence[Turn]) -> list[Part]:
+        """Render an inference prompt: ``turns`` ends with a human turn; the result ends where generation starts."""
+        raise NotImplementedError
+
+
+class PlainTemplate(ChatTemplate):
+    r"""Caption pre-training: ``BOS <image> caption "\n"`` with only the caption (and newline) supervised."""
+
+    name = "plain"
+    requires_image = True
+
+    def render(self, turns: Sequence[Turn]) -> list[Part]:
+        answers = [t.text for t in turns if t.role == "gpt"]
+        if not answers:
+            raise ValueError("plain template needs a caption (a gpt turn)")
+        return [Special("bos", False), IMAGE_SLOT, Text(answers[0] + "\n", True)]
+
+    def render_prompt(self, turns: Sequence[Turn]) -> list[Part]:
+        return [Special("bos", False), IMAGE_SLOT]
+
+
+@dataclass(frozen=True)
+class SeparatorTemplate(ChatTemplate):
+    """Two-separator chat layout of the Vicuna v1 family.
+
+    Renders ``system + sep + "USER: " h1 sep "ASSISTANT: " a1 EOS "USER: " h2 ...``.
+    """
+
+    name: str = ""
+    system: str = ""
+    user: str = "USER"
+    assistant: str = "ASSISTANT"
+    sep: str = " "
+    requires_image: bool = False
+
+    def _prompt_parts(self, turns: Sequence[Turn], with_answers: bool) -> list[Part]:
+        parts: list[Part] = [Special("bos", False)]
+        pending = self.system + self.sep
+        for turn in turns:
+            if turn.role == "human":
+                pending += f"{self.user}: {turn.text}{self.sep}{self.assistant}:"
+                parts += split_image(pending, train=False)
+                pending = ""
+            elif with_answers:
+                # The space before the answer belongs to the answer: SentencePiece glues it to the first word.
+                parts += [Text(" " + turn.text, True), Special("eos", True)]
+        return parts
+
+    def render(self, turns: Sequence[Turn]) -> list[Part]:
+        return self._prompt_parts(turns, with_answers=True)
+
+    def render_prompt(self, turns: Sequence[Turn]) -> list[Part]:
+        if not turns or turns[-1].role != "human":
+            raise ValueError("an inference prompt must end with a human turn")
+        return self._prompt_parts(turns, with_answers=True)
+
+
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+_REGISTRY: dict[str, ChatTemplate] = {}
+TEMPLATES: Mapping[str, ChatTemplate] = MappingProxyType(_REGISTRY)
+
+
+def register_template(template: ChatTemplate) -> ChatTemplate:
+    """Add a template to the registry under ``template.name`` (names cannot be re-bound)."""
+    if not template.name:
+        raise ValueError("template needs a name")
+    if template.name in _REGISTRY:
+        raise ValueError(f"template {template.name!r} is already registered")
+    _REGISTRY[template.name] = template
+    return template
+
+
+def get_template(name: str) -> ChatTemplate:
+    """Return the registered template ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown template {name!r}; registered: {sorted(_REGISTRY)}") from None
+
+
+register_template(PlainTemplate())
+register_template(SeparatorTemplate(name="vicuna_v1", system=VICUNA_SYSTEM))
