@@ -305,7 +305,9 @@ class ShardStream(IterableDataset):
         if counts.sum() <= 0:
             raise ValueError("resampled stream over empty shards")
         weights = counts / counts.sum()
-        batcher = WindowBatcher(self.batch_size, self.window, self.group, rng if self.shuffle else None)
+        # Without grouping the shuffle buffer already mixes samples: emit every batch as soon as it is full.
+        window = self.window if self.group else 1
+        batcher = WindowBatcher(self.batch_size, window, self.group, rng if self.shuffle else None)
         buffer: list[dict[str, Any]] = []
         drops: Counter = Counter()
         produced = consecutive_drops = 0

@@ -1,0 +1,234 @@
+"""Streaming: exact SFT passes over ranks x workers, resampled pre-training epochs, drops, the DataModule."""
+
+from __future__ import annotations
+
+import inspect
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from eve_lightning.data.datamodule import EveDataModule
+from eve_lightning.data.make_shards import build_shards
+from eve_lightning.data.records import BuildOptions, read_annotations
+from eve_lightning.data.shards import resolve_shards
+from eve_lightning.data.stream import SampleConfig, ShardStream
+
+CONF_DATA = Path(__file__).resolve().parents[2] / "conf" / "data"
+
+
+def all_keys(folder: Path) -> list[str]:
+    return [f"{info.url}#{k}" for info in resolve_shards(str(folder), columns=True) for k in info.keys]
+
+
+def run_rank(stream: ShardStream, workers: int) -> list[dict]:
+    """Batches of one rank: the simulated workers' batches (order does not matter for these checks)."""
+    return [batch for w in range(workers) for batch in stream.iter_worker(w)]
+
+
+def sft_stream(folder, tok, rank, world, workers, **kw) -> ShardStream:
+    opts = {"batch_size": 4, "resampled": False, "group_by_modality": True, "window": 2, "seed": 5}
+    opts.update(kw)
+    sample = SampleConfig("vicuna_v1", 672, opts.pop("max_length", 2048), teacher_view=False)
+    shards = resolve_shards(str(folder), columns=True)
+    return ShardStream(shards, tok, sample, rank=rank, world_size=world, num_workers=workers, **opts)
+
+
+@pytest.fixture(scope="module")
+def uneven_sft(demo_dir, tmp_path_factory) -> Path:
+    """The demo SFT records re-written as 9 shards of 7 (+4) samples."""
+    out = tmp_path_factory.mktemp("uneven")
+    raw = demo_dir / "raw"
+    opts = BuildOptions(fmt="llava", images_dir=str(raw / "images"), max_side=672)
+    build_shards(list(read_annotations(raw / "sft_train.json")), out, opts, shard_size=7)
+    return out
+
+
+@pytest.mark.parametrize("collate", ["padded", "packed"])
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_exact_pass_2_ranks_x_2_workers_sees_every_sample_once(demo_dir, tok, collate, epoch):
+    folder = demo_dir / "sft" / "train"
+    expected = all_keys(folder)
+    seen: list[str] = []
+    counts = []
+    for rank in range(2):
+        stream = sft_stream(folder, tok, rank, 2, 2, collate=collate)
+        stream.set_epoch(epoch)
+        batches = run_rank(stream, 2)
+        counts.append(len(batches))
+        assert len(batches) == len(stream)
+        for batch in batches:
+            seen += batch["meta"]["keys"]
+            if collate == "padded":  # grouping: every batch is all-image or all-text
+                has_image = (batch["pixel_mask"].flatten(1).sum(1) > 0).tolist()
+                assert len(set(has_image)) == 1
+            assert batch["meta"]["stats"]["dropped"] == 0
+    assert counts[0] == counts[1]
+    assert len(seen) == len(set(seen)) == len(expected) and sorted(seen) == sorted(expected)
+
+
+def test_exact_pass_uneven_shards_many_ranks(uneven_sft, tok):
+    expected = all_keys(uneven_sft)
+    assert len(resolve_shards(str(uneven_sft))) == 9
+    orders = {}
+    for epoch in (0, 1):
+        seen, counts = [], []
+        for rank in range(3):
+            stream = sft_stream(uneven_sft, tok, rank, 3, 2, batch_size=5)
+            stream.set_epoch(epoch)
+            batches = run_rank(stream, 2)
+            counts.append(len(batches))
+            seen += [k for b in batches for k in b["meta"]["keys"]]
+        assert len(set(counts)) == 1, counts
+        assert Counter(seen) == Counter(expected)
+        orders[epoch] = seen
+    assert orders[0] != orders[1]  # a new epoch reshuffles
+
+
+def test_real_dataloader_workers_match_the_simulation(demo_dir, tok):
+    folder = demo_dir / "sft" / "train"
+    dm = EveDataModule(str(folder), task="sft", batch_size=4, num_workers=2, rank=1, world_size=2, seed=5)
+    dm._tokenizer = tok
+    loader = dm.train_dataloader()
+    got = [k for batch in loader for k in batch["meta"]["keys"]]
+    stream = dm.train_stream()
+    simulated = [k for b in run_rank(stream, 2) for k in b["meta"]["keys"]]
+    assert len(loader) == len(stream) and sorted(got) == sorted(simulated) and len(got) == len(set(got))
+
+
+def test_resampled_epochs(demo_dir, tok):
+    folder = demo_dir / "pretrain" / "train"
+    streams = {}
+    for rank in range(2):
+        dm = EveDataModule(
+            str(folder),
+            task="pretrain",
+            batch_size=8,
+            num_workers=2,
+            rank=rank,
+            world_size=2,
+            seed=1,
+            shuffle_buffer=16,
+        )
+        dm._tokenizer = tok
+        streams[rank] = dm.train_stream()
+    assert len(streams[0]) == len(streams[1]) == 4  # ceil(60 samples / (2 ranks x 8))
+    keys = {}
+    for rank, stream in streams.items():
+        batches = run_rank(stream, 2)
+        assert len(batches) == 4 and all(len(b["meta"]["keys"]) == 8 for b in batches)
+        assert all(b["meta"]["stats"]["image_samples"] == 8 for b in batches)
+        keys[rank] = [k for b in batches for k in b["meta"]["keys"]]
+    assert keys[0] != keys[1]
+    again = [k for b in run_rank(streams[0], 2) for k in b["meta"]["keys"]]
+    assert again == keys[0]  # deterministic for a seed and epoch
+    streams[0].set_epoch(1)
+    assert [k for b in run_rank(streams[0], 2) for k in b["meta"]["keys"]] != keys[0]
+
+
+def test_drops_are_counted_and_batch_counts_stay_equal(demo_dir, tok):
+    folder = demo_dir / "sft" / "train"
+    seen, dropped, fillers, counts = [], Counter(), 0, []
+    for rank in range(2):
+        stream = sft_stream(folder, tok, rank, 2, 2, max_length=200, group_by_modality=False, window=1)
+        batches = run_rank(stream, 2)
+        counts.append(len(batches))
+        for b in batches:
+            stats = b["meta"]["stats"]
+            fillers += int(stats["filler"])
+            for k, v in stats.items():
+                if k.startswith("dropped_"):
+                    dropped[k[8:]] += int(v)
+            if not stats["filler"]:
+                seen += b["meta"]["keys"]
+            assert int(b["attention_mask"].sum(1).max()) <= 200
+    assert counts[0] == counts[1]
+    assert set(dropped) == {"image_does_not_fit"} and dropped["image_does_not_fit"] > 0
+    assert fillers > 0  # batches whose images all exceeded max_length still count on their rank
+    assert len(seen) + sum(dropped.values()) == 60 and len(set(seen)) == len(seen)
+
+
+def test_data_configs_list_every_constructor_argument():
+    params = set(inspect.signature(EveDataModule.__init__).parameters) - {"self"}
+    for path in sorted(CONF_DATA.glob("*.yaml")):
+        cfg = OmegaConf.load(path)
+        assert cfg._target_ == "eve_lightning.data.datamodule.EveDataModule", path.name
+        assert set(cfg.keys()) - {"_target_"} == params, path.name
+
+
+@pytest.mark.parametrize("stage", [("pretrain", "plain"), ("sft", "vicuna_v1")])
+def test_demo_config_instantiates(demo_dir, tmp_path, stage):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "demo").symlink_to(demo_dir)
+    cfg = OmegaConf.create(
+        {
+            "paths": {"data_dir": str(tmp_path / "data")},
+            "stage": {"data_task": stage[0], "template": stage[1]},
+            "model": {"eve": {"image_size": 672, "max_length": 2048}},
+            "seed": 3,
+            "data": OmegaConf.load(CONF_DATA / "demo.yaml"),
+        }
+    )
+    OmegaConf.resolve(cfg)
+    dm = instantiate(cfg.data, _convert_="all", num_workers=0)
+    assert (dm.task, dm.template, dm.resampled, dm.group) == (
+        stage[0],
+        stage[1],
+        stage[0] == "pretrain",
+        stage[0] == "sft",
+    )
+    dm.prepare_data()  # shards exist: nothing generated
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 8 and batch["teacher_pixel_values"].shape[1:] == (3, 336, 336)
+    assert dm.tokenizer_source.endswith("tokenizer.model.v1")
+    val = list(dm.val_dataloader())
+    assert sum(len(b["meta"]["keys"]) for b in val) == 20
+
+
+def test_prepare_data_generates_missing_demo(tmp_path):
+    root = tmp_path / "demo"
+    dm = EveDataModule(str(root / "sft" / "train"), str(root / "sft" / "val"), demo_root=str(root), demo_samples=12)
+    dm.prepare_data()
+    assert resolve_shards(str(root / "pretrain" / "train"))[0].num_samples == 12
+    assert sum(s.num_samples for s in resolve_shards(str(root / "sft" / "val"))) == 50
+
+
+class _Consumer(L.LightningModule):
+    """Records the sample keys of every training step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.epochs: dict[int, list[str]] = {}
+
+    def training_step(self, batch, batch_idx):
+        self.epochs.setdefault(self.current_epoch, []).extend(batch["meta"]["keys"])
+        return (self.w - batch["pixel_mask"].float().mean()) ** 2
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_fit_runs_one_exact_pass_per_epoch(demo_dir, tok):
+    dm = EveDataModule(str(demo_dir / "sft" / "train"), task="sft", batch_size=8, num_workers=0, seed=2)
+    dm._tokenizer = tok
+    module = _Consumer()
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=dm)
+    expected = sorted(all_keys(demo_dir / "sft" / "train"))
+    assert sorted(module.epochs[0]) == expected == sorted(module.epochs[1])
+    assert module.epochs[0] != module.epochs[1]  # the trainer's epoch reached the stream
+    assert trainer.num_training_batches == len(dm.train_stream())
+    assert np.isfinite(float(module.w.detach()))
