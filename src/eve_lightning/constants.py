@@ -12,8 +12,17 @@ adds the keys marked "packed"):
 | pixel_mask             | uint8 [B, S, S]          | 1 on the pasted image band, 0 on padding (all 0: no image)     |
 | teacher_pixel_values   | uint8 [B, 3, 336, 336]   | teacher (CLIP) view, optional (only when the aligner is on)    |
 | teacher_pixel_mask     | uint8 [B, 336, 336]      | teacher band mask, optional                                    |
-| position_ids (packed)  | int64 [B, L]             | restarts at 0 for every packed sample                          |
+| position_ids (packed)  | int64 [B, L]             | restarts at 0 for every packed sample; counted in expanded     |
+|                        |                          | coordinates: the placeholder holds the first image token's     |
+|                        |                          | position, text after it continues at +num_image_tokens         |
 | seq_ids (packed)       | int64 [B, L]             | sample index within the row (-1 on padding)                    |
+| pixel_values (packed)  | uint8 [N, 3, S, S]       | one canvas per IMAGE_TOKEN_INDEX, in row-major order (a packed |
+|                        |                          | row may hold several placeholders; N may be 0); same for       |
+|                        |                          | pixel_mask [N, S, S] and the teacher keys                      |
+| meta                   | dict (not tensors)       | "keys": sample ids in row order; "stats": floats for logging   |
+|                        |                          | (samples, image_samples, label_tokens, real_tokens,            |
+|                        |                          | slot_tokens, real_token_share, dropped, dropped_<reason>,      |
+|                        |                          | filler); never a model input: pop it before the forward        |
 
 Images are carried as uint8 and normalized on the device (see `models.patch_embedding.normalize_pixels`).
 """
