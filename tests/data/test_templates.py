@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -105,13 +106,18 @@ def test_straddling_token_is_supervised(tok):
     assert enc.labels.tolist() == [I, I, I, I, I, 2760, 28723, 2]
 
 
-def test_hf_backend_gives_identical_ids_and_labels(tok, tmp_path):
+@pytest.mark.parametrize("llama_config", [False, True])
+def test_hf_backend_gives_identical_ids_and_labels(tok, tmp_path, llama_config):
     folder = tmp_path / "tok"
     folder.mkdir()
     shutil.copy(default_tokenizer_path(), folder / "tokenizer.model")
+    if llama_config:  # a Vicuna-like folder: transformers 5 builds its own LlamaTokenizer class from the .model
+        config = {"tokenizer_class": "LlamaTokenizer", "legacy": False, "bos_token": "<s>", "eos_token": "</s>"}
+        (folder / "tokenizer_config.json").write_text(json.dumps({**config, "unk_token": "<unk>"}))
     assert load_tokenizer(folder).__class__.__name__ == "SentencePieceTokenizer"  # auto prefers the .model
     hf = load_tokenizer(folder, backend="hf")
     assert isinstance(hf, HFTokenizer) and (hf.bos_id, hf.eos_id, hf.pad_id, hf.vocab_size) == (1, 2, 0, 32000)
+    assert type(hf.hf).__name__ == ("LlamaTokenizer" if llama_config else "TokenizersBackend")
     convs = [
         conv("<image>\nWhat colour is the circle?", "red.", "Where is it?", "on the left."),
         conv("Describe the image.\n<image>", "two shapes: a small red circle  and  a héllo 🙂 square."),
@@ -122,8 +128,13 @@ def test_hf_backend_gives_identical_ids_and_labels(tok, tmp_path):
         for turns in convs:
             a = encode_parts(get_template(name).render(turns), tok)
             b = encode_parts(get_template(name).render(turns), hf)
-            assert a.input_ids.tolist() == b.input_ids.tolist()
-            assert a.labels.tolist() == b.labels.tolist()
+            # the supervised text is exactly the answers (+ EOS) whatever the tokenizer class
+            assert [tok.decode(x) for x in supervised_spans(a)] == [hf.decode(x) for x in supervised_spans(b)]
+            if not llama_config or "  " not in turns[-1].text:
+                assert a.input_ids.tolist() == b.input_ids.tolist()
+                assert a.labels.tolist() == b.labels.tolist()
+            else:  # transformers 5's LlamaTokenizer splits runs of spaces differently from SentencePiece
+                assert a.input_ids.tolist() != b.input_ids.tolist()
 
 
 def test_fit_length_truncates_after_the_image(tok):

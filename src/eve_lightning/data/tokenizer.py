@@ -8,8 +8,9 @@ Backends:
 - ``sentencepiece``: the SentencePiece model itself. This is exactly the slow LLaMA tokenizer the original used
   (``use_fast=False``, legacy): each text run gets the dummy-prefix space, text is never parsed for special
   tokens. ``auto`` picks it for any directory that ships a ``tokenizer.model`` (Vicuna, LLaMA-2, Mistral).
-  Note: in transformers 5.x ``LlamaTokenizer.from_pretrained`` re-tokenizes differently from the SentencePiece
-  model (e.g. ``" ASSISTANT:"`` loses its leading ``"▁"`` piece), so it is not used for LLaMA-style models.
+  Note: in transformers 5.x ``LlamaTokenizer`` is a re-implementation on ``tokenizers`` that differs from the
+  SentencePiece model on some inputs (runs of spaces, text that starts with a space: ``" ASSISTANT:"`` loses its
+  ``"▁"`` piece), so the ids would drift from the original's; labels stay exact with either backend.
 - ``hf``: ``AutoTokenizer.from_pretrained(dir, local_files_only=True)`` for tokenizers without a SentencePiece
   model (e.g. Qwen's ``tokenizer.json``); special-token strings inside text are split, not parsed.
 
