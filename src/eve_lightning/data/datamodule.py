@@ -219,19 +219,30 @@ class EveDataModule(L.LightningDataModule):
         trainer = self.trainer
         return int(trainer.current_epoch) if trainer is not None else None
 
+    def _stream(self, shards: list[ShardInfo], **options: Any) -> ShardStream:
+        """A ``ShardStream`` of this rank with the module's shared options (``options`` override them)."""
+        rank, world = resolve_rank_world(self._rank_arg, self._world_arg)
+        shared: dict[str, Any] = {
+            "collate": self.collate,
+            "pack_length": self.pack_length,
+            "pad_to_multiple_of": self.pad_to_multiple_of,
+            "seed": self.seed,
+            "rank": rank,
+            "world_size": world,
+        }
+        return ShardStream(shards, self.tokenizer, self.sample_cfg, **{**shared, **options})
+
     def train_stream(self) -> ShardStream:
         """Build the training ``ShardStream`` of this rank."""
         self.setup("fit")
         assert self._train_shards is not None
-        rank, world = resolve_rank_world(self._rank_arg, self._world_arg)
         batches_per_rank = None
         if self.resampled:
+            _, world = resolve_rank_world(self._rank_arg, self._world_arg)
             total = self.epoch_samples or sum(s.num_samples for s in self._train_shards)
             batches_per_rank = max(1, -(-total // (world * self.batch_size)))
-        return ShardStream(
+        return self._stream(
             self._train_shards,
-            self.tokenizer,
-            self.sample_cfg,
             batch_size=self.batch_size,
             resampled=self.resampled,
             batches_per_rank=batches_per_rank,
@@ -239,12 +250,6 @@ class EveDataModule(L.LightningDataModule):
             group_by_modality=self.group,
             window=self.group_window,
             shuffle_buffer=self.shuffle_buffer,
-            collate=self.collate,
-            pack_length=self.pack_length,
-            pad_to_multiple_of=self.pad_to_multiple_of,
-            seed=self.seed,
-            rank=rank,
-            world_size=world,
             num_workers=self.num_workers,
         )
 
@@ -253,21 +258,12 @@ class EveDataModule(L.LightningDataModule):
         self.setup("validate")
         if not self._val_shards:
             return None
-        rank, world = resolve_rank_world(self._rank_arg, self._world_arg)
-        return ShardStream(
+        return self._stream(
             self._val_shards,
-            self.tokenizer,
-            self.sample_cfg,
             batch_size=self.val_batch_size,
             resampled=False,
             shuffle=False,
             group_by_modality=False,
-            collate=self.collate,
-            pack_length=self.pack_length,
-            pad_to_multiple_of=self.pad_to_multiple_of,
-            seed=self.seed,
-            rank=rank,
-            world_size=world,
             num_workers=self.val_num_workers,
         )
 
