@@ -11,10 +11,11 @@ VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev
 PYTEST_ARGS ?=
+TRAIN_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-gpu lint format clean
+.PHONY: help install test test-gpu lint format train clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -33,6 +34,12 @@ test: $(STAMP)  ## run the CPU test suite (GPU tests skip themselves)
 
 test-gpu: $(STAMP)  ## run only the GPU tests (on a machine with CUDA)
 	$(BIN)/python -m pytest -q -m gpu $(PYTEST_ARGS)
+
+train: $(STAMP)  ## demo recipe on CPU: prealign -> pretrain -> sft, chained through stage exports
+	$(BIN)/python -m eve_lightning.train +stage=prealign $(TRAIN_ARGS)
+	$(BIN)/python -m eve_lightning.train +stage=pretrain init_from=runs/demo/prealign $(TRAIN_ARGS)
+	$(BIN)/python -m eve_lightning.train +stage=sft init_from=runs/demo/pretrain $(TRAIN_ARGS)
+	@echo "demo model: runs/demo/latest"
 
 lint: $(STAMP)  ## ruff check + format check
 	$(BIN)/ruff check src tests

@@ -305,7 +305,11 @@ class EveVLM(nn.Module):
             n_ce_tokens=n_tok,
             n_align_images=n_align,
             n_truncated=int(mm.n_truncated.sum()),
-            stats={"seq_len": mm.inputs_embeds.shape[1], "n_images": int(mm.image_rows.numel())},
+            stats={
+                "seq_len": mm.inputs_embeds.shape[1],
+                "n_tokens": int(mm.attention_mask.sum()),
+                "n_images": int(mm.image_rows.numel()),
+            },
         )
 
     def _capture_hooks(self, mm: MultimodalInputs, store: dict[int, torch.Tensor]) -> list:

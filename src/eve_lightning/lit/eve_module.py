@@ -1,0 +1,101 @@
+"""EveLitModule: the Lightning side of training (build, freeze, step, log, optimize). The model is plain torch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from eve_lightning.lit.freezing import apply_freezing, format_freezing_table, freezing_table
+from eve_lightning.lit.optim import build_optimizer
+from eve_lightning.models.build import EveWithTeacher
+from eve_lightning.models.export_format import load_export_weights
+from eve_lightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class EveLitModule(pl.LightningModule):
+    """Trains an EveWithTeacher for one stage.
+
+    Args:
+        model_factory: builds the EveWithTeacher (a Hydra `_partial_`); called in `configure_model`, so sharded
+            strategies can build the model under their own context.
+        stage: the resolved `stage` config (name, trainable prefixes, ...).
+        optim: `build_optimizer` keyword arguments (lr, group_lr, weight_decay, betas, warmup_ratio, ...).
+        total_steps: optimizer steps of the run (the LR schedule's length).
+        init_from: stage export to start from (weights only), or None.
+        gradient_checkpointing: recompute decoder activations in backward.
+    """
+
+    def __init__(
+        self,
+        model_factory: Callable[[], EveWithTeacher],
+        stage: dict[str, Any],
+        optim: dict[str, Any],
+        total_steps: int,
+        init_from: str | None = None,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model_factory"], logger=False)
+        self.model_factory = model_factory
+        self.model: EveWithTeacher | None = None
+        self.last_stats: dict[str, float] = {}
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.model = self.model_factory()
+        if self.hparams.init_from:
+            info = load_export_weights(self.hparams.init_from, self.model.vlm, self.model.teacher)
+            log.info("initialized from %s (%d aligner tensors skipped)", self.hparams.init_from, len(info["skipped"]))
+        apply_freezing(self.model, list(self.hparams.stage["trainable"]))
+        if self.hparams.gradient_checkpointing:
+            self.model.vlm.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def on_fit_start(self) -> None:
+        if self.trainer.is_global_zero:
+            table = format_freezing_table(freezing_table(self.model))
+            log.info("stage %s: parameters\n%s", self.hparams.stage["name"], table)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        stats = (batch.pop("meta", None) or {}).get("stats", {})
+        out = self.model(batch)
+        bsz = batch["input_ids"].shape[0]
+        for key in ("real_token_share", "dropped", "filler"):
+            if key in stats:
+                self.log(
+                    f"data/{key}", float(stats[key]), batch_size=bsz, reduce_fx="mean" if "share" in key else "sum"
+                )
+        self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=bsz)
+        self.log("train/loss_ce", out.loss_ce, batch_size=bsz)
+        self.log("train/loss_align", out.loss_align, prog_bar=True, batch_size=bsz)
+        self.last_stats = {
+            "samples": bsz,
+            "tokens": out.stats["n_tokens"],
+            "seq_len": out.stats["seq_len"],
+            "truncated": out.n_truncated,
+        }
+        return out.loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        batch.pop("meta", None)
+        out = self.model(batch)
+        bsz = batch["input_ids"].shape[0]
+        self.log("val/loss", out.loss, batch_size=bsz, sync_dist=True)
+        self.log("val/loss_ce", out.loss_ce, batch_size=bsz, sync_dist=True)
+        self.log("val/loss_align", out.loss_align, batch_size=bsz, sync_dist=True)
+        return out.loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        opt = self.optimizers(use_pl_optimizer=False)
+        for group in opt.param_groups:
+            if not group["name"].endswith("/no_decay"):
+                self.log(f"lr/{group['name']}", group["lr"], batch_size=1)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt, sched = build_optimizer(self.model, self.hparams.total_steps, **self.hparams.optim)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}

@@ -1,0 +1,175 @@
+"""Training entry point: `python -m eve_lightning.train +stage=<prealign|pretrain|sft|sft_hd> [overrides]`.
+
+Composes the Hydra config, validates it (one-line errors naming the fix), resolves it once in the main process,
+builds data, model, callbacks, loggers and Trainer from it, fits, and prints where the checkpoint, the stage export
+and the logs are. Returns the final training loss, the objective of Hydra sweeps.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from eve_lightning.lit.eve_module import EveLitModule
+from eve_lightning.utils.config_checks import CONF_DIR, ConfigError, check_multirun, resolve_ckpt_path, validate
+from eve_lightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+# The frozen teacher stays in eval mode on purpose; Lightning warns about any eval-mode module at fit start.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+
+
+def wandb_offline_if_no_key() -> str | None:
+    """Switch W&B to offline mode when no API key is configured, so a run never waits on the network."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return os.environ.get("WANDB_MODE")
+    netrc = Path.home() / ".netrc"
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return None
+    os.environ["WANDB_MODE"] = "offline"
+    log.warning("W&B: no API key found (WANDB_API_KEY or `wandb login`): logging offline; `wandb sync` uploads later")
+    return "offline"
+
+
+def tokenizer_files(source: str | None) -> list[str]:
+    """Files that make up a tokenizer (a SentencePiece file or a folder's tokenizer files), for exports."""
+    if not source:
+        return []
+    path = Path(source)
+    if path.is_file():
+        return [str(path)]
+    names = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+    return [str(path / n) for n in names if (path / n).is_file()]
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    loggers = []
+    for name, spec in (cfg.get("logger") or {}).items():
+        kwargs = {}
+        if name == "wandb":
+            wandb_offline_if_no_key()
+            if spec.get("id") is None and os.environ.get("SLURM_JOB_ID"):
+                kwargs["id"] = f"{cfg.run_name}".replace("/", "-")  # stable across SLURM requeues
+        loggers.append(instantiate(spec, **kwargs))
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig, data_module: Any) -> list[pl.Callback]:
+    callbacks = []
+    for name, spec in (cfg.get("callbacks") or {}).items():
+        kwargs = {}
+        if name == "stage_export":
+            kwargs["tokenizer_files"] = tokenizer_files(getattr(data_module, "tokenizer_source", None))
+            kwargs["teacher_args"] = OmegaConf.to_container(cfg.model.teacher) if cfg.model.get("teacher") else None
+        callbacks.append(instantiate(spec, **kwargs))
+    return callbacks
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Validate, build and fit. Returns the last `train/loss` (or the metric named by `optimized_metric`)."""
+    accumulate = validate(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)
+    hc = HydraConfig.get() if HydraConfig.initialized() else None
+    if hc is not None:
+        check_multirun(cfg, hc.mode == RunMode.MULTIRUN, hc.runtime.choices.get("hydra/launcher"))
+    OmegaConf.resolve(cfg)  # resolve ${hydra:...} here, once; nothing below sees a live interpolation
+
+    pl.seed_everything(cfg.seed, workers=True)
+    data_module = instantiate(cfg.data, _convert_="all")
+    model_factory = instantiate(cfg.model, _partial_=True, _convert_="all")
+    module = EveLitModule(
+        model_factory=model_factory,
+        stage=OmegaConf.to_container(cfg.stage),
+        optim=OmegaConf.to_container(cfg.optim),
+        total_steps=int(cfg.trainer.max_steps),
+        init_from=cfg.get("init_from"),
+        gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
+    )
+    callbacks = build_callbacks(cfg, data_module)
+    loggers = build_loggers(cfg)
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer)
+    strategy = trainer_kwargs.pop("strategy", "auto")
+    if isinstance(strategy, dict):
+        strategy = instantiate(strategy, _convert_="all")
+    trainer = pl.Trainer(
+        **trainer_kwargs,
+        strategy=strategy,
+        accumulate_grad_batches=accumulate,
+        callbacks=callbacks,
+        logger=loggers or False,
+    )
+    log.info(
+        "stage %s | experiment %s | global batch %s = %s x %d devices x %d accumulation | run dir %s",
+        cfg.stage.name,
+        cfg.experiment_name,
+        cfg.get("global_batch_size"),
+        cfg.data.batch_size,
+        trainer.world_size,
+        accumulate,
+        cfg.paths.output_dir,
+    )
+    ok = False
+    try:
+        trainer.fit(module, datamodule=data_module, ckpt_path=ckpt_path)
+        ok = True
+    finally:
+        finish_wandb(ok)
+    report_outputs(trainer, cfg)
+    metric = cfg.get("optimized_metric") or "train/loss"
+    value = trainer.callback_metrics.get(metric)
+    return float(value) if value is not None else None
+
+
+def finish_wandb(ok: bool) -> None:
+    """Close the W&B run (marked failed on error) so multirun jobs never log into each other."""
+    if "wandb" not in sys.modules:
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=0 if ok else 1)
+
+
+def report_outputs(trainer: pl.Trainer, cfg: DictConfig) -> None:
+    if not trainer.is_global_zero:
+        return
+    lines = [f"run dir:    {cfg.paths.output_dir}"]
+    for cb in trainer.callbacks:
+        if isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.last_model_path:
+            lines.append(f"checkpoint: {cb.last_model_path}")
+        written = getattr(cb, "written", None)
+        if written:
+            lines.append(f"export:     {written}")
+            lines += [f"published:  {p}" for p in getattr(cb, "publish_to", [])]
+    for lg in trainer.loggers:
+        if type(lg).__name__ == "WandbLogger":
+            run_dir = getattr(getattr(lg, "experiment", None), "dir", None)
+            mode = os.environ.get("WANDB_MODE", "online")
+            lines.append(f"wandb ({mode}): {Path(run_dir).parent if run_dir else lg.save_dir}")
+        elif type(lg).__name__ == "CSVLogger":
+            lines.append(f"metrics:    {Path(lg.log_dir) / 'metrics.csv'}")
+    print("\n".join(lines), flush=True)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; configuration errors end the process with one line on stderr and exit code 2."""
+    try:
+        return train(cfg)
+    except ConfigError as err:
+        print(f"eve_lightning.train: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

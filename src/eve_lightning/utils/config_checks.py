@@ -1,0 +1,145 @@
+"""Start-up validation of a composed training config.
+
+Every impossible combination fails before any model is built, with one line that names the fix.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(os.environ.get("EVE_CONF_DIR", Path(__file__).resolve().parents[3] / "conf"))
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says how to fix it."""
+
+
+def available(group: str) -> list[str]:
+    """Option names of a config group (file stems under conf/<group>)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def world_size(trainer: DictConfig) -> int:
+    """Devices x nodes of the Trainer config (GPU 'auto'/-1 counts the visible GPUs)."""
+    devices = trainer.get("devices", 1)
+    if devices in ("auto", -1, "-1"):
+        if trainer.get("accelerator") == "cpu":
+            devices = 1
+        else:
+            import torch
+
+            devices = max(1, torch.cuda.device_count())
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        devices = len(devices)
+    return int(devices) * int(trainer.get("num_nodes", 1))
+
+
+def square_image_tokens(image_size: int) -> int:
+    """EVE tokens of a square image at this canvas size: 1 + g (g + 1), g = image_size / 28."""
+    g = image_size // 28
+    return 1 + g * (g + 1)
+
+
+def check_stage(cfg: DictConfig) -> None:
+    stages = available("stage")
+    stage = cfg.get("stage")
+    if stage is None or OmegaConf.is_missing(cfg, "stage"):
+        raise ConfigError(f"no stage given: add +stage=<{'|'.join(stages)}> (e.g. +stage=prealign)")
+    name = stage.get("name")
+    if name not in stages:
+        raise ConfigError(f"unknown stage {name!r}: use +stage=<{'|'.join(stages)}>")
+
+
+def accumulation(cfg: DictConfig) -> int:
+    """Gradient accumulation that turns micro-batch x world size into the global batch; checks it divides."""
+    micro = int(cfg.data.batch_size)
+    world = world_size(cfg.trainer)
+    glob_bs = cfg.get("global_batch_size")
+    if glob_bs in (None, "null"):
+        return 1
+    glob_bs = int(glob_bs)
+    per_step = micro * world
+    if glob_bs % per_step:
+        raise ConfigError(
+            f"global_batch_size={glob_bs} is not a multiple of data.batch_size ({micro}) x devices x nodes "
+            f"({world}) = {per_step}: change data.batch_size or global_batch_size so that it divides"
+        )
+    return glob_bs // per_step
+
+
+def check_resolution(cfg: DictConfig) -> None:
+    want = cfg.stage.get("resolution")
+    have = cfg.get("resolution_name")
+    if want and have and want != have:
+        raise ConfigError(f"stage {cfg.stage.name} trains at {want} but resolution={have}: add resolution={want}")
+    size, max_len = int(cfg.model.eve.image_size), int(cfg.model.eve.max_length)
+    need = square_image_tokens(size)
+    if need + 8 > max_len:
+        raise ConfigError(
+            f"a square {size}-px image takes {need} tokens, which leaves no room in model.eve.max_length={max_len}: "
+            "raise model.eve.max_length (4096 for 1344 px) or use resolution=r672"
+        )
+
+
+def check_paths(cfg: DictConfig) -> None:
+    llm = cfg.model.llm
+    if llm.get("path") and not Path(llm.path).is_dir():
+        raise ConfigError(
+            f"model.llm.path={llm.path} does not exist: put the LLM checkpoint (e.g. vicuna-7b-v1.5) there, "
+            "set model.llm.path=/your/folder, or set paths.model_dir"
+        )
+    teacher = cfg.model.get("teacher")
+    if float(cfg.model.eve.get("align_weight", 0)) > 0 and teacher and teacher.get("path"):
+        if not Path(teacher.path).is_dir():
+            raise ConfigError(
+                f"model.teacher.path={teacher.path} does not exist: put clip-vit-large-patch14-336 there, set "
+                "model.teacher.path=/your/folder, or train without the teacher with model.eve.align_weight=0"
+            )
+    init = cfg.get("init_from")
+    if init and not (Path(init) / "config.json").is_file():
+        raise ConfigError(f"init_from={init} is not a stage export (no config.json): point it at <run>/export")
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """`ckpt_path=last` -> the newest last.ckpt of this experiment and stage; other values are checked."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt:
+        return None
+    if ckpt == "last":
+        pattern = str(
+            Path(cfg.paths.log_dir)
+            / cfg.task_name
+            / cfg.experiment_name
+            / cfg.stage.name
+            / "*"
+            / "checkpoints"
+            / "last.ckpt"
+        )
+        found = sorted(glob.glob(pattern), key=os.path.getmtime)
+        if not found:
+            raise ConfigError(f"ckpt_path=last found no checkpoint matching {pattern}: give ckpt_path=<file.ckpt>")
+        return found[-1]
+    if not Path(ckpt).exists():
+        raise ConfigError(f"ckpt_path={ckpt} does not exist")
+    return str(ckpt)
+
+
+def check_multirun(cfg: DictConfig, mode_is_multirun: bool, launcher: str | None) -> None:
+    """Hydra's basic multirun launcher re-executes the sweep in each DDP child process; refuse that."""
+    if mode_is_multirun and world_size(cfg.trainer) > 1 and (launcher or "basic") == "basic":
+        raise ConfigError(
+            "a multirun sweep with several devices needs a launcher that starts the ranks itself: add "
+            "hydra/launcher=submitit_eve (SLURM), or run one `python -m eve_lightning.train` per point"
+        )
+
+
+def validate(cfg: DictConfig) -> int:
+    """Run every check; returns the gradient accumulation to use."""
+    check_stage(cfg)
+    check_resolution(cfg)
+    check_paths(cfg)
+    return accumulation(cfg)
