@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+from repo_paths import CONF
 
 
 def pytest_collection_modifyitems(config, items):

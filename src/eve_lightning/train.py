@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from eve_lightning.utils.config_checks import CONF_DIR, ConfigError, check_multi
 from eve_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
+# The launch directory, usable where ${hydra:...} is not (Hydra resolves the sweep dir before its config is set).
+OmegaConf.register_new_resolver("eve_cwd", os.getcwd, replace=True)
 # The frozen teacher stays in eval mode on purpose; Lightning warns about any eval-mode module at fit start.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
@@ -75,14 +78,27 @@ def build_callbacks(cfg: DictConfig, data_module: Any) -> list[pl.Callback]:
     return callbacks
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Validate, build and fit. Returns the last `train/loss` (or the metric named by `optimized_metric`)."""
+@dataclass
+class Run:
+    """Everything a training run is made of, built from the config (nothing has run yet)."""
+
+    data_module: Any
+    module: EveLitModule
+    trainer: pl.Trainer
+    ckpt_path: str | None
+    accumulate: int
+
+
+def build(cfg: DictConfig) -> Run:
+    """Validate the config and build data, model wrapper, callbacks, loggers and Trainer from it."""
     accumulate = validate(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
     hc = HydraConfig.get() if HydraConfig.initialized() else None
     if hc is not None:
         check_multirun(cfg, hc.mode == RunMode.MULTIRUN, hc.runtime.choices.get("hydra/launcher"))
     OmegaConf.resolve(cfg)  # resolve ${hydra:...} here, once; nothing below sees a live interpolation
+    if float(cfg.model.eve.get("align_weight", 0)) == 0 and "teacher_view" in cfg.data:
+        cfg.data.teacher_view = False  # no teacher: do not build its view
 
     pl.seed_everything(cfg.seed, workers=True)
     data_module = instantiate(cfg.data, _convert_="all")
@@ -95,19 +111,25 @@ def train(cfg: DictConfig) -> float | None:
         init_from=cfg.get("init_from"),
         gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
     )
-    callbacks = build_callbacks(cfg, data_module)
-    loggers = build_loggers(cfg)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer)
     strategy = trainer_kwargs.pop("strategy", "auto")
     if isinstance(strategy, dict):
         strategy = instantiate(strategy, _convert_="all")
+    loggers = build_loggers(cfg)
     trainer = pl.Trainer(
         **trainer_kwargs,
         strategy=strategy,
         accumulate_grad_batches=accumulate,
-        callbacks=callbacks,
+        callbacks=build_callbacks(cfg, data_module),
         logger=loggers or False,
     )
+    return Run(data_module, module, trainer, ckpt_path, accumulate)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Validate, build and fit. Returns the last `train/loss` (or the metric named by `optimized_metric`)."""
+    run = build(cfg)
+    trainer = run.trainer
     log.info(
         "stage %s | experiment %s | global batch %s = %s x %d devices x %d accumulation | run dir %s",
         cfg.stage.name,
@@ -115,12 +137,12 @@ def train(cfg: DictConfig) -> float | None:
         cfg.get("global_batch_size"),
         cfg.data.batch_size,
         trainer.world_size,
-        accumulate,
+        run.accumulate,
         cfg.paths.output_dir,
     )
     ok = False
     try:
-        trainer.fit(module, datamodule=data_module, ckpt_path=ckpt_path)
+        trainer.fit(run.module, datamodule=run.data_module, ckpt_path=run.ckpt_path)
         ok = True
     finally:
         finish_wandb(ok)

@@ -6,7 +6,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF
+from repo_paths import CONF
 
 VICUNA_7B = dict(
     model_type="llama",

@@ -11,9 +11,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF
 from eve_lightning.lit.freezing import apply_freezing, format_freezing_table, freezing_table
 from eve_lightning.lit.optim import build_optimizer, param_groups, warmup_cosine
+from repo_paths import CONF
 
 
 @pytest.fixture(scope="module")

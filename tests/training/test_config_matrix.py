@@ -1,0 +1,98 @@
+"""Every shipped recipe composes with every cluster preset and builds its runtime objects (tiny model stand-in)."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from runs import compose_train
+
+from eve_lightning.utils.config_checks import accumulation, available, validate
+from repo_paths import CONF
+
+EXPERIMENTS = {  # experiment -> extra overrides (the stage for recipes that do not set their own)
+    "demo": ["+stage=prealign"],
+    "eve7b_prealign_r672": [],
+    "eve7b_pretrain_r672": [],
+    "eve7b_sft_r672": [],
+    "eve7b_sft_r1344_hd": [],
+}
+EXPECTED_ACCUMULATION = {  # on two 8-GPU nodes: global batch / (micro batch x 16)
+    "eve7b_prealign_r672": 2,
+    "eve7b_pretrain_r672": 2,
+    "eve7b_sft_r672": 2,
+    "eve7b_sft_r1344_hd": 4,
+}
+
+
+def test_the_matrix_covers_every_shipped_file():
+    assert sorted(EXPERIMENTS) == available("experiment")
+    assert available("cluster") == ["a100_1x8", "a100_2x8", "cpu", "gpu1"]
+    assert available("stage") == ["prealign", "pretrain", "sft", "sft_hd"]
+    assert available("strategy") == ["auto", "ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
+
+
+@pytest.mark.parametrize("cluster", ["cpu", "gpu1", "a100_1x8", "a100_2x8"])
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
+def test_recipe_x_cluster_composes_and_builds(tmp_path, experiment, cluster):
+    cfg = compose_train(
+        [f"experiment={experiment}", f"cluster={cluster}", "model=tiny", *EXPERIMENTS[experiment]],
+        tmp_path,
+        tmp_path / "data",
+        fast=False,
+    )
+    if experiment == "demo" and cluster.startswith("a100"):
+        cfg.global_batch_size = 8 * cfg.trainer.devices * cfg.trainer.num_nodes
+    acc = validate(cfg)
+    if cluster == "a100_2x8" and experiment in EXPECTED_ACCUMULATION:
+        assert acc == EXPECTED_ACCUMULATION[experiment]
+        assert cfg.slurm.nodes == 2 and cfg.slurm.tasks_per_node == cfg.trainer.devices == 8
+    OmegaConf.resolve(cfg)
+    assert cfg.model.eve.image_size == (1344 if "r1344" in experiment else 672)
+    data = instantiate(cfg.data, _convert_="all")
+    assert data.sample_cfg.image_size == cfg.model.eve.image_size
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    assert {type(c).__name__ for c in callbacks} >= {"ModelCheckpoint", "Throughput", "StageExport"}
+    strategy = cfg.trainer.strategy
+    if not isinstance(strategy, str):
+        instantiate(strategy, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
+    assert model.vlm.config.max_length == cfg.model.eve.max_length
+
+
+@pytest.mark.parametrize("res", ["r672", "r1344"])
+def test_resolutions_set_canvas_and_length(tmp_path, res):
+    stage = "+stage=sft_hd" if res == "r1344" else "+stage=sft"
+    cfg = compose_train([stage, f"resolution={res}"], tmp_path, tmp_path / "data")
+    validate(cfg)
+    assert (cfg.model.eve.image_size, cfg.model.eve.max_length) == ((1344, 4096) if res == "r1344" else (672, 2048))
+    assert cfg.data.image_size == cfg.model.eve.image_size and cfg.data.max_length == cfg.model.eve.max_length
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"])
+def test_strategy_presets_build_on_cpu(tmp_path, strategy):
+    cfg = compose_train(["+stage=pretrain", f"strategy={strategy}"], tmp_path, tmp_path / "data")
+    OmegaConf.resolve(cfg)
+    obj = instantiate(cfg.trainer.strategy, _convert_="all")
+    name = type(obj).__name__
+    if strategy.startswith("deepspeed"):
+        assert name == "DeepSpeedStrategy"
+        assert obj.config["zero_optimization"]["stage"] == int(strategy[-1])
+        assert obj.config["train_micro_batch_size_per_gpu"] == cfg.data.batch_size
+    elif strategy == "fsdp":
+        assert name == "FSDPStrategy"
+        assert obj.kwargs["use_orig_params"] is True
+    else:
+        assert name == "DDPStrategy"
+
+
+def test_accumulation_is_derived_from_topology(tmp_path):
+    overrides = ["+stage=sft", "cluster=a100_2x8", "data.batch_size=4", "global_batch_size=128"]
+    cfg = compose_train(overrides, tmp_path, tmp_path)
+    assert accumulation(cfg) == 2
+
+
+def test_optuna_search_config_composes(tmp_path):
+    cfg = compose_train(["+stage=sft", "hparams_search=sft_lr_optuna"], tmp_path, tmp_path)
+    assert cfg.optimized_metric == "train/loss"
+    assert (CONF / "hydra" / "launcher" / "submitit_eve.yaml").is_file()

@@ -1,0 +1,92 @@
+"""The command line as users type it: one-line errors, 2-process CPU DDP, a two-point multirun."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from runs import FAST, run_cli
+
+
+def error_line(proc) -> str:
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def test_run_without_stage_stops_at_once_listing_the_stages(tmp_path):
+    proc = run_cli([], tmp_path)
+    assert proc.returncode == 2
+    assert error_line(proc) == (
+        "eve_lightning.train: error: no stage given: add +stage=<prealign|pretrain|sft|sft_hd> (e.g. +stage=prealign)"
+    )
+    assert not (tmp_path / "data").exists()  # nothing was built or generated
+
+
+def test_unknown_stage_names_the_choices(tmp_path):
+    proc = run_cli(["+stage=finetune"], tmp_path)
+    assert proc.returncode != 0
+    assert "finetune" in proc.stderr and "prealign" in proc.stderr and "sft_hd" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model=eve_7b"], "model.llm.path={root}/models/vicuna-7b-v1.5 does not exist: put the LLM checkpoint"),
+        (
+            ["global_batch_size=10", "data.batch_size=4"],
+            "global_batch_size=10 is not a multiple of data.batch_size (4)",
+        ),
+        (["+stage=sft_hd"], "stage sft_hd trains at r1344 but resolution=r672: add resolution=r1344"),
+        (["init_from=nowhere"], "init_from=nowhere is not a stage export (no config.json)"),
+    ],
+)
+def test_impossible_configs_fail_in_one_line_naming_the_fix(tmp_path, args, message):
+    stage = [] if any(a.startswith("+stage") for a in args) else ["+stage=pretrain"]
+    proc = run_cli([*stage, *args], tmp_path)
+    assert proc.returncode == 2
+    line = error_line(proc)
+    assert line.startswith("eve_lightning.train: error: ")
+    assert message.format(root=tmp_path) in line
+
+
+def read_csv(path: Path) -> list[dict]:
+    return list(csv.DictReader(open(path)))
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_takes_equal_steps_in_one_run_dir(tmp_path, demo_data_dir):
+    args = [
+        "+stage=pretrain",
+        *FAST,
+        f"paths.data_dir={demo_data_dir}",
+        "trainer.devices=2",
+        "strategy=ddp",
+        "global_batch_size=8",  # 2 per device x 2 devices x 2 accumulation
+        "trainer.max_steps=3",
+    ]
+    proc = run_cli(args, tmp_path, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 devices x 2 accumulation" in proc.stderr + proc.stdout
+    runs = list((tmp_path / "logs" / "train" / "demo" / "pretrain").iterdir())
+    assert len(runs) == 1  # the second rank did not create a Hydra run dir of its own
+    rows = read_csv(runs[0] / "csv" / "metrics.csv")
+    assert max(int(r["step"]) for r in rows if r.get("train/loss")) == 2  # steps 0..2 logged on rank 0
+    assert (runs[0] / "export" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_point_multirun_gives_separate_runs(tmp_path, demo_data_dir):
+    args = ["-m", "+stage=sft", *FAST, f"paths.data_dir={demo_data_dir}", "optim.lr=1e-3,2e-3", "trainer.max_steps=2"]
+    proc = run_cli(args, tmp_path, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweeps = list((tmp_path / "logs" / "train" / "demo" / "multirun").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1"]
+    lrs = []
+    for job in jobs:
+        rows = read_csv(job / "csv" / "metrics.csv")
+        lrs.append(max(float(r["lr/base"]) for r in rows if r.get("lr/base")))
+        assert (job / "export" / "model.safetensors").is_file()
+    assert lrs[1] == pytest.approx(2 * lrs[0])
