@@ -193,7 +193,7 @@ class EveVLM(nn.Module):
 
         text = real & ~is_img & (dst < out_len)
         t_rows, t_cols = text.nonzero(as_tuple=True)
-        hidden = embed.weight.shape[1]
+        hidden = self.llm.config.hidden_size  # (weight shapes are empty under ZeRO-3 partitioning)
         embeds = embed.weight.new_zeros(bsz, out_len, hidden)
         text_emb = embed(input_ids[t_rows, t_cols])  # [K, H]
         embeds = embeds.index_put((t_rows, dst[t_rows, t_cols]), text_emb)
