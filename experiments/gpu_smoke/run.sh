@@ -16,7 +16,7 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_dev
 print("transformers", transformers.__version__, "lightning", lightning.__version__)
 PY
 
-python3 -m pytest -q -m gpu tests 2>&1 | tail -3 | tee "$RESULTS/pytest_gpu.txt"
+[[ -z "$ONLY" ]] && python3 -m pytest -q -m gpu tests 2>&1 | tail -3 | tee "$RESULTS/pytest_gpu.txt"
 
 common=(cluster=gpu1 logger=csv "${tok[@]}" paths.root_dir="$PWD/gpu_smoke_run" trainer.enable_progress_bar=false
         data.num_workers=4 data.pin_memory=true data.demo_samples=512)
@@ -45,13 +45,18 @@ err = [l for l in text.splitlines() if "Error" in l][-3:]
 if not res["ok"]:
     res["errors"] = err
 print(json.dumps(res))
-open(f"{out}/{name}.json", "w").write(json.dumps(res) + "\n")
 PY
 }
+ONLY=${ONLY:-}  # a regex of run names to run (default: all)
 run() {  # $1 = name, rest = overrides
   local name=$1; shift
+  [[ -n "$ONLY" && ! "$name" =~ $ONLY ]] && return
   timeout 300 python3 -m eve_lightning.train "${common[@]}" "$@" > "$RESULTS/$name.log" 2>&1
-  summary "$name" "$RESULTS/$name.log"
+  summary "$name" "$RESULTS/$name.log" | tee -a "$RESULTS/summary.jsonl"
+  if ! grep -q "checkpoint:" "$RESULTS/$name.log"; then
+    { echo "== $name (last 40 lines)"; tail -40 "$RESULTS/$name.log"; } >> "$RESULTS/failures.txt"
+  fi
+  rm -f "$RESULTS/$name.log"
 }
 run bf16_prealign +stage=prealign trainer.max_steps=40
 run bf16_pretrain +stage=pretrain init_from=gpu_smoke_run/runs/demo/prealign trainer.max_steps=40
@@ -61,4 +66,3 @@ run zero3_pretrain +stage=pretrain strategy=deepspeed_zero3 trainer.max_steps=10
 run zero3_prealign +stage=prealign strategy=deepspeed_zero3 trainer.max_steps=10 callbacks.stage_export.publish_to=[]
 run fsdp_prealign +stage=prealign strategy=fsdp trainer.max_steps=10 callbacks.stage_export.publish_to=[]
 run fsdp_pretrain +stage=pretrain strategy=fsdp trainer.max_steps=10 callbacks.stage_export.publish_to=[]
-cat "$RESULTS"/*.json

@@ -80,8 +80,12 @@ def test_strategy_presets_build_on_cpu(tmp_path, strategy):
         assert obj.config["zero_optimization"]["stage"] == int(strategy[-1])
         assert obj.config["train_micro_batch_size_per_gpu"] == cfg.data.batch_size
     elif strategy == "fsdp":
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
         assert name == "FSDPStrategy"
         assert obj.kwargs["use_orig_params"] is True
+        assert obj.kwargs["auto_wrap_policy"].__class__.__name__ == "ModuleWrapPolicy"
+        assert LlamaDecoderLayer in obj.kwargs["auto_wrap_policy"]._module_classes
     else:
         assert name == "DDPStrategy"
 

@@ -17,6 +17,19 @@ from eve_lightning.utils.logging import get_logger
 log = get_logger(__name__)
 
 
+def hf_zero3_config(strategy: Any) -> Any:
+    """Under DeepSpeed ZeRO-3, tell transformers so it initializes and loads partitioned weights correctly.
+
+    The returned object must stay alive while the model is built (transformers keeps only a weak reference).
+    """
+    config = getattr(strategy, "config", None)
+    if not isinstance(config, dict) or config.get("zero_optimization", {}).get("stage") != 3:
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(config)
+
+
 class EveLitModule(pl.LightningModule):
     """Trains an EveWithTeacher for one stage.
 
@@ -48,6 +61,7 @@ class EveLitModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        self._hf_zero3 = hf_zero3_config(self.trainer.strategy if self._trainer is not None else None)
         self.model = self.model_factory()
         if self.hparams.init_from:
             info = load_export_weights(self.hparams.init_from, self.model.vlm, self.model.teacher)
@@ -91,10 +105,10 @@ class EveLitModule(pl.LightningModule):
         return out.loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        opt = self.optimizers(use_pl_optimizer=False)
-        for group in opt.param_groups:
-            if not group["name"].endswith("/no_decay"):
-                self.log(f"lr/{group['name']}", group["lr"], batch_size=1)
+        for opt in self.trainer.optimizers:  # DeepSpeed's wrapped optimizer is no torch Optimizer, read groups
+            for group in opt.param_groups:
+                if not group.get("name", "").endswith("/no_decay"):
+                    self.log(f"lr/{group.get('name', 'base')}", group["lr"], batch_size=1)
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt, sched = build_optimizer(self.model, self.hparams.total_steps, **self.hparams.optim)
