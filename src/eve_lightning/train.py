@@ -110,6 +110,7 @@ def build(cfg: DictConfig) -> Run:
         total_steps=int(cfg.trainer.max_steps),
         init_from=cfg.get("init_from"),
         gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
+        tokenizer=getattr(data_module, "tokenizer_source", None),
     )
     trainer_kwargs = OmegaConf.to_container(cfg.trainer)
     strategy = trainer_kwargs.pop("strategy", "auto")

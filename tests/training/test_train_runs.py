@@ -85,3 +85,30 @@ def test_resume_from_last_continues_step_count_and_lr_schedule(tmp_path, demo_da
     assert len(lrs) == 2
     assert lrs == pytest.approx([peak * schedule(5), peak * schedule(6)])
     assert lrs[0] > 0 and lrs[0] != pytest.approx(peak)  # a restarted schedule would sit at warmup or peak
+
+
+def test_train_export_and_checkpoint_load_back_with_identical_logits(tmp_path, demo_data_dir):
+    from eve_lightning.inference.loading import load_model
+
+    cfg = compose_train(["+stage=sft", "trainer.max_steps=2"], tmp_path, demo_data_dir)
+    run = build(cfg)
+    run.trainer.fit(run.module, datamodule=run.data_module)
+    trained = run.module.model.vlm.eval()
+    batch = next(iter(run.data_module.train_dataloader()))
+    batch.pop("meta", None)
+
+    def logits(vlm):
+        mm = vlm.prepare_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["pixel_mask"])
+        with torch.no_grad():
+            return vlm.llm(inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask.long()).logits
+
+    expected = logits(trained)
+    out = Path(cfg.paths.output_dir)
+    for source, kind in (
+        (out / "export", "export"),
+        (out / "checkpoints" / "last.ckpt", "lightning_checkpoint"),
+        (out, "lightning_checkpoint"),
+    ):
+        loaded = load_model(source, device="cpu")
+        assert loaded.kind == kind
+        assert torch.equal(logits(loaded.vlm), expected), source

@@ -41,6 +41,7 @@ class EveLitModule(pl.LightningModule):
         total_steps: optimizer steps of the run (the LR schedule's length).
         init_from: stage export to start from (weights only), or None.
         gradient_checkpointing: recompute decoder activations in backward.
+        tokenizer: the tokenizer's path, recorded in checkpoints so they load on their own.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class EveLitModule(pl.LightningModule):
         total_steps: int,
         init_from: str | None = None,
         gradient_checkpointing: bool = False,
+        tokenizer: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model_factory"], logger=False)
@@ -109,6 +111,16 @@ class EveLitModule(pl.LightningModule):
             for group in opt.param_groups:
                 if not group.get("name", "").endswith("/no_decay"):
                     self.log(f"lr/{group.get('name', 'base')}", group["lr"], batch_size=1)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Make checkpoints self-describing: the configs needed to rebuild the model for inference."""
+        vlm = self.model.vlm
+        checkpoint["eve_lightning_config"] = {
+            "eve": vlm.config.to_dict(),
+            "llm": vlm.llm.config.to_dict(),
+            "tokenizer": self.hparams.tokenizer,
+            "stage": self.hparams.stage["name"],
+        }
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt, sched = build_optimizer(self.model, self.hparams.total_steps, **self.hparams.optim)

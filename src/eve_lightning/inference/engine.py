@@ -1,0 +1,141 @@
+"""ChatEngine: conversations in, streamed text out (shared by the chat CLI, the web demo and evaluation).
+
+A conversation is a list of (role, text) turns ending with a user turn, plus at most one image; it is rendered
+with the model's chat template (`vicuna_v1`), the image placed at the start of the first user turn, and the EVE
+view of the image computed at the model's own canvas size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from eve_lightning.constants import IMAGE_PLACEHOLDER
+from eve_lightning.data.conversation import Turn
+from eve_lightning.data.encoding import encode_parts
+from eve_lightning.data.image import eve_view, to_rgb
+from eve_lightning.data.templates import get_template
+from eve_lightning.inference.generate import GenerationConfig, PromptTooLongError, generate_tokens
+from eve_lightning.inference.loading import LoadedModel, load_model
+
+__all__ = ["ChatEngine", "GenerationConfig", "PromptTooLongError"]
+
+ROLES = {"user": "human", "human": "human", "assistant": "gpt", "gpt": "gpt"}
+
+
+class ChatEngine:
+    """Generation front end of a loaded model.
+
+    Attributes:
+        loaded: the model, tokenizer and canvas size.
+        template: chat template name.
+        last_stats: timing of the last generation: ttft_s, tokens_per_s, new_tokens, prompt_tokens.
+    """
+
+    def __init__(self, loaded: LoadedModel, template: str = "vicuna_v1") -> None:
+        self.loaded = loaded
+        self.template = get_template(template)
+        self.last_stats: dict[str, float] = {}
+
+    @classmethod
+    def from_dir(cls, path: str | Path, device: str | None = None, template: str = "vicuna_v1") -> ChatEngine:
+        """Load any EVE weights (see `inference.loading.load_model`)."""
+        return cls(load_model(path, device=device), template=template)
+
+    @property
+    def model_name(self) -> str:
+        return Path(self.loaded.source).name
+
+    @property
+    def image_size(self) -> int:
+        return self.loaded.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.loaded.vlm.parameters()).device
+
+    def encode(self, image: Image.Image | None, turns: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        """Prompt tensors of one conversation (batch of 1)."""
+        if not turns or ROLES.get(turns[-1][0]) != "human":
+            raise ValueError("a conversation must end with a user turn")
+        rendered = []
+        for i, (role, text) in enumerate(turns):
+            if role not in ROLES:
+                raise ValueError(f"unknown role {role!r}; use 'user' or 'assistant'")
+            text = text.replace(IMAGE_PLACEHOLDER, "").strip()
+            if i == 0 and image is not None:
+                text = f"{IMAGE_PLACEHOLDER}\n{text}"
+            rendered.append(Turn(ROLES[role], text))
+        enc = encode_parts(self.template.render_prompt(rendered), self.loaded.tokenizer)
+        device = self.device
+        batch = {
+            "input_ids": torch.as_tensor(enc.input_ids, device=device)[None],
+            "attention_mask": torch.ones(1, len(enc.input_ids), dtype=torch.bool, device=device),
+        }
+        if image is not None:
+            pixels, mask = eve_view(to_rgb(image), self.image_size)  # uint8 [3, S, S], [S, S]
+            batch["pixel_values"] = torch.as_tensor(pixels, device=device)[None]
+            batch["pixel_mask"] = torch.as_tensor(mask, device=device)[None]
+        return batch
+
+    def stream(
+        self, image: Image.Image | None, turns: Sequence[tuple[str, str]], gen: GenerationConfig | None = None
+    ) -> Iterator[str]:
+        """Yield the answer as text deltas while it is generated.
+
+        Raises:
+            PromptTooLongError: the conversation (with its image tokens) does not fit the context.
+        """
+        gen = gen or GenerationConfig()
+        batch = self.encode(image, turns)
+        tok = self.loaded.tokenizer
+        start = time.perf_counter()
+        first = None
+        ids: list[int] = []
+        text = ""
+        for token in generate_tokens(
+            self.loaded.vlm,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch.get("pixel_values"),
+            batch.get("pixel_mask"),
+            tok.eos_id,
+            gen,
+            self.loaded.context_length,
+        ):
+            if first is None:
+                first = time.perf_counter() - start
+            t = int(token[0])
+            if t == tok.eos_id:
+                break
+            ids.append(t)
+            new_text = tok.decode(ids)
+            if len(new_text) > len(text) and not new_text.endswith("\ufffd"):
+                yield new_text[len(text) :]
+                text = new_text
+        elapsed = time.perf_counter() - start
+        decode_time = max(elapsed - (first or 0.0), 1e-9)
+        self.last_stats = {
+            "ttft_s": first or elapsed,
+            "tokens_per_s": (len(ids) - 1) / decode_time if len(ids) > 1 else 0.0,
+            "new_tokens": len(ids),
+            "prompt_tokens": self.prompt_tokens(batch),
+        }
+
+    def prompt_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Decoder positions the prompt takes: text tokens plus 1 + h(w+1) image tokens, minus the placeholder."""
+        n = int(batch["input_ids"].shape[1])
+        if "pixel_mask" in batch:
+            _, _, h, w = self.loaded.vlm.patch_embed.bands(batch["pixel_mask"])[0].tolist()
+            n += h * (w + 1)
+        return n
+
+    def chat(
+        self, image: Image.Image | None, turns: Sequence[tuple[str, str]], gen: GenerationConfig | None = None
+    ) -> str:
+        """The whole answer at once."""
+        return "".join(self.stream(image, turns, gen))

@@ -1,0 +1,196 @@
+"""One loader for every kind of EVE weights.
+
+Kinds: our stage exports, our Lightning training checkpoints (DeepSpeed folders consolidated), and the official
+EVE v1 checkpoint layout.
+
+`load_model(path)` returns an inference-ready EveVLM (no aligner, no teacher), its tokenizer and the canvas size
+read from the weights' own config, never from a folder name or a side folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eve_lightning.data.tokenizer import TextTokenizer, load_tokenizer
+from eve_lightning.models.eve_vlm import EveConfig, EveVLM
+from eve_lightning.models.export_format import CONFIG_NAME, FORMAT, load_export_weights
+from eve_lightning.models.llm import build_llm
+from eve_lightning.models.official_import import load_official_weights
+from eve_lightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+CHECKPOINT_CONFIG_KEY = "eve_lightning_config"  # written into Lightning checkpoints by EveLitModule
+
+
+@dataclass
+class LoadedModel:
+    """An inference-ready model.
+
+    Attributes:
+        vlm: EveVLM in eval mode, on its device and dtype, without aligner.
+        tokenizer: the model's tokenizer.
+        image_size: EVE canvas side (672 or 1344) from the model's config.
+        kind: "export", "lightning_checkpoint" or "official".
+        source: the path it was loaded from.
+    """
+
+    vlm: EveVLM
+    tokenizer: TextTokenizer
+    image_size: int
+    kind: str
+    source: str
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.vlm.llm.config, "max_position_embeddings", self.vlm.config.max_length))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on GPU, float32 on CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _inference_vlm(llm_config: dict[str, Any], eve: dict[str, Any]) -> EveVLM:
+    eve = {k: v for k, v in eve.items() if k in EveConfig.__dataclass_fields__}
+    eve["align_weight"] = 0.0  # inference: no aligner, no teacher
+    llm_config = {k: v for k, v in llm_config.items() if k not in ("architectures", "transformers_version", "dtype")}
+    llm_config.pop("torch_dtype", None)
+    return EveVLM(build_llm(config=llm_config), EveConfig(**eve))
+
+
+def _tokenizer_from(folder: Path, names: list[str] | None = None) -> TextTokenizer:
+    for name in names or []:
+        if (folder / name).is_file() and name.endswith(".model"):
+            return load_tokenizer(folder / name)
+    model_files = sorted(folder.glob("*.model*"))
+    if (folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file():
+        return load_tokenizer(folder)
+    if model_files:
+        return load_tokenizer(model_files[0])
+    raise FileNotFoundError(f"no tokenizer in {folder}: expected tokenizer.model (or tokenizer.json)")
+
+
+def _load_export(folder: Path) -> tuple[EveVLM, TextTokenizer]:
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    vlm = _inference_vlm(config["llm"], config["eve"])
+    load_export_weights(folder, vlm)
+    return vlm, _tokenizer_from(folder, config.get("tokenizer"))
+
+
+def official_image_size(config: dict[str, Any]) -> int:
+    """Canvas size of an official checkpoint: the trailing number of `mm_vision_tower` ('...-672' / '-1344')."""
+    tower = str(config.get("mm_vision_tower", ""))
+    match = re.search(r"(672|1344)$", tower)
+    if not match:
+        raise ValueError(
+            f"cannot tell the image size of this official checkpoint from mm_vision_tower={tower!r}; "
+            "pass image_size=672 or 1344"
+        )
+    return int(match.group(1))
+
+
+def _load_official(folder: Path, image_size: int | None) -> tuple[EveVLM, TextTokenizer]:
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    llm_config = {k: v for k, v in config.items() if not k.startswith("mm_") and not k.startswith("_")}
+    for key in (
+        "requires_cliploss",
+        "use_mm_proj",
+        "tune_mm_mlp_adapter",
+        "image_aspect_ratio",
+        "image_grid_pinpoints",
+    ):
+        llm_config.pop(key, None)
+    llm_config["model_type"] = "llama"
+    eve = {
+        "image_size": image_size or official_image_size(config),
+        "vision_hidden": int(config.get("mm_hidden_size", 1024)),
+        "projector_type": config.get("mm_projector_type", "mlp2x_gelu"),
+        "max_length": int(config.get("max_position_embeddings", 4096)),
+    }
+    vlm = _inference_vlm(llm_config, eve)
+    report = load_official_weights(vlm, folder)
+    log.info("official checkpoint %s: %s", folder, report.summary())
+    return vlm, _tokenizer_from(folder)
+
+
+def _load_lightning_checkpoint(path: Path) -> tuple[EveVLM, TextTokenizer]:
+    if path.is_dir():  # a DeepSpeed checkpoint folder: consolidate its shards first
+        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+        single = path.with_name(path.name + ".consolidated.pt")
+        if not single.is_file():
+            convert_zero_checkpoint_to_fp32_state_dict(str(path), str(single))
+        path = single
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    config = ckpt.get(CHECKPOINT_CONFIG_KEY)
+    if config is None:
+        raise ValueError(f"{path} has no {CHECKPOINT_CONFIG_KEY}: it was not written by eve_lightning's trainer")
+    vlm = _inference_vlm(config["llm"], config["eve"])
+    state = {k.removeprefix("model.vlm."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.vlm.")}
+    state = {k: v for k, v in state.items() if not k.startswith("aligner.")}
+    vlm.load_state_dict(state, strict=True)
+    tokenizer = load_tokenizer(config.get("tokenizer")) if config.get("tokenizer") else load_tokenizer(None)
+    return vlm, tokenizer
+
+
+def find_kind(path: Path) -> str:
+    """Which loader a path needs: "export", "official", "lightning_checkpoint"."""
+    if path.is_file() and path.suffix in (".ckpt", ".pt"):
+        return "lightning_checkpoint"
+    if path.is_dir() and (path / "checkpoint").is_dir() and (path / "latest").is_file():
+        return "lightning_checkpoint"  # DeepSpeed checkpoint folder
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        config = json.loads((path / CONFIG_NAME).read_text())
+        if config.get("format") == FORMAT:
+            return "export"
+        if any(k.startswith("mm_") for k in config) or config.get("model_type") == "eve":
+            return "official"
+    if path.is_dir() and (path / "checkpoints" / "last.ckpt").exists():
+        return "run_dir"
+    raise ValueError(
+        f"{path} is not an EVE model: expected a stage export (config.json from eve_lightning), an official EVE v1 "
+        "checkpoint folder, a training run folder or a .ckpt file"
+    )
+
+
+def load_model(
+    path: str | Path,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    image_size: int | None = None,
+) -> LoadedModel:
+    """Load any EVE weights for inference.
+
+    Args:
+        path: a stage export folder, an official EVE v1 folder, a training run folder (its
+            `checkpoints/last.ckpt`), or a Lightning `.ckpt` file (a DeepSpeed checkpoint folder is consolidated).
+        device: default cuda when available, else cpu.
+        dtype: default bfloat16 on GPU, float32 on CPU.
+        image_size: only for official checkpoints whose config does not name it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model path {path} does not exist (run `make train` for the demo model)")
+    kind = find_kind(path)
+    if kind == "run_dir":
+        path, kind = path / "checkpoints" / "last.ckpt", "lightning_checkpoint"
+    if kind == "export":
+        vlm, tok = _load_export(path)
+    elif kind == "official":
+        vlm, tok = _load_official(path, image_size)
+    else:
+        vlm, tok = _load_lightning_checkpoint(path)
+    device = torch.device(device) if device is not None else default_device()
+    vlm = vlm.to(device=device, dtype=dtype or default_dtype(device)).eval()
+    return LoadedModel(vlm=vlm, tokenizer=tok, image_size=vlm.config.image_size, kind=kind, source=str(path))
