@@ -51,14 +51,23 @@ class EpochLoader(DataLoader):
     without it the loader counts its own passes.
     """
 
-    def __init__(self, dataset: ShardStream, epoch_fn: Callable[[], int | None] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        dataset: ShardStream,
+        epoch_fn: Callable[[], int | None] | None = None,
+        skip_fn: Callable[[int], int] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(dataset, batch_size=None, **kwargs)
         self._epoch_fn = epoch_fn
+        self._skip_fn = skip_fn
         self._passes = 0
 
     def __iter__(self) -> Iterator[Any]:
         epoch = self._epoch_fn() if self._epoch_fn is not None else None
-        self.dataset.set_epoch(self._passes if epoch is None else epoch)  # type: ignore[attr-defined]
+        epoch = self._passes if epoch is None else epoch
+        self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+        self.dataset.set_skip(self._skip_fn(epoch) if self._skip_fn is not None else 0)  # type: ignore[attr-defined]
         self._passes += 1
         return super().__iter__()
 
@@ -267,16 +276,45 @@ class EveDataModule(L.LightningDataModule):
             num_workers=self.val_num_workers,
         )
 
-    def _loader(self, stream: ShardStream, workers: int, epoch_fn: Callable[[], int | None] | None) -> EpochLoader:
+    # -- exact resume -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Position of the training stream, saved in every checkpoint: epoch and batches already trained on.
+
+        The stream is a pure function of (seed, epoch, rank, worker), so this is all a resume needs.
+        """
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": int(trainer.current_epoch), "batches": int(progress.processed)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = dict(state) if state else None
+
+    def _resume_skip(self, epoch: int) -> int:
+        """Batches to skip in this pass: those trained on before the checkpoint, once, in its epoch."""
+        resume, self._resume = getattr(self, "_resume", None), None
+        if resume and resume.get("epoch") == epoch:
+            log.info("resuming the data stream at batch %d of epoch %d", resume["batches"], epoch)
+            return int(resume["batches"])
+        return 0
+
+    def _loader(
+        self,
+        stream: ShardStream,
+        workers: int,
+        epoch_fn: Callable[[], int | None] | None,
+        skip_fn: Callable[[int], int] | None = None,
+    ) -> EpochLoader:
         extra: dict[str, Any] = {}
         if workers > 0:
             extra["persistent_workers"] = self.persistent_workers
             if self.prefetch_factor is not None:
                 extra["prefetch_factor"] = self.prefetch_factor
-        return EpochLoader(stream, epoch_fn, num_workers=workers, pin_memory=self.pin_memory, **extra)
+        return EpochLoader(stream, epoch_fn, skip_fn, num_workers=workers, pin_memory=self.pin_memory, **extra)
 
     def train_dataloader(self) -> EpochLoader:
-        return self._loader(self.train_stream(), self.num_workers, self._epoch)
+        return self._loader(self.train_stream(), self.num_workers, self._epoch, self._resume_skip)
 
     def val_dataloader(self) -> EpochLoader | list:
         stream = self.val_stream()

@@ -188,6 +188,7 @@ class ShardStream(IterableDataset):
         self.world_size = world_size
         self.num_workers = max(1, num_workers)
         self.epoch = 0
+        self.skip_batches = 0  # batches of this rank to skip at the start of the next pass (exact resume)
         self._plan: tuple[int, ExactPlan] | None = None
         if collate == "packed":
             budget = pack_length or sample.max_length
@@ -210,6 +211,28 @@ class ShardStream(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (changes shuffling and resampling seeds)."""
         self.epoch = int(epoch)
+
+    def set_skip(self, batches: int) -> None:
+        """Skip the first `batches` batches of this rank in the next pass (to resume mid-epoch exactly)."""
+        self.skip_batches = max(0, int(batches))
+
+    def worker_batch_counts(self) -> list[int]:
+        """Batches each worker of this rank yields in one pass."""
+        if self.resampled:
+            return [split_quota(self.batches_per_rank, self.num_workers, w) for w in range(self.num_workers)]
+        return [len(slot.batches) for slot in self.plan().slots[self.rank]]
+
+    def worker_skip(self, worker: int) -> int:
+        """The share of `skip_batches` of the worker role `worker` (see `__iter__` for the role rotation).
+
+        The DataLoader returns batches in order, taking one from each worker that still has batches, round after
+        round; the first `skip_batches` of that sequence are the ones already trained on.
+        """
+        if not self.skip_batches:
+            return 0
+        counts = self.worker_batch_counts()
+        order = [w for r in range(max(counts, default=0)) for w in range(len(counts)) if r < counts[w]]
+        return sum(1 for w in order[: self.skip_batches] if w == worker)
 
     def plan(self, epoch: int | None = None) -> ExactPlan:
         """Return the exact-pass plan of ``epoch`` (default: the current epoch)."""
@@ -245,7 +268,9 @@ class ShardStream(IterableDataset):
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if num_workers != self.num_workers:
             raise ValueError(f"stream was built for {self.num_workers} workers but runs with {num_workers}")
-        return self.iter_worker(worker)
+        # After skipping n batches the DataLoader starts again at worker 0, but the next batch of the pass belongs
+        # to worker n % W: rotate the roles so the resumed sequence continues the interrupted one.
+        return self.iter_worker((worker + self.skip_batches) % self.num_workers)
 
     def iter_worker(self, worker: int) -> Iterator[dict[str, Any]]:
         """Yield the batches of one worker of this rank (tests call it directly to simulate workers)."""
@@ -258,6 +283,7 @@ class ShardStream(IterableDataset):
     def _iter_exact(self, processor: SampleProcessor, worker: int) -> Iterator[dict[str, Any]]:
         slot = self.plan().slots[self.rank][worker]
         batches = slot.batches
+        skip = self.worker_skip(worker)
         ready = np.maximum.accumulate([int(b.max()) for b in batches]) if batches else np.zeros(0, np.int64)
         buffer: dict[int, dict[str, Any]] = {}
         drops: Counter = Counter()
@@ -273,7 +299,8 @@ class ShardStream(IterableDataset):
                 buffer[pos] = raw
                 while emitted < len(batches) and ready[emitted] <= pos:
                     raws = [buffer.pop(int(p)) for p in batches[emitted]]
-                    yield self._collate_exact(processor, raws, drops, last_good)
+                    if emitted >= skip:  # batches before `skip` were trained on before a resume: read, not decoded
+                        yield self._collate_exact(processor, raws, drops, last_good)
                     emitted += 1
         if pos + 1 != slot.num_samples or emitted != len(batches):
             raise ShardFormatError(f"worker {worker} read {pos + 1} of {slot.num_samples} planned samples")
@@ -314,6 +341,7 @@ class ShardStream(IterableDataset):
     # -- resampled stream ---------------------------------------------------------------------------------
     def _iter_resampled(self, processor: SampleProcessor, worker: int) -> Iterator[dict[str, Any]]:
         quota = split_quota(self.batches_per_rank, self.num_workers, worker)
+        skip = self.worker_skip(worker)
         if quota == 0:
             return
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, 1])
@@ -345,9 +373,12 @@ class ShardStream(IterableDataset):
                     continue
                 consecutive_drops = 0
                 for samples in batcher.add(out, out.has_image, out.expanded_length):
-                    batch = self.collator(samples)
-                    self._add_drop_stats(batch, drops, 0)
-                    yield batch
                     produced += 1
+                    if produced > skip:  # earlier batches are replayed to reach the same state, not collated
+                        batch = self.collator(samples)
+                        self._add_drop_stats(batch, drops, 0)
+                        yield batch
+                    else:
+                        drops.clear()
                     if produced >= quota:
                         return

@@ -1,0 +1,118 @@
+"""Exact resume: the data stream restarts where the checkpoint left it, also after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from runs import FAST
+
+from eve_lightning.data.datamodule import EveDataModule
+
+pytestmark = pytest.mark.reliability
+
+
+def keys_of(loader):
+    return [tuple(b["meta"]["keys"]) for b in loader]
+
+
+@pytest.mark.parametrize("task", ["pretrain", "sft"])
+def test_skipping_k_batches_yields_exactly_the_rest_of_the_pass(demo_data_dir, task):
+    dm = EveDataModule(
+        train_shards=str(demo_data_dir / "demo" / task / "train"),
+        task=task,
+        batch_size=3,
+        num_workers=2,
+        pin_memory=False,
+        epoch_samples=40,
+    )
+    full = keys_of(dm.train_dataloader())
+    assert len(full) >= 8
+    for k in (1, 4, len(full) - 1):
+        dm.load_state_dict({"epoch": 0, "batches": k})
+        assert keys_of(dm.train_dataloader()) == full[k:], k
+    # a resume state of another epoch skips nothing
+    dm.load_state_dict({"epoch": 3, "batches": 2})
+    assert keys_of(dm.train_dataloader()) == full
+
+
+def test_sft_epoch_interrupted_twice_sees_every_sample_exactly_once(demo_data_dir):
+    dm = EveDataModule(
+        train_shards=str(demo_data_dir / "demo" / "sft" / "train"),
+        task="sft",
+        batch_size=2,
+        num_workers=2,
+        pin_memory=False,
+    )
+    full = keys_of(dm.train_dataloader())
+    seen = []
+    done = 0
+    for stop in (3, 7, len(full)):  # two interruptions, each resumed from the batches already trained on
+        dm.load_state_dict({"epoch": 0, "batches": done})
+        part = keys_of(dm.train_dataloader())[: stop - done]
+        seen += part
+        done = stop
+    flat = [k for batch in seen for k in batch if k != "<filler>"]
+    expected = [k for batch in full for k in batch if k != "<filler>"]
+    assert sorted(flat) == sorted(expected) and len(set(flat)) == len(flat)
+
+
+def run_logged(args, cwd, log_file, kill_after_step=None):
+    """Train in a subprocess that logs each step's sample keys and loss; optionally kill -9 it after a step."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "STEP_LOG": str(log_file)}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "eve_lightning.train", *args, "+callbacks.steplog._target_=step_log.StepLog"]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if kill_after_step is None:
+        out, _ = proc.communicate(timeout=400)
+        assert proc.returncode == 0, out[-3000:]
+        return
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if log_file.exists() and any(
+            json.loads(line)["step"] >= kill_after_step for line in log_file.read_text().splitlines()
+        ):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def read_log(path):
+    return {json.loads(line)["step"]: json.loads(line) for line in path.read_text().splitlines()}
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_from_last_matches_an_uninterrupted_run(tmp_path, demo_data_dir):
+    common = [
+        "+stage=pretrain",
+        *FAST,
+        f"paths.data_dir={demo_data_dir}",
+        "data.num_workers=2",
+        "global_batch_size=2",  # one batch per optimizer step
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=1000",
+        "callbacks.model_checkpoint.every_n_train_steps=3",
+        "data.epoch_samples=64",
+    ]
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+    ref_dir.mkdir(), cut_dir.mkdir()
+    run_logged(common, ref_dir, ref_dir / "steps.jsonl")
+    ref = read_log(ref_dir / "steps.jsonl")
+    assert sorted(ref) == list(range(10))
+
+    run_logged(common, cut_dir, cut_dir / "steps.jsonl", kill_after_step=7)  # last checkpoint: step 6
+    ckpts = list((cut_dir / "logs").rglob("last.ckpt"))
+    assert ckpts, "no checkpoint before the kill"
+    run_logged([*common, "ckpt_path=last"], cut_dir, cut_dir / "resumed.jsonl")
+    resumed = read_log(cut_dir / "resumed.jsonl")
+    assert min(resumed) == 6 and max(resumed) == 9  # continues at the checkpoint's step, not from 0
+    for step in range(6, 10):
+        assert resumed[step]["keys"] == ref[step]["keys"], step
+        assert resumed[step]["loss"] == pytest.approx(ref[step]["loss"], abs=1e-6), step
