@@ -30,8 +30,15 @@ def is_loopback(host: str) -> bool:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m eve_lightning.demo", description=__doc__.split("\n")[0])
-    p.add_argument("--model", help="model folder (an export); default: runs/demo/latest, left by `make train`")
+    p = argparse.ArgumentParser(
+        prog="python -m eve_lightning.demo",
+        description="Chat with a trained EVE model about an image, in your browser (http://127.0.0.1:7860).",
+    )
+    p.add_argument(
+        "--model",
+        help="model folder: a stage export, a training checkpoint or an official EVE checkpoint "
+        "(default: runs/demo/latest, left by `make train`)",
+    )
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument(
         "--host",
