@@ -21,8 +21,16 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from eve_lightning.lit.checkpoint_io import AtomicCheckpointIO
 from eve_lightning.lit.eve_module import EveLitModule
-from eve_lightning.utils.config_checks import CONF_DIR, ConfigError, check_multirun, resolve_ckpt_path, validate
+from eve_lightning.utils.config_checks import (
+    CONF_DIR,
+    ConfigError,
+    check_multirun,
+    check_targets,
+    resolve_ckpt_path,
+    validate,
+)
 from eve_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -92,6 +100,7 @@ class Run:
 def build(cfg: DictConfig) -> Run:
     """Validate the config and build data, model wrapper, callbacks, loggers and Trainer from it."""
     accumulate = validate(cfg)
+    check_targets(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
     hc = HydraConfig.get() if HydraConfig.initialized() else None
     if hc is not None:
@@ -111,14 +120,19 @@ def build(cfg: DictConfig) -> Run:
         init_from=cfg.get("init_from"),
         gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
         tokenizer=getattr(data_module, "tokenizer_source", None),
+        max_consecutive_nonfinite=int(cfg.guards.max_consecutive_nonfinite),
     )
     trainer_kwargs = OmegaConf.to_container(cfg.trainer)
     strategy = trainer_kwargs.pop("strategy", "auto")
     if isinstance(strategy, dict):
         strategy = instantiate(strategy, _convert_="all")
     loggers = build_loggers(cfg)
+    plugins = []
+    if not type(strategy).__name__.startswith(("DeepSpeed", "FSDP")):  # those write sharded checkpoint folders
+        plugins.append(AtomicCheckpointIO())
     trainer = pl.Trainer(
         **trainer_kwargs,
+        plugins=plugins,
         strategy=strategy,
         accumulate_grad_batches=accumulate,
         callbacks=build_callbacks(cfg, data_module),
@@ -143,7 +157,7 @@ def train(cfg: DictConfig) -> float | None:
     )
     ok = False
     try:
-        trainer.fit(run.module, datamodule=run.data_module, ckpt_path=run.ckpt_path)
+        trainer.fit(run.module, datamodule=run.data_module, ckpt_path=run.ckpt_path, weights_only=True)
         ok = True
     finally:
         finish_wandb(ok)

@@ -68,6 +68,7 @@ def run_logged(args, cwd, log_file, kill_after_step=None):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "STEP_LOG": str(log_file)}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "eve_lightning.train", *args, "+callbacks.steplog._target_=step_log.StepLog"]
+    cmd.append("security.extra_target_prefixes=[step_log.]")
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if kill_after_step is None:
         out, _ = proc.communicate(timeout=400)

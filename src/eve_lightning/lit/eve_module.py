@@ -42,6 +42,8 @@ class EveLitModule(pl.LightningModule):
         init_from: stage export to start from (weights only), or None.
         gradient_checkpointing: recompute decoder activations in backward.
         tokenizer: the tokenizer's path, recorded in checkpoints so they load on their own.
+        max_consecutive_nonfinite: steps in a row with a non-finite loss or gradient norm before the run stops
+            (each such step is skipped on every rank and its sample keys are logged).
     """
 
     def __init__(
@@ -53,12 +55,15 @@ class EveLitModule(pl.LightningModule):
         init_from: str | None = None,
         gradient_checkpointing: bool = False,
         tokenizer: str | None = None,
+        max_consecutive_nonfinite: int = 3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model_factory"], logger=False)
         self.model_factory = model_factory
         self.model: EveWithTeacher | None = None
         self.last_stats: dict[str, float] = {}
+        self.nonfinite_streak = 0
+        self.skipped_steps = 0
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -77,10 +82,15 @@ class EveLitModule(pl.LightningModule):
             table = format_freezing_table(freezing_table(self.model))
             log.info("stage %s: parameters\n%s", self.hparams.stage["name"], table)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        stats = (batch.pop("meta", None) or {}).get("stats", {})
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        meta = batch.pop("meta", None) or {}
+        stats = meta.get("stats", {})
         out = self.model(batch)
         bsz = batch["input_ids"].shape[0]
+        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(out.loss)), all=False)
+        if bad:  # every rank skips together, so none waits for the others' gradients
+            self._nonfinite(f"loss {float(out.loss)}", meta.get("keys", []))
+            return None
         for key in ("real_token_share", "dropped", "filler"):
             if key in stats:
                 self.log(
@@ -106,14 +116,53 @@ class EveLitModule(pl.LightningModule):
         self.log("val/loss_align", out.loss_align, batch_size=bsz, sync_dist=True)
         return out.loss
 
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Skip the update (grads dropped, so AdamW leaves every parameter alone) if the gradient norm is not finite."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(norm)), all=False)
+        if bad:
+            for p in self.model.parameters():
+                p.grad = None
+            self._nonfinite(f"gradient norm {float(norm)}", [])
+        else:
+            self.nonfinite_streak = 0
+        self.log("train/grad_norm", norm, batch_size=1)
+
+    def _nonfinite(self, what: str, keys: list[str]) -> None:
+        self.nonfinite_streak += 1
+        self.skipped_steps += 1
+        log.warning(
+            "step %d skipped: non-finite %s (samples: %s) [%d in a row]",
+            self.global_step,
+            what,
+            ", ".join(keys[:8]) or "n/a",
+            self.nonfinite_streak,
+        )
+        limit = self.hparams.max_consecutive_nonfinite
+        if self.nonfinite_streak >= limit:
+            raise RuntimeError(
+                f"stopping: {self.nonfinite_streak} consecutive steps had a non-finite {what.split()[0]} "
+                f"(last samples: {', '.join(keys[:8]) or 'n/a'}). Lower optim.lr, check those samples, or raise "
+                f"guards.max_consecutive_nonfinite (now {limit})."
+            )
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.log("guard/skipped_steps", float(self.skipped_steps), batch_size=1)
         for opt in self.trainer.optimizers:  # DeepSpeed's wrapped optimizer is no torch Optimizer, read groups
             for group in opt.param_groups:
                 if not group.get("name", "").endswith("/no_decay"):
                     self.log(f"lr/{group.get('name', 'base')}", group["lr"], batch_size=1)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Make checkpoints self-describing: the configs needed to rebuild the model for inference."""
+        """Refuse non-finite weights; make checkpoints self-describing (configs to rebuild the model)."""
+        bad = [
+            k for k, v in checkpoint.get("state_dict", {}).items() if v.is_floating_point() and not v.isfinite().all()
+        ]
+        if bad:
+            raise RuntimeError(f"refusing to write a checkpoint with non-finite weights: {bad[:5]}")
         vlm = self.model.vlm
         checkpoint["eve_lightning_config"] = {
             "eve": vlm.config.to_dict(),

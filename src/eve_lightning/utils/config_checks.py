@@ -137,6 +137,42 @@ def check_multirun(cfg: DictConfig, mode_is_multirun: bool, launcher: str | None
         )
 
 
+# Module prefixes whose classes and functions configs may instantiate; anything else is refused before it runs.
+ALLOWED_TARGET_PREFIXES = (
+    "eve_lightning.",
+    "lightning.pytorch.",
+    "torch.optim.",
+    "hydra.utils.get_class",
+    "optuna.samplers.",
+)
+
+
+def iter_targets(node, path: str = ""):
+    """(config path, `_target_`) pairs anywhere in a config tree."""
+    if OmegaConf.is_dict(node) or isinstance(node, dict):
+        for key, value in node.items_ex(resolve=False) if OmegaConf.is_dict(node) else node.items():
+            here = f"{path}.{key}" if path else str(key)
+            if key == "_target_":
+                yield path, str(value)
+            else:
+                yield from iter_targets(value, here)
+    elif OmegaConf.is_list(node) or isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from iter_targets(value, f"{path}[{i}]")
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Refuse `_target_`s outside the allowlist (a config must not be a way to run arbitrary code)."""
+    extra = tuple(OmegaConf.select(cfg, "security.extra_target_prefixes", default=[]) or [])
+    allowed = ALLOWED_TARGET_PREFIXES + extra
+    for path, target in iter_targets(cfg):
+        if not target.startswith(allowed):
+            raise ConfigError(
+                f"{path or '<root>'}._target_={target} is not in the instantiation allowlist; add its module prefix "
+                "to security.extra_target_prefixes if you trust it"
+            )
+
+
 def validate(cfg: DictConfig) -> int:
     """Run every check; returns the gradient accumulation to use."""
     check_stage(cfg)

@@ -1,0 +1,135 @@
+"""Guards and crash safety: non-finite steps skipped on every rank, crash-safe checkpoints, safe loading,
+instantiation allowlist, no secrets in run outputs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from runs import FAST, compose_train
+
+from eve_lightning.inference.loading import load_model
+from eve_lightning.lit.checkpoint_io import AtomicCheckpointIO
+from eve_lightning.train import build, train
+from eve_lightning.utils.config_checks import ConfigError
+from repo_paths import REPO
+
+pytestmark = pytest.mark.reliability
+NAN = ["security.extra_target_prefixes=[nan_inject.]", "+callbacks.nan._target_=nan_inject.NanAt"]
+
+
+def test_a_nan_step_is_skipped_and_logged_and_training_goes_on(tmp_path, demo_data_dir, caplog):
+    cfg = compose_train(
+        ["+stage=pretrain", "trainer.max_steps=5", "global_batch_size=2", *NAN, "+callbacks.nan.steps=[2]"],
+        tmp_path,
+        demo_data_dir,
+    )
+    run = build(cfg)
+    with caplog.at_level(logging.WARNING):
+        run.trainer.fit(run.module, datamodule=run.data_module)
+    assert run.module.skipped_steps == 1
+    assert any(re.search(r"step 2 skipped: non-finite loss nan \(samples: .*shard-", r.message) for r in caplog.records)
+    assert all(torch.isfinite(p).all() for p in run.module.model.parameters())
+    assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_three_nan_steps_in_a_row_stop_the_run_with_the_message(tmp_path, demo_data_dir):
+    cfg = compose_train(
+        ["+stage=pretrain", "trainer.max_steps=8", "global_batch_size=2", *NAN, "+callbacks.nan.steps=[1,2,3]"],
+        tmp_path,
+        demo_data_dir,
+    )
+    with pytest.raises(RuntimeError, match=r"stopping: 3 consecutive steps had a non-finite loss .*guards"):
+        train(cfg)
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint_and_resume_works(tmp_path, demo_data_dir, monkeypatch):
+    overrides = ["+stage=pretrain", "trainer.max_steps=6", "global_batch_size=2", "trainer.val_check_interval=100"]
+    real_save, calls = torch.save, []
+
+    def crashing_save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # step-2 and last at step 2 succeed; the step-4 save dies half-way
+            f.write(b"half a checkpoint")
+            raise RuntimeError("killed while saving")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr("eve_lightning.lit.checkpoint_io.torch.save", crashing_save)
+    cfg = compose_train(overrides, tmp_path, demo_data_dir)
+    run = build(cfg)
+    with pytest.raises(RuntimeError, match="killed while saving"):
+        run.trainer.fit(run.module, datamodule=run.data_module)
+    monkeypatch.setattr("eve_lightning.lit.checkpoint_io.torch.save", real_save)
+    ckpts = Path(cfg.paths.output_dir) / "checkpoints"
+    state = AtomicCheckpointIO().load_checkpoint(ckpts / "last.ckpt")
+    assert state["global_step"] == 2  # the complete one, not the torn write
+    cfg2 = compose_train([*overrides, f"ckpt_path={ckpts / 'last.ckpt'}"], tmp_path / "b", demo_data_dir)
+    run2 = build(cfg2)
+    run2.trainer.fit(run2.module, datamodule=run2.data_module, ckpt_path=run2.ckpt_path, weights_only=True)
+    assert run2.trainer.global_step == 6
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_checkpoints_holding_pickled_objects_are_refused_without_running_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.ckpt"
+    with open(evil, "wb") as f:
+        pickle.dump({"state_dict": {}, "payload": Evil()}, f)
+    with pytest.raises(pickle.UnpicklingError):
+        load_model(evil)
+    with pytest.raises(pickle.UnpicklingError):
+        AtomicCheckpointIO().load_checkpoint(evil)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_every_torch_load_in_the_source_is_weights_only():
+    calls = []
+    for path in (REPO / "src").rglob("*.py"):
+        text = path.read_text()
+        for m in re.finditer(r"torch\.load\(", text):
+            depth, i = 1, m.end()
+            while depth:
+                depth += {"(": 1, ")": -1}.get(text[i], 0)
+                i += 1
+            calls.append((path.name, text[m.start() : i]))
+    assert calls, "the scan found no torch.load at all"
+    offenders = [c for c in calls if "weights_only=True" not in c[1]]
+    assert offenders == []
+
+
+def test_targets_outside_the_allowlist_are_refused(tmp_path, demo_data_dir):
+    cfg = compose_train(
+        ["+stage=sft", "+callbacks.evil._target_=os.system", "+callbacks.evil.command=touch pwned"],
+        tmp_path,
+        demo_data_dir,
+    )
+    with pytest.raises(ConfigError, match=r"callbacks.evil._target_=os.system is not in the instantiation allowlist"):
+        build(cfg)
+
+
+@pytest.mark.slow
+def test_no_secret_reaches_configs_checkpoints_or_logs(tmp_path, demo_data_dir):
+    secret = "sk-eve-test-0123456789abcdef"
+    env = {**os.environ, "WANDB_API_KEY": secret, "WANDB_MODE": "offline", "HF_TOKEN": secret + "hf"}
+    args = ["+stage=prealign", *FAST, "logger=wandb", f"paths.data_dir={demo_data_dir}", "trainer.max_steps=2"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "eve_lightning.train", *args], cwd=tmp_path, env=env, capture_output=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert secret.encode() not in proc.stdout + proc.stderr
+    files = [p for p in (tmp_path / "logs").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".ckpt" for p in files) and any(p.name == "config.yaml" for p in files)
+    assert any("wandb" in p.parts for p in files)
+    leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
+    assert leaks == []
