@@ -79,14 +79,17 @@ def page(browser, server, recorder):
     context = browser.new_context(viewport={"width": 1180, "height": 720})
     pg = context.new_page()
     pg.set_default_timeout(30_000)
-    pg.requests = []
+    pg.requests, errors = [], []
     pg.on("request", lambda r: pg.requests.append(r.url))
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     pg.goto(server.url)
     expect(pg.locator("body")).to_have_attribute("data-ready", "true")
     set_slider(pg, "max-new-tokens", MAX_NEW_TOKENS)
     recorder.calls.clear()
     yield pg
     context.close()
+    assert not errors, errors  # no script error, nothing blocked by the page's Content-Security-Policy
 
 
 def set_slider(page, slider: str, value: float) -> None:

@@ -98,6 +98,16 @@ def test_images_of_any_mode_arrive_as_rgb(client, fake_engine):
         assert fake_engine.calls[-1]["image"].mode == "RGB" and fake_engine.calls[-1]["image"].size == (64, 48)
 
 
+def test_exif_rotation_is_applied(client, fake_engine):
+    img = Image.new("RGB", (40, 20), (200, 30, 30))
+    exif = img.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif)
+    assert ask(client, image=buf.getvalue()).status_code == 200
+    assert fake_engine.calls[-1]["image"].size == (20, 40)  # as the photo is shown, not as it is stored
+
+
 def test_prompt_too_long_is_a_readable_error(client):
     r = ask(client, "this question is too long")
     assert r.status_code == 400

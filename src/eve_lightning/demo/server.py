@@ -129,8 +129,7 @@ def load_image(data: bytes) -> Image.Image:
             probe.verify()
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
             img.load()
-            rgb = to_rgb(ImageOps.exif_transpose(img))
-            return rgb if rgb is not img else img.copy()
+            return to_rgb(ImageOps.exif_transpose(img))  # a new image: `img` is closed on leaving
     except DemoRequestError:
         raise
     except Exception as e:  # decoders raise many kinds of errors on hostile or broken files; all mean "not an image"
@@ -226,24 +225,17 @@ class _Generation:
             self.cancelled.set()
 
 
-def _sse(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+def _sse(event: _Event) -> bytes:
+    """One server-sent event: ``delta`` {"text"}, ``done`` {"stats"} or ``error`` {"message"}."""
+    key = {"delta": "text", "done": "stats"}.get(event.kind, "message")
+    return f"event: {event.kind}\ndata: {json.dumps({key: event.payload})}\n\n".encode()
 
 
 async def _event_stream(first: _Event, events: AsyncIterator[_Event]) -> AsyncIterator[bytes]:
-    async def all_events() -> AsyncIterator[_Event]:
-        yield first
-        async for event in events:
-            yield event
-
     try:
-        async for event in all_events():
-            if event.kind == "delta":
-                yield _sse("delta", {"text": event.payload})
-            elif event.kind == "done":
-                yield _sse("done", {"stats": event.payload})
-            else:
-                yield _sse("error", {"message": event.payload})
+        yield _sse(first)
+        async for event in events:
+            yield _sse(event)
     finally:
         await events.aclose()
 
