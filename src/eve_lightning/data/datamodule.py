@@ -110,6 +110,8 @@ class EveDataModule(L.LightningDataModule):
         demo_root: if set and ``train_shards`` has no index yet, ``prepare_data`` generates the demo data set
             there (``eve_lightning.data.demo``; shards under ``demo_root/{pretrain,sft}/{train,val}``).
         demo_samples: training samples per task when the demo set is generated (held-out: 5%, at least 50).
+        max_drop_rate: share of unusable training samples tolerated per worker before the run stops with a clear
+            error (None = no limit); drops are always counted and logged as ``data/dropped``.
     """
 
     def __init__(
@@ -145,6 +147,7 @@ class EveDataModule(L.LightningDataModule):
         world_size: int | None = None,
         demo_root: str | None = None,
         demo_samples: int = 2000,
+        max_drop_rate: float | None = 0.1,
     ) -> None:
         super().__init__()
         if task not in _TASK_DEFAULTS:
@@ -177,6 +180,7 @@ class EveDataModule(L.LightningDataModule):
         self.prefetch_factor = prefetch_factor
         self.seed = seed
         self._rank_arg, self._world_arg = rank, world_size
+        self.max_drop_rate = max_drop_rate
         self.demo_root = demo_root
         self.demo_samples = demo_samples
         self._tokenizer: TextTokenizer | None = None
@@ -260,6 +264,7 @@ class EveDataModule(L.LightningDataModule):
             window=self.group_window,
             shuffle_buffer=self.shuffle_buffer,
             num_workers=self.num_workers,
+            max_drop_rate=self.max_drop_rate,
         )
 
     def val_stream(self) -> ShardStream | None:

@@ -50,6 +50,32 @@ from eve_lightning.data.tokenizer import TextTokenizer
 
 CollateMode = Literal["padded", "packed"]
 MAX_CONSECUTIVE_DROPS = 10_000
+DROP_RATE_MIN_SAMPLES = 100  # samples a worker processes before its drop rate is judged
+
+
+class DropRateError(RuntimeError):
+    """Too large a share of the samples could not be used: the data is broken, not just noisy."""
+
+
+class DropMonitor:
+    """Counts used and dropped samples of one worker and stops the run past `max_rate` (None = never)."""
+
+    def __init__(self, max_rate: float | None) -> None:
+        self.max_rate = max_rate
+        self.seen = 0
+        self.reasons: Counter = Counter()
+
+    def record(self, dropped_reason: str | None) -> None:
+        self.seen += 1
+        if dropped_reason is None:
+            return
+        self.reasons[dropped_reason] += 1
+        dropped = sum(self.reasons.values())
+        if self.max_rate is not None and self.seen >= DROP_RATE_MIN_SAMPLES and dropped > self.max_rate * self.seen:
+            raise DropRateError(
+                f"{dropped} of {self.seen} samples ({dropped / self.seen:.1%}) were dropped ({dict(self.reasons)}), "
+                f"more than data.max_drop_rate={self.max_rate:.1%}: check the shards (or raise data.max_drop_rate)"
+            )
 
 
 @dataclass(frozen=True)
@@ -146,6 +172,8 @@ class ShardStream(IterableDataset):
         rank: this process's rank.
         world_size: number of ranks.
         num_workers: DataLoader workers per rank (0 and 1 both mean one stream in the loading process).
+        max_drop_rate: share of unusable samples (corrupt image, too long, nothing supervised) a worker tolerates
+            before the run stops with `DropRateError`; None = no limit.
     """
 
     def __init__(
@@ -168,8 +196,10 @@ class ShardStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
+        max_drop_rate: float | None = None,
     ) -> None:
         super().__init__()
+        self.max_drop_rate = max_drop_rate
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         if batch_size < 1:
@@ -287,6 +317,7 @@ class ShardStream(IterableDataset):
         ready = np.maximum.accumulate([int(b.max()) for b in batches]) if batches else np.zeros(0, np.int64)
         buffer: dict[int, dict[str, Any]] = {}
         drops: Counter = Counter()
+        monitor = DropMonitor(self.max_drop_rate)
         last_good: list[ProcessedSample] = []
         emitted, pos = 0, -1
         for piece in slot.pieces:
@@ -300,7 +331,7 @@ class ShardStream(IterableDataset):
                 while emitted < len(batches) and ready[emitted] <= pos:
                     raws = [buffer.pop(int(p)) for p in batches[emitted]]
                     if emitted >= skip:  # batches before `skip` were trained on before a resume: read, not decoded
-                        yield self._collate_exact(processor, raws, drops, last_good)
+                        yield self._collate_exact(processor, raws, drops, last_good, monitor)
                     emitted += 1
         if pos + 1 != slot.num_samples or emitted != len(batches):
             raise ShardFormatError(f"worker {worker} read {pos + 1} of {slot.num_samples} planned samples")
@@ -311,14 +342,17 @@ class ShardStream(IterableDataset):
         raws: list[dict[str, Any]],
         drops: Counter,
         last_good: list[ProcessedSample],
+        monitor: DropMonitor,
     ) -> dict[str, Any]:
         samples: list[ProcessedSample] = []
         for raw in raws:
             out = processor(raw)
             if isinstance(out, str):
                 drops[out] += 1
+                monitor.record(out)
             else:
                 samples.append(out)
+                monitor.record(None)
         filler = 0
         if not samples:
             samples = [last_good[0] if last_good else filler_sample(self.tokenizer)]
@@ -354,6 +388,7 @@ class ShardStream(IterableDataset):
         batcher = WindowBatcher(self.batch_size, window, self.group, rng if self.shuffle else None)
         buffer: list[dict[str, Any]] = []
         drops: Counter = Counter()
+        monitor = DropMonitor(self.max_drop_rate)
         produced = consecutive_drops = 0
         while True:
             shard = self.shards[int(rng.choice(len(self.shards), p=weights))]
@@ -365,6 +400,7 @@ class ShardStream(IterableDataset):
                     j = int(rng.integers(len(buffer)))
                     raw, buffer[j] = buffer[j], raw
                 out = processor(raw)
+                monitor.record(out if isinstance(out, str) else None)
                 if isinstance(out, str):
                     drops[out] += 1
                     consecutive_drops += 1
