@@ -38,6 +38,8 @@ log = get_logger(__name__)
 OmegaConf.register_new_resolver("eve_cwd", os.getcwd, replace=True)
 # The frozen teacher stays in eval mode on purpose; Lightning warns about any eval-mode module at fit start.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+# Mid-epoch resume is exact here: the DataModule's state (saved in the checkpoint) repositions the stream.
+warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def wandb_offline_if_no_key() -> str | None:

@@ -225,6 +225,7 @@ def _tar_with(path: Path, members: dict[str, bytes]) -> None:
             tf.addfile(info, io.BytesIO(data))
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("ext", ["pth", "pkl", "pickle", "npy", "pt"])
 def test_pickle_member_is_refused(tmp_path, tok, ext):
     marker = tmp_path / "pwned"

@@ -48,7 +48,14 @@ class ChatEngine:
 
     @property
     def model_name(self) -> str:
-        return Path(self.loaded.source).name
+        """The model folder's name, with the stage that produced it when the export records one."""
+        path = Path(self.loaded.source)
+        stage = None
+        if (path / "config.json").is_file():
+            import json
+
+            stage = json.loads((path / "config.json").read_text()).get("stage")
+        return path.name + (f" ({stage})" if stage else "")
 
     @property
     def image_size(self) -> int:
