@@ -30,12 +30,18 @@ class EveWithTeacher(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> EveOutput:
         """Losses for a collated batch (keys of `eve_lightning.constants`)."""
         features = cell_mask = None
+        packed = "seq_ids" in batch
         if self.teacher is not None and self.vlm.aligner is not None and "teacher_pixel_values" in batch:
-            rows = EveVLM.image_rows(batch["input_ids"], batch["attention_mask"])
-            if rows.numel():
-                features = self.teacher(batch["teacher_pixel_values"][rows])  # [N, g_t^2, C]
-                if "teacher_pixel_mask" in batch:
-                    cell_mask = teacher_cell_mask(batch["teacher_pixel_mask"][rows], self.vlm.config.teacher_patch_size)
+            if packed:  # one teacher view per placeholder already, in placeholder order
+                views, masks = batch["teacher_pixel_values"], batch.get("teacher_pixel_mask")
+            else:
+                rows = EveVLM.image_rows(batch["input_ids"], batch["attention_mask"])
+                views = batch["teacher_pixel_values"][rows]
+                masks = batch["teacher_pixel_mask"][rows] if "teacher_pixel_mask" in batch else None
+            if views.shape[0]:
+                features = self.teacher(views)  # [N, g_t^2, C]
+                if masks is not None:
+                    cell_mask = teacher_cell_mask(masks, self.vlm.config.teacher_patch_size)
         return self.vlm(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -44,6 +50,8 @@ class EveWithTeacher(nn.Module):
             pixel_mask=batch.get("pixel_mask"),
             teacher_features=features,
             teacher_cell_mask=cell_mask,
+            position_ids=batch.get("position_ids") if packed else None,
+            seq_ids=batch.get("seq_ids"),
         )
 
 

@@ -84,6 +84,7 @@ class MultimodalInputs:
         cell_rows, cell_pos: [M] row and sequence position of every image cell token of a complete image.
         cell_teacher: [M] teacher cell id (image * g_t^2 + row * g_t + col) of those tokens.
         n_truncated: tokens dropped by the max-length cap, per row [B].
+        seq_ids: packed rows only: [B, L'] sample index of every token within its row (-1 on padding).
     """
 
     inputs_embeds: torch.Tensor
@@ -95,6 +96,7 @@ class MultimodalInputs:
     cell_pos: torch.Tensor
     cell_teacher: torch.Tensor
     n_truncated: torch.Tensor
+    seq_ids: torch.Tensor | None = None
 
 
 @dataclass
@@ -151,39 +153,48 @@ class EveVLM(nn.Module):
         labels: torch.Tensor | None = None,
         max_length: int | None = None,
         pad_side: str = "right",
+        position_ids: torch.Tensor | None = None,
+        seq_ids: torch.Tensor | None = None,
     ) -> MultimodalInputs:
         """Expand image placeholders into image tokens and re-lay the rows out.
 
         Args:
-            input_ids: [B, L] with at most one IMAGE_TOKEN_INDEX per row; padding anywhere is allowed.
+            input_ids: [B, L] with at most one IMAGE_TOKEN_INDEX per row (padded layout) or per sample (packed
+                layout); padding anywhere is allowed.
             attention_mask: [B, L] True/1 on real tokens.
-            pixel_values: uint8 [B, 3, S, S] (rows without a placeholder are ignored).
-            pixel_mask: [B, S, S].
+            pixel_values: uint8 [B, 3, S, S] indexed by row (padded; rows without a placeholder are ignored), or
+                [N, 3, S, S] with one canvas per placeholder in row-major order (packed).
+            pixel_mask: [B, S, S] or [N, S, S], like `pixel_values`.
             labels: [B, L] or None.
-            max_length: cap after expansion (default `config.max_length`).
+            max_length: cap after expansion (default `config.max_length`; packed rows are never cut).
             pad_side: "right" (training) or "left" (batched generation).
+            position_ids: packed rows: [B, L] positions in expanded coordinates, restarting per sample.
+            seq_ids: packed rows: [B, L] sample index within the row (-1 on padding); selects the packed layout.
         """
         bsz = input_ids.shape[0]
         device = input_ids.device
-        max_length = max_length or self.config.max_length
+        packed = seq_ids is not None
+        max_length = 10**9 if packed else (max_length or self.config.max_length)
         embed = self.llm.get_input_embeddings()
         real = attention_mask.bool()
         is_img = (input_ids == IMAGE_TOKEN_INDEX) & real  # [B, L]
-        per_row = is_img.sum(1)
-        if bool((per_row > 1).any()):
+        if not packed and bool((is_img.sum(1) > 1).any()):
             raise ValueError("a row holds more than one image placeholder; EVE takes one image per sample")
-        rows, starts = is_img.nonzero(as_tuple=True)  # [N], [N]
+        rows, starts = is_img.nonzero(as_tuple=True)  # [N], [N] placeholders in row-major order
 
-        img_len = torch.zeros(bsz, dtype=torch.long, device=device)
+        img_len = torch.zeros_like(input_ids)  # [B, L] image tokens at each placeholder
         image_tokens = None
         if rows.numel():
             if pixel_values is None or pixel_mask is None:
                 raise ValueError("input_ids hold image placeholders but no pixel_values / pixel_mask were given")
-            image = self.patch_embed(pixel_values[rows], pixel_mask[rows])
+            if packed and pixel_values.shape[0] != rows.numel():
+                raise ValueError(f"{rows.numel()} image placeholders but {pixel_values.shape[0]} packed images")
+            pix, pmask = (pixel_values, pixel_mask) if packed else (pixel_values[rows], pixel_mask[rows])
+            image = self.patch_embed(pix, pmask)
             image_tokens = self.projector(image.tokens)  # [T, H]
-            img_len[rows] = image.lengths
+            img_len[rows, starts] = image.lengths
 
-        width = torch.where(is_img, img_len[:, None], 1) * real  # [B, L] positions each token takes
+        width = torch.where(is_img, img_len, 1) * real  # [B, L] positions each token takes
         dst = torch.cumsum(width, 1) - width  # [B, L] first destination of each token
         new_len = width.sum(1)  # [B]
         out_len = int(min(int(new_len.max()) if bsz else 0, max_length))
@@ -201,6 +212,12 @@ class EveVLM(nn.Module):
         if labels is not None:
             new_labels = torch.full((bsz, out_len), IGNORE_INDEX, dtype=labels.dtype, device=device)
             new_labels[t_rows, dst[t_rows, t_cols]] = labels[t_rows, t_cols]
+        new_pos = new_seq = None
+        if packed:
+            new_pos = torch.zeros(bsz, out_len, dtype=torch.long, device=device)
+            new_seq = torch.full((bsz, out_len), -1, dtype=torch.long, device=device)
+            new_pos[t_rows, dst[t_rows, t_cols]] = position_ids[t_rows, t_cols]
+            new_seq[t_rows, dst[t_rows, t_cols]] = seq_ids[t_rows, t_cols]
 
         empty = torch.zeros(0, dtype=torch.long, device=device)
         cell_rows = cell_pos = cell_teacher = empty
@@ -210,6 +227,10 @@ class EveVLM(nn.Module):
             tok_pos = dst[rows, starts][lay["image"]] + lay["offset"]  # [T]
             keep = tok_pos < out_len
             embeds = embeds.index_put((tok_row[keep], tok_pos[keep]), image_tokens[keep].to(embeds.dtype))
+            if packed:  # image tokens continue the placeholder's position and belong to its sample
+                first_pos = position_ids[rows, starts][lay["image"]]  # [T]
+                new_pos[tok_row, tok_pos] = first_pos + lay["offset"]
+                new_seq[tok_row, tok_pos] = seq_ids[rows, starts][lay["image"]]
             complete = dst[rows, starts] + image.lengths <= out_len  # [N] whole image inside the cap
             is_cell = ~lay["is_cls"] & ~lay["is_spl"] & complete[lay["image"]]
             g, gt = image.canvas_grid, self.config.teacher_grid
@@ -219,7 +240,10 @@ class EveVLM(nn.Module):
             cell_rows, cell_pos = tok_row[is_cell], tok_pos[is_cell]
 
         pos = torch.arange(out_len, device=device)[None, :]  # [1, L']
-        if pad_side == "left":
+        if packed:
+            mask = new_seq >= 0
+            position_ids = new_pos
+        elif pad_side == "left":
             start = out_len - kept_len[:, None]
             mask = pos >= start
             position_ids = (pos - start).clamp(min=0)
@@ -236,6 +260,7 @@ class EveVLM(nn.Module):
             cell_pos=cell_pos,
             cell_teacher=cell_teacher,
             n_truncated=new_len - kept_len,
+            seq_ids=new_seq,
         )
 
     # ------------------------------------------------------------------ forward
@@ -248,6 +273,8 @@ class EveVLM(nn.Module):
         pixel_mask: torch.Tensor | None = None,
         teacher_features: torch.Tensor | None = None,
         teacher_cell_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        seq_ids: torch.Tensor | None = None,
     ) -> EveOutput:
         """Training forward: CE (+ alignment) losses.
 
@@ -261,8 +288,12 @@ class EveVLM(nn.Module):
                 to skip the alignment loss.
             teacher_cell_mask: optional bool [N, g_t^2], the teacher's valid cells, checked against the aligned
                 cells when `config.check_alignment`.
+            position_ids: packed layout only, see `prepare_inputs`.
+            seq_ids: packed layout only; attention then stays inside each packed sample.
         """
-        mm = self.prepare_inputs(input_ids, attention_mask, pixel_values, pixel_mask, labels)
+        mm = self.prepare_inputs(
+            input_ids, attention_mask, pixel_values, pixel_mask, labels, position_ids=position_ids, seq_ids=seq_ids
+        )
         use_align = self.aligner is not None and teacher_features is not None
         captured: dict[int, torch.Tensor] = {}
         handles = self._capture_hooks(mm, captured) if use_align else []
@@ -270,7 +301,7 @@ class EveVLM(nn.Module):
             decoder = self.llm.get_decoder()
             out = decoder(
                 inputs_embeds=mm.inputs_embeds,
-                attention_mask=mm.attention_mask,
+                attention_mask=self.decoder_mask(mm),
                 position_ids=mm.position_ids,
                 use_cache=False,
             )
@@ -311,6 +342,25 @@ class EveVLM(nn.Module):
                 "n_images": int(mm.image_rows.numel()),
             },
         )
+
+    def decoder_mask(self, mm: MultimodalInputs) -> torch.Tensor | None:
+        """Attention mask for the decoder.
+
+        Padded rows: the [B, L'] padding mask (the decoder adds causality). Packed rows: with flash-attention the
+        restarting position ids already delimit the samples (variable-length kernels), so no mask; otherwise a
+        block-diagonal causal [B, 1, L', L'] boolean mask keeps attention inside each sample (padding attends to
+        itself only, so no row is empty).
+        """
+        if mm.seq_ids is None:
+            return mm.attention_mask
+        if getattr(self.llm.config, "_attn_implementation", "") == "flash_attention_2":
+            return None
+        seq = mm.seq_ids  # [B, L']
+        length = seq.shape[1]
+        idx = torch.arange(length, device=seq.device)
+        causal = idx[None, :] <= idx[:, None]  # [L', L'] key <= query
+        same = (seq[:, :, None] == seq[:, None, :]) & (seq[:, None, :] >= 0)  # [B, L', L']
+        return ((same & causal) | torch.eye(length, dtype=torch.bool, device=seq.device))[:, None]
 
     def _capture_hooks(self, mm: MultimodalInputs, store: dict[int, torch.Tensor]) -> list:
         """Forward hooks keeping decoder-layer outputs at image cells, for the aligner's middle indices."""
