@@ -7,10 +7,13 @@ and the logs are. Returns the final training loss, the objective of Hydra sweeps
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import sys
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from eve_lightning.lit.checkpoint_io import AtomicCheckpointIO
@@ -36,6 +40,23 @@ from eve_lightning.utils.logging import get_logger
 log = get_logger(__name__)
 # The launch directory, usable where ${hydra:...} is not (Hydra resolves the sweep dir before its config is set).
 OmegaConf.register_new_resolver("eve_cwd", os.getcwd, replace=True)
+
+
+@functools.cache
+def run_id() -> str:
+    """Name of this job's run directory.
+
+    Under SLURM it is `slurm-<job id>`, so a requeued job finds its own run dir and resumes from its checkpoint;
+    otherwise a microsecond timestamp (parallel local starts never collide).
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"slurm-{job}" + (f"_{task}" if task else "")
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f") + "_local"
+
+
+OmegaConf.register_new_resolver("eve_run_id", run_id, replace=True)
 # The frozen teacher stays in eval mode on purpose; Lightning warns about any eval-mode module at fit start.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 # Mid-epoch resume is exact here: the DataModule's state (saved in the checkpoint) repositions the stream.
@@ -129,9 +150,15 @@ def build(cfg: DictConfig) -> Run:
     if isinstance(strategy, dict):
         strategy = instantiate(strategy, _convert_="all")
     loggers = build_loggers(cfg)
-    plugins = []
+    plugins: list[Any] = []
     if not type(strategy).__name__.startswith(("DeepSpeed", "FSDP")):  # those write sharded checkpoint folders
         plugins.append(AtomicCheckpointIO())
+    slurm = cfg.get("slurm")
+    if slurm and SLURMEnvironment.detect():
+        # On the pre-emption signal Lightning saves an hpc checkpoint in the run dir and requeues the job; the
+        # requeued job (same SLURM_JOB_ID, so the same run dir) restores it by itself.
+        sig = getattr(signal, str(slurm.get("requeue_signal", "SIGUSR1")))
+        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=sig))
     trainer = pl.Trainer(
         **trainer_kwargs,
         plugins=plugins,

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import io
-import shutil
-import tarfile
 import time
 
-import numpy as np
 import pytest
 from runs import compose_train
 
+from eve_lightning.bench.corrupt import corrupt_shard_copy
 from eve_lightning.data.datamodule import EveDataModule
 from eve_lightning.data.stream import DropRateError
 from eve_lightning.train import build
@@ -27,23 +24,7 @@ def sft_200(tmp_path_factory):
     return root
 
 
-def corrupt_copy(src, dst, fraction, seed=0):
-    """Copy a shard folder, overwriting the bytes of `fraction` of its images with noise of the same length."""
-    shutil.copytree(src, dst)
-    rng = np.random.default_rng(seed)
-    corrupted = set()
-    for tar_path in sorted(dst.glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-        images = [m.name for m, _ in members if m.name.endswith((".jpg", ".png", ".webp", ".jpeg"))]
-        pick = set(rng.choice(images, size=max(1, round(fraction * len(images))), replace=False).tolist())
-        with tarfile.open(tar_path, "w") as tar:
-            for m, data in members:
-                if m.name in pick:
-                    data = rng.integers(0, 256, len(data), dtype=np.uint8).tobytes()
-                    corrupted.add(m.name.rsplit(".", 1)[0])
-                tar.addfile(m, io.BytesIO(data))
-    return corrupted
+corrupt_copy = corrupt_shard_copy
 
 
 def test_one_percent_corrupt_images_are_skipped_counted_and_never_slept_on(sft_200, tmp_path, monkeypatch):

@@ -133,3 +133,28 @@ def test_no_secret_reaches_configs_checkpoints_or_logs(tmp_path, demo_data_dir):
     assert any("wandb" in p.parts for p in files)
     leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
     assert leaks == []
+
+
+def test_slurm_jobs_requeue_on_the_preset_signal_into_their_own_run_dir(tmp_path, demo_data_dir, monkeypatch):
+    import signal
+
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from eve_lightning import train as train_module
+
+    for var, value in {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "eve",
+        "SLURM_PROCID": "0",
+    }.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    train_module.run_id.cache_clear()
+    assert train_module.run_id() == "slurm-4242"  # the same name after a requeue: the run resumes from its dir
+    train_module.run_id.cache_clear()
+    cfg = compose_train(["+stage=pretrain", "+slurm={requeue_signal: SIGUSR2}"], tmp_path, demo_data_dir)
+    run = build(cfg)
+    env = run.trainer._accelerator_connector.cluster_environment
+    assert isinstance(env, SLURMEnvironment)
+    assert env.auto_requeue and env.requeue_signal == signal.SIGUSR2
