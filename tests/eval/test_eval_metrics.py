@@ -124,6 +124,8 @@ def test_mme_subtask_score_is_acc_plus_acc_plus():
         ("(C)", "C"),
         ("C) a dog", "C"),
         ("The answer is A.", "A"),
+        ("Answer: (B)", "B"),
+        ("The answer is a bird", None),  # an article, not option A
         ("dog", "C"),  # the text of an option
         ("Dog.", "C"),
         ("E", None),  # not an option

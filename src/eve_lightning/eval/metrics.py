@@ -251,7 +251,7 @@ def mme_subtask_score(correct_by_image: Mapping[str, Sequence[bool]]) -> dict[st
 
 _BARE_LETTER = re.compile(r"^\(?([A-Z])\)?(?:[.:,)]|$)")
 _LEADING_LETTER = re.compile(r"^\(?([A-Z])\)?\s")
-_STATED_LETTER = re.compile(r"\b(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-Z])\b\)?", re.IGNORECASE)
+_STATED_LETTER = re.compile(r"\b(?i:answer|option|choice)\s*(?:(?i:is)|:)?\s*\(?([A-Z])\b\)?")
 
 
 def parse_option_letter(text: str, options: Mapping[str, str]) -> str | None:
@@ -278,8 +278,8 @@ def parse_option_letter(text: str, options: Mapping[str, str]) -> str | None:
     if match and match.group(1) in options:
         return match.group(1)
     match = _STATED_LETTER.search(answer)
-    if match and match.group(1).upper() in options:
-        return match.group(1).upper()
+    if match and match.group(1) in options:
+        return match.group(1)
     return None
 
 
