@@ -1,0 +1,337 @@
+"""Training-step benchmark: our path against the original EVE code's way of computing the same step.
+
+`python -m eve_lightning.bench.train --model eve_1b --workload sft [--paths ours,reference] [--out FILE]` builds a
+model with random weights (decoder of TinyLlama-1.1B or Vicuna-7B shape, EVE patch embedding and aligner, a CLIP
+ViT-L/14-336-shaped teacher), draws synthetic samples with realistic lengths, and times steady-state optimizer
+steps of each path in the same process on the same GPU:
+
+* `reference`: the original's computation: right padding to the longest sample, the patch embedding and the
+  aligner run sample by sample, every hidden state of the decoder kept, full-vocabulary logits at every position,
+  activation checkpointing on;
+* `ours`: the batched patch embedding and aligner, samples packed into rows up to a token budget with attention
+  kept inside each sample (flash-attention varlen when installed, else a block-diagonal mask), hidden states
+  captured only at the aligner's layers and image cells, logits only at supervised positions, no checkpointing.
+
+Both paths see the same samples per step and start from the same weights; the first step's losses are compared.
+Decoder MFU counts 6 x decoder parameters (without the input embedding) x real tokens, plus causal attention
+6 x layers x width x sum(len^2) per sample (4x parameters and 4x attention for a frozen decoder, whose weights get
+no gradient), over 989 TFLOP/s (H100 SXM dense bf16). Teacher and patch embedding are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from eve_lightning.constants import BACKGROUND_RGB, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from eve_lightning.data.geometry import band_geometry
+from eve_lightning.models.build import EveWithTeacher, teacher_cell_mask
+from eve_lightning.models.clip_teacher import build_teacher
+from eve_lightning.models.eve_vlm import EveConfig, EveVLM
+from eve_lightning.models.llm import build_llm
+from eve_lightning.models.losses import cosine_alignment_loss
+
+PEAK_TFLOPS = 989.0
+DECODERS = {
+    "eve_1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                   num_key_value_heads=4),
+    "eve_7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                   num_key_value_heads=32),
+}  # fmt: skip
+CLIP_L14_336 = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=336,
+    patch_size=14,
+)
+ASPECTS = ((1, 1), (4, 3), (3, 4), (16, 9), (9, 16), (2, 1), (1, 2))
+
+
+def build_model(name: str, workload: str, device: torch.device) -> EveWithTeacher:
+    """Random-weight EVE of the given decoder shape; the decoder is frozen (bf16) for prealign."""
+    llm_cfg = dict(model_type="llama", vocab_size=32000, max_position_embeddings=8192, **DECODERS[name])
+    attn = "flash_attention_2" if _has_flash_attn() else "sdpa"
+    with torch.device(device):
+        llm = build_llm(config=llm_cfg, attn_implementation=attn)
+        vlm = EveVLM(llm, EveConfig(image_size=672, max_length=4096, align_layer_interval=4, check_alignment=False))
+        teacher = build_teacher(config=CLIP_L14_336, dtype="bfloat16")
+    model = EveWithTeacher(vlm, teacher)
+    if workload == "prealign":
+        llm.to(torch.bfloat16).requires_grad_(False)
+    return model
+
+
+def _has_flash_attn() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------- samples
+def draw_samples(workload: str, n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Synthetic samples: text ids, labels, image placeholder, canvas geometry.
+
+    Pretraining: one 672 image + a 60-200 token caption. SFT: LLaVA-665K-like lengths (log-normal around 150
+    tokens, 20-1500), ~5% text-only, about half the tokens supervised.
+    """
+    out = []
+    for _ in range(n):
+        has_image = workload != "sft" or rng.random() > 0.05
+        if workload == "sft":
+            length = int(np.clip(rng.lognormal(math.log(150), 0.7), 20, 1500))
+        else:
+            length = int(rng.integers(60, 201))
+        ids = rng.integers(3, 32000, size=length + 2)
+        ids[0] = 1
+        labels = np.full_like(ids, IGNORE_INDEX)
+        start = 2 if workload != "sft" else length // 2
+        labels[start:] = ids[start:]
+        geom = None
+        if has_image:
+            ids[1] = IMAGE_TOKEN_INDEX
+            w, h = ASPECTS[int(rng.integers(len(ASPECTS)))]
+            geom = band_geometry(w * 300, h * 300, 672)
+        out.append({"ids": ids, "labels": labels, "geom": geom, "seed": int(rng.integers(2**31))})
+    return out
+
+
+def _views(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """uint8 canvases and band masks of the samples with an image (pixels: a function of the sample's seed)."""
+    ev, em, tv, tm = [], [], [], []
+    for s in samples:
+        g = s["geom"]
+        if g is None:
+            continue
+        rng = np.random.default_rng(s["seed"])
+        for side, box, pix, mask in ((672, g.eve, ev, em), (336, g.teacher, tv, tm)):
+            canvas = np.empty((3, side, side), np.uint8)
+            canvas[:] = np.asarray(BACKGROUND_RGB, np.uint8)[:, None, None]
+            m = np.zeros((side, side), np.uint8)
+            canvas[:, box.y0 : box.y0 + box.height, box.x0 : box.x0 + box.width] = rng.integers(
+                0, 256, (3, box.height, box.width), dtype=np.uint8
+            )
+            m[box.y0 : box.y0 + box.height, box.x0 : box.x0 + box.width] = 1
+            pix.append(torch.from_numpy(canvas))
+            mask.append(torch.from_numpy(m))
+    keys = ("pixel_values", "pixel_mask", "teacher_pixel_values", "teacher_pixel_mask")
+    return {k: torch.stack(v) if v else torch.zeros(0) for k, v in zip(keys, (ev, em, tv, tm))}
+
+
+def padded_batch(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The original's layout: one sample per row, right padding; every row carries a canvas (zeros if none)."""
+    length = max(len(s["ids"]) for s in samples)
+    b = len(samples)
+    ids = torch.zeros(b, length, dtype=torch.long)
+    labels = torch.full((b, length), IGNORE_INDEX)
+    mask = torch.zeros(b, length, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        n = len(s["ids"])
+        ids[i, :n], labels[i, :n], mask[i, :n] = torch.from_numpy(s["ids"]), torch.from_numpy(s["labels"]), True
+    views = _views(samples)
+    full = {k: torch.zeros((b, *v.shape[1:]), dtype=v.dtype) for k, v in views.items() if v.numel()}
+    rows = [i for i, s in enumerate(samples) if s["geom"] is not None]
+    for k, v in views.items():
+        if v.numel():
+            full[k][rows] = v
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask, **full}
+
+
+def packed_batch(samples: list[dict[str, Any]], budget: int) -> dict[str, torch.Tensor]:
+    """Our layout: samples packed first-fit into rows of at most `budget` expanded tokens."""
+    exp = [len(s["ids"]) - 1 + s["geom"].num_image_tokens if s["geom"] else len(s["ids"]) for s in samples]
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in np.argsort(exp)[::-1]:
+        j = next((r for r, left in enumerate(room) if left >= exp[i]), None)
+        if j is None:
+            rows.append([])
+            room.append(budget)
+            j = len(rows) - 1
+        rows[j].append(int(i))
+        room[j] -= exp[i]
+    length = max(sum(len(samples[i]["ids"]) for i in r) for r in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    pos = torch.zeros_like(ids)
+    seq = torch.full_like(ids, -1)
+    order = []
+    for r, members in enumerate(rows):
+        col = 0
+        for k, i in enumerate(members):
+            s = samples[i]
+            n = len(s["ids"])
+            ids[r, col : col + n], labels[r, col : col + n] = torch.from_numpy(s["ids"]), torch.from_numpy(s["labels"])
+            p = torch.arange(n)
+            if s["geom"] is not None:  # positions in expanded coordinates: text after the image shifts
+                p = torch.where(p > 1, p + s["geom"].num_image_tokens - 1, p)
+            pos[r, col : col + n], seq[r, col : col + n] = p, k
+            col += n
+            order.append(i)
+    views = _views([samples[i] for i in order])
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": seq >= 0, "position_ids": pos, "seq_ids": seq}
+    return batch | {k: v for k, v in views.items() if v.numel()}
+
+
+# ------------------------------------------------------------------------------------------------- paths
+def reference_loss(model: EveWithTeacher, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The original's step: per-sample patch embedding and aligner, all hidden states, full logits."""
+    vlm, embed = model.vlm, model.vlm.llm.get_input_embeddings()
+    seqs, labels, spans = [], [], []
+    for i in range(batch["input_ids"].shape[0]):
+        n = int(batch["attention_mask"][i].sum())
+        ids, lab = batch["input_ids"][i, :n], batch["labels"][i, :n]
+        where = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten()
+        if where.numel():
+            s = int(where[0])
+            image = vlm.patch_embed(batch["pixel_values"][i : i + 1], batch["pixel_mask"][i : i + 1])
+            tok = vlm.projector(image.tokens)
+            emb = torch.cat([embed(ids[:s]), tok.to(embed.weight.dtype), embed(ids[s + 1 :])])
+            lab = torch.cat([lab[:s], torch.full((tok.shape[0],), IGNORE_INDEX, device=lab.device), lab[s + 1 :]])
+            spans.append((i, s, image))
+        else:
+            emb = embed(ids)
+        seqs.append(emb)
+        labels.append(lab)
+    length = max(e.shape[0] for e in seqs)
+    emb = torch.stack([F.pad(e, (0, 0, 0, length - e.shape[0])) for e in seqs])
+    lab = torch.stack([F.pad(x, (0, length - x.shape[0]), value=IGNORE_INDEX) for x in labels])
+    mask = torch.stack([torch.arange(length, device=emb.device) < e.shape[0] for e in seqs])
+    out = vlm.llm(inputs_embeds=emb, attention_mask=mask, output_hidden_states=True)
+    logits = out.logits  # [B, L, V]: every position, image tokens included
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), lab[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+    hidden = torch.stack(out.hidden_states, 2)  # [B, L, layers + 1, H]: every hidden state kept
+    with torch.no_grad():
+        feats = model.teacher(batch["teacher_pixel_values"])  # the original runs CLIP on the whole batch
+    valid = teacher_cell_mask(batch["teacher_pixel_mask"], 14)
+    losses = []
+    for i, s, image in spans:  # the aligner, sample by sample
+        r0, c0, h, w = image.grids[0].tolist()
+        grid = hidden[i, s + 1 : s + 1 + h * (w + 1)].unflatten(0, (h, w + 1))[:, :w]  # [h, w, layers + 1, H]
+        cells = torch.stack([grid[:, :, j].flatten(0, 1) for j in vlm.aligner.layer_indices])  # [J, P, H]
+        cell_ids = (torch.arange(h, device=emb.device)[:, None] + r0) * 24 + c0 + torch.arange(w, device=emb.device)
+        pred, ids_ = vlm.aligner(list(cells), cell_ids.flatten())
+        target = feats[i][valid[i]]
+        losses.append(cosine_alignment_loss(pred, target.to(pred.dtype), torch.zeros_like(ids_), 1))
+    return ce + (torch.stack(losses).mean() if losses else 0.0)
+
+
+def decoder_flops(model: EveWithTeacher, batch_lengths: list[int], trained: bool) -> float:
+    llm = model.vlm.llm
+    cfg = llm.config
+    params = sum(p.numel() for p in llm.parameters()) - llm.get_input_embeddings().weight.numel()
+    attn = 6 * cfg.num_hidden_layers * cfg.hidden_size * sum(n * n for n in batch_lengths)
+    tokens = sum(batch_lengths)
+    return (6 if trained else 4) * params * tokens + (attn if trained else attn * 4 / 6)
+
+
+def time_path(path: str, model: EveWithTeacher, batches: list[dict], steps: int, warmup: int, trained: bool) -> dict:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=True)
+    if path == "reference":
+        model.vlm.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.vlm.llm.gradient_checkpointing_disable()
+    model.train()
+    torch.cuda.reset_peak_memory_stats()
+    times, first_loss = [], None
+    for step in range(warmup + steps):
+        batch = batches[step % len(batches)]
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = reference_loss(model, batch) if path == "reference" else model(batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        if step == 0:
+            first_loss = float(loss)
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+    return {
+        "step_s": float(np.median(times)),
+        "first_loss": first_loss,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device("cuda")
+    rng = np.random.default_rng(0)
+    model = build_model(args.model, args.workload, device)
+    trained = args.workload != "prealign"
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    draws = [draw_samples(args.workload, args.micro_batch, rng) for _ in range(4)]
+    lengths = [[len(s["ids"]) - 1 + (s["geom"].num_image_tokens if s["geom"] else 1) for s in d] for d in draws]
+    results: dict[str, Any] = {
+        "card": torch.cuda.get_device_name(0),
+        "model": args.model,
+        "workload": args.workload,
+        "micro_batch": args.micro_batch,
+        "attention": model.vlm.llm.config._attn_implementation,
+        "paths": {},
+    }
+    for path in args.paths.split(","):
+        model.load_state_dict(init)
+        if path == "reference":
+            batches = [_to(padded_batch(d, np.random.default_rng(i)), device) for i, d in enumerate(draws)]
+        else:
+            batches = [
+                _to(packed_batch(d, args.token_budget, np.random.default_rng(i)), device) for i, d in enumerate(draws)
+            ]
+        r = time_path(path, model, batches, args.steps, args.warmup, trained)
+        flops = np.mean([decoder_flops(model, ln, trained) for ln in lengths])
+        r |= {
+            "samples_per_s": args.micro_batch / r["step_s"],
+            "tokens_per_s": float(np.mean([sum(ln) for ln in lengths])) / r["step_s"],
+            "mfu": flops / r["step_s"] / (PEAK_TFLOPS * 1e12),
+        }
+        results["paths"][path] = {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
+        print(f"{path:>9}: " + ", ".join(f"{k} {v}" for k, v in results["paths"][path].items()), flush=True)
+    if {"ours", "reference"} <= set(results["paths"]):
+        p = results["paths"]
+        results["speedup"] = round(p["ours"]["samples_per_s"] / p["reference"]["samples_per_s"], 2)
+        results["first_loss_diff"] = round(abs(p["ours"]["first_loss"] - p["reference"]["first_loss"]), 4)
+    return results
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m eve_lightning.bench.train", description=__doc__.split("\n")[0])
+    p.add_argument("--model", choices=sorted(DECODERS), default="eve_1b")
+    p.add_argument("--workload", choices=["sft", "pretrain", "prealign"], default="sft")
+    p.add_argument("--paths", default="ours,reference", help="comma-separated: ours, reference")
+    p.add_argument("--micro-batch", type=int, default=16, help="samples per optimizer step (both paths)")
+    p.add_argument("--token-budget", type=int, default=16384, help="packed row budget of our path")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", help="write the results JSON here")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("eve_lightning.bench.train: error: needs a CUDA device")
+    results = run(args)
+    text = json.dumps(results)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
