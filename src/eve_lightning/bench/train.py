@@ -57,10 +57,10 @@ CLIP_L14_336 = dict(
 ASPECTS = ((1, 1), (4, 3), (3, 4), (16, 9), (9, 16), (2, 1), (1, 2))
 
 
-def build_model(name: str, workload: str, device: torch.device) -> EveWithTeacher:
+def build_model(name: str, workload: str, device: torch.device, attn: str | None = None) -> EveWithTeacher:
     """Random-weight EVE of the given decoder shape; the decoder is frozen (bf16) for prealign."""
-    llm_cfg = dict(model_type="llama", vocab_size=32000, max_position_embeddings=8192, **DECODERS[name])
-    attn = "flash_attention_2" if _has_flash_attn() else "sdpa"
+    llm_cfg = dict(model_type="llama", vocab_size=32000, max_position_embeddings=32768, **DECODERS[name])
+    attn = attn or ("flash_attention_2" if _has_flash_attn() else "flex_attention")
     with torch.device(device):
         llm = build_llm(config=llm_cfg, attn_implementation=attn)
         vlm = EveVLM(llm, EveConfig(image_size=672, max_length=4096, align_layer_interval=4, check_alignment=False))
@@ -148,8 +148,11 @@ def padded_batch(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask, **full}
 
 
-def packed_batch(samples: list[dict[str, Any]], budget: int) -> dict[str, torch.Tensor]:
-    """Our layout: samples packed first-fit into rows of at most `budget` expanded tokens."""
+def packed_batch(samples: list[dict[str, Any]], budget: int, fixed: bool = False) -> dict[str, torch.Tensor]:
+    """Our layout: samples packed first-fit into rows of at most `budget` expanded tokens.
+
+    With `fixed`, rows are padded to the budget (in expanded tokens), so compiled kernels see few shapes.
+    """
     exp = [len(s["ids"]) - 1 + s["geom"].num_image_tokens if s["geom"] else len(s["ids"]) for s in samples]
     rows: list[list[int]] = []
     room: list[int] = []
@@ -162,6 +165,8 @@ def packed_batch(samples: list[dict[str, Any]], budget: int) -> dict[str, torch.
         rows[j].append(int(i))
         room[j] -= exp[i]
     length = max(sum(len(samples[i]["ids"]) for i in r) for r in rows)
+    if fixed:  # text length that expands to exactly the budget in the fullest row
+        length += budget - max(budget - left for left in room)
     ids = torch.zeros(len(rows), length, dtype=torch.long)
     labels = torch.full_like(ids, IGNORE_INDEX)
     pos = torch.zeros_like(ids)
@@ -236,10 +241,12 @@ def decoder_flops(model: EveWithTeacher, batch_lengths: list[int], trained: bool
     return (6 if trained else 4) * params * tokens + (attn if trained else attn * 4 / 6)
 
 
-def time_path(path: str, model: EveWithTeacher, batches: list[dict], steps: int, warmup: int, trained: bool) -> dict:
+def time_path(
+    path: str, model: EveWithTeacher, batches: list[dict], steps: int, warmup: int, trained: bool, ckpt: bool = False
+) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=True)
-    if path == "reference":
+    if path == "reference" or ckpt:
         model.vlm.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.vlm.llm.gradient_checkpointing_disable()
@@ -270,7 +277,7 @@ def time_path(path: str, model: EveWithTeacher, batches: list[dict], steps: int,
 def run(args: argparse.Namespace) -> dict:
     device = torch.device("cuda")
     rng = np.random.default_rng(0)
-    model = build_model(args.model, args.workload, device)
+    model = build_model(args.model, args.workload, device, args.attention)
     trained = args.workload != "prealign"
     init = {k: v.clone() for k, v in model.state_dict().items()}
     draws = [draw_samples(args.workload, args.micro_batch, rng) for _ in range(4)]
@@ -281,17 +288,17 @@ def run(args: argparse.Namespace) -> dict:
         "workload": args.workload,
         "micro_batch": args.micro_batch,
         "attention": model.vlm.llm.config._attn_implementation,
+        "checkpointing_ours": args.checkpoint_ours,
+        "token_budget": args.token_budget,
         "paths": {},
     }
     for path in args.paths.split(","):
         model.load_state_dict(init)
         if path == "reference":
-            batches = [_to(padded_batch(d, np.random.default_rng(i)), device) for i, d in enumerate(draws)]
+            batches = [_to(padded_batch(d), device) for d in draws]
         else:
-            batches = [
-                _to(packed_batch(d, args.token_budget, np.random.default_rng(i)), device) for i, d in enumerate(draws)
-            ]
-        r = time_path(path, model, batches, args.steps, args.warmup, trained)
+            batches = [_to(packed_batch(d, args.token_budget, fixed=True), device) for d in draws]
+        r = time_path(path, model, batches, args.steps, args.warmup, trained, ckpt=args.checkpoint_ours)
         flops = np.mean([decoder_flops(model, ln, trained) for ln in lengths])
         r |= {
             "samples_per_s": args.micro_batch / r["step_s"],
@@ -318,6 +325,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--paths", default="ours,reference", help="comma-separated: ours, reference")
     p.add_argument("--micro-batch", type=int, default=16, help="samples per optimizer step (both paths)")
     p.add_argument("--token-budget", type=int, default=16384, help="packed row budget of our path")
+    p.add_argument(
+        "--attention", choices=["sdpa", "flex_attention", "flash_attention_2"], help="default: flash or flex"
+    )
+    p.add_argument("--checkpoint-ours", action="store_true", help="activation checkpointing on our path too")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", help="write the results JSON here")

@@ -347,16 +347,24 @@ class EveVLM(nn.Module):
         """Attention mask for the decoder.
 
         Padded rows: the [B, L'] padding mask (the decoder adds causality). Packed rows: with flash-attention the
-        restarting position ids already delimit the samples (variable-length kernels), so no mask; otherwise a
-        block-diagonal causal [B, 1, L', L'] boolean mask keeps attention inside each sample (padding attends to
-        itself only, so no row is empty).
+        restarting position ids already delimit the samples (variable-length kernels), so no mask; with
+        FlexAttention a block mask of the same rule; otherwise a block-diagonal causal [B, 1, L', L'] boolean mask
+        keeps attention inside each sample (padding attends to itself only, so no row is empty).
         """
         if mm.seq_ids is None:
             return mm.attention_mask
-        if getattr(self.llm.config, "_attn_implementation", "") == "flash_attention_2":
+        impl = getattr(self.llm.config, "_attn_implementation", "")
+        if impl == "flash_attention_2":
             return None
         seq = mm.seq_ids  # [B, L']
         length = seq.shape[1]
+        if impl == "flex_attention":  # a sparse block mask: only the diagonal blocks of each sample are computed
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            def same_sample_causal(b, h, q, kv):
+                return ((seq[b, q] == seq[b, kv]) & (q >= kv) & (seq[b, kv] >= 0)) | (q == kv)
+
+            return create_block_mask(same_sample_causal, seq.shape[0], None, length, length, device=seq.device)
         idx = torch.arange(length, device=seq.device)
         causal = idx[None, :] <= idx[:, None]  # [L', L'] key <= query
         same = (seq[:, :, None] == seq[:, None, :]) & (seq[:, None, :] >= 0)  # [B, L', L']
