@@ -6,26 +6,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from eve_lightning.bench.train import CLIP_L14_336, DECODERS
 from repo_paths import CONF
 
-VICUNA_7B = dict(
-    model_type="llama",
-    vocab_size=32000,
-    hidden_size=4096,
-    intermediate_size=11008,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=32,
-    max_position_embeddings=4096,
-)
-CLIP_L14_336 = dict(
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    image_size=336,
-    patch_size=14,
-)
+VICUNA_7B = dict(model_type="llama", vocab_size=32000, max_position_embeddings=4096, **DECODERS["eve_7b"])
 
 
 def count(module):

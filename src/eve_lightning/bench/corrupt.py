@@ -22,11 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eve_lightning.bench.data import MAX_LENGTH, write_originals
+from eve_lightning.bench.data import caption_stream, write_originals
 from eve_lightning.data.make_shards import build_shards
 from eve_lightning.data.records import BuildOptions
-from eve_lightning.data.shards import resolve_shards
-from eve_lightning.data.stream import SampleConfig, ShardStream
 from eve_lightning.data.tokenizer import load_tokenizer
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -58,14 +56,7 @@ def corrupt_shard_copy(src: Path, dst: Path, fraction: float, seed: int = 0) -> 
 
 def one_pass(shard_dir: Path, tokenizer, image_size: int, batch_size: int) -> tuple[float, int, int]:
     """(samples read per second, samples read, samples dropped) of one full pass."""
-    stream = ShardStream(
-        resolve_shards(str(shard_dir), columns=True),
-        tokenizer,
-        SampleConfig("plain", image_size, MAX_LENGTH[image_size], teacher_view=True),
-        batch_size=batch_size,
-        resampled=False,
-        shuffle=False,
-    )
+    stream = caption_stream(shard_dir, tokenizer, image_size, batch_size)
     start = time.perf_counter()
     read = dropped = 0
     for batch in stream.iter_worker(0):

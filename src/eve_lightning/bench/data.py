@@ -137,9 +137,9 @@ def time_reference(path: ReferencePath, records: list[dict[str, Any]], batch_siz
     return len(records) / (time.perf_counter() - start)
 
 
-def time_ours(shard_dir: Path, tokenizer: TextTokenizer, image_size: int, batch_size: int) -> tuple[float, int]:
-    """Return (samples/s, samples) of one full pass of our stream over the shards, after a short warm-up."""
-    stream = ShardStream(
+def caption_stream(shard_dir: Path, tokenizer: TextTokenizer, image_size: int, batch_size: int) -> ShardStream:
+    """One exact, unshuffled pass of our stream over caption shards (plain template, teacher view on)."""
+    return ShardStream(
         resolve_shards(str(shard_dir), columns=True),
         tokenizer,
         SampleConfig("plain", image_size, MAX_LENGTH[image_size], teacher_view=True),
@@ -147,6 +147,11 @@ def time_ours(shard_dir: Path, tokenizer: TextTokenizer, image_size: int, batch_
         resampled=False,
         shuffle=False,
     )
+
+
+def time_ours(shard_dir: Path, tokenizer: TextTokenizer, image_size: int, batch_size: int) -> tuple[float, int]:
+    """Return (samples/s, samples) of one full pass of our stream over the shards, after a short warm-up."""
+    stream = caption_stream(shard_dir, tokenizer, image_size, batch_size)
     for i, _ in enumerate(stream.iter_worker(0)):  # warm-up: imports, file cache
         if i >= 1:
             break
