@@ -1,9 +1,12 @@
-"""Shared fixtures: the tiny model config, the real tokenizer file, real photos, and GPU skipping."""
+"""Shared fixtures: the tiny model config, a tiny random export, and GPU skipping."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from repo_paths import CONF
@@ -22,3 +25,17 @@ def pytest_collection_modifyitems(config, items):
 def tiny_model_cfg() -> dict:
     """conf/model/tiny.yaml as a plain dict (the same file training runs use)."""
     return OmegaConf.to_container(OmegaConf.load(CONF / "model" / "tiny.yaml"), resolve=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> Path:
+    """conf/model/tiny.yaml with random weights and no aligner, saved as a stage export named `tiny-eve`."""
+    from eve_lightning.data.tokenizer import default_tokenizer_path
+    from eve_lightning.models.export_format import save_export
+
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "tiny.yaml"), resolve=True)
+    cfg["eve"]["align_weight"] = 0.0
+    torch.manual_seed(0)
+    model = instantiate(cfg, _convert_="all")
+    folder = tmp_path_factory.mktemp("model") / "tiny-eve"
+    return save_export(folder, model.vlm, tokenizer_files=[default_tokenizer_path()])

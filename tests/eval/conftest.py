@@ -5,25 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from eve_lightning.data.demo import generate
-from eve_lightning.data.tokenizer import default_tokenizer_path
-from eve_lightning.models.export_format import save_export
-from repo_paths import CONF
 
 
 @pytest.fixture(scope="session")
-def eval_export(tmp_path_factory) -> Path:
-    """conf/model/tiny.yaml with random weights and no aligner, saved as a stage export."""
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "tiny.yaml"), resolve=True)
-    cfg["eve"]["align_weight"] = 0.0
-    torch.manual_seed(0)
-    model = instantiate(cfg, _convert_="all")
-    folder = tmp_path_factory.mktemp("eval-model") / "tiny-eve"
-    return save_export(folder, model.vlm, tokenizer_files=[default_tokenizer_path()])
+def eval_export(tiny_export) -> Path:
+    """The shared tiny random export (tests/conftest.py)."""
+    return tiny_export
 
 
 @pytest.fixture(scope="session")
