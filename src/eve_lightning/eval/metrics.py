@@ -293,3 +293,20 @@ def option_letters(count: int) -> list[str]:
 def circular_accuracy(correct_by_question: Mapping[str, Sequence[bool]]) -> float:
     """Circular evaluation: a question counts only if every rotation of its options was answered right."""
     return mean(bool(rounds) and all(rounds) for rounds in correct_by_question.values())
+
+
+def choice_hits(items: Iterable[tuple[str, Mapping[str, str], str]]) -> tuple[list[float], int]:
+    """Grade multiple-choice answers.
+
+    Args:
+        items: (answer text, {letter: option text}, correct letter) per question.
+
+    Returns:
+        (1.0 / 0.0 per question, number of answers in which no option letter could be read).
+    """
+    hits, unparsed = [], 0
+    for text, options, correct in items:
+        letter = parse_option_letter(text, options)
+        unparsed += letter is None
+        hits.append(float(letter == correct))
+    return hits, unparsed

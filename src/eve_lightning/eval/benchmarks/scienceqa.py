@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from eve_lightning.eval.base import Benchmark, BenchmarkDataError, Question, Scores, percent, read_json
-from eve_lightning.eval.metrics import mean, option_letters, parse_option_letter
+from eve_lightning.eval.metrics import choice_hits, mean, option_letters
 from eve_lightning.eval.prompts import MULTIPLE_CHOICE, choice_prompt
 
 
@@ -63,15 +63,9 @@ class ScienceQA(Benchmark):
         return out
 
     def score(self, questions: Sequence[Question], answers: Mapping[str, str]) -> Scores:
-        hits, img_hits, unparsed = [], [], 0
-        for q in questions:
-            if q.qid not in answers:
-                continue
-            letter = parse_option_letter(answers[q.qid], q.meta["options"])
-            unparsed += letter is None
-            hits.append(float(letter == q.meta["answer"]))
-            if q.meta["has_image"]:
-                img_hits.append(hits[-1])
+        answered = [q for q in questions if q.qid in answers]
+        hits, unparsed = choice_hits((answers[q.qid], q.meta["options"], q.meta["answer"]) for q in answered)
+        img_hits = [h for h, q in zip(hits, answered) if q.meta["has_image"]]
         metrics = {"accuracy": percent(mean(hits))}
         if not self.image_only:
             metrics["accuracy_img"] = percent(mean(img_hits))

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from eve_lightning.eval.base import Benchmark, Question, Scores, find_image, percent, read_json
-from eve_lightning.eval.metrics import mean, parse_option_letter
+from eve_lightning.eval.metrics import choice_hits, mean
 from eve_lightning.eval.prompts import MULTIPLE_CHOICE, choice_prompt
 
 
@@ -55,15 +55,12 @@ class SEEDBench(Benchmark):
         return out
 
     def score(self, questions: Sequence[Question], answers: Mapping[str, str]) -> Scores:
-        hits, by_type, unparsed = [], defaultdict(list), 0
-        for q in questions:
-            if q.qid not in answers:
-                continue
-            letter = parse_option_letter(answers[q.qid], q.meta["options"])
-            unparsed += letter is None
-            hits.append(float(letter == q.meta["answer"]))
+        answered = [q for q in questions if q.qid in answers]
+        hits, unparsed = choice_hits((answers[q.qid], q.meta["options"], q.meta["answer"]) for q in answered)
+        by_type = defaultdict(list)
+        for hit, q in zip(hits, answered):
             if q.meta["type"]:
-                by_type[q.meta["type"]].append(hits[-1])
+                by_type[q.meta["type"]].append(hit)
         metrics = {"accuracy": percent(mean(hits))}
         metrics.update({f"type/{t.lower().replace(' ', '_')}": percent(mean(v)) for t, v in sorted(by_type.items())})
         return Scores(metrics, {"questions": len(hits), "unparsed": unparsed})
