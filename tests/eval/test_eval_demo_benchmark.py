@@ -45,6 +45,19 @@ def test_demo_scores_the_recorded_answers_perfectly(demo_root):
     assert scores.counts["captions"] == 4
 
 
+def test_colour_shape_accuracy_pools_the_colour_and_shape_questions(demo_root):
+    bench = build_benchmark("demo", demo_root)
+    questions = [q for q in bench.load() if q.meta["kind"] in ("colour", "shape", "count")]
+    colour = [q for q in questions if q.meta["kind"] == "colour"]
+    shape = [q for q in questions if q.meta["kind"] == "shape"]
+    assert colour and shape
+    # every colour answer right, every shape and count answer wrong
+    answers = {q.qid: q.meta["answer"] if q.meta["kind"] == "colour" else "nothing." for q in questions}
+    metrics = bench.score(questions, answers).metrics
+    assert metrics["accuracy_colour"] == 100.0 and metrics["accuracy_shape"] == 0.0
+    assert metrics["accuracy_colour_shape"] == pytest.approx(100.0 * len(colour) / (len(colour) + len(shape)))
+
+
 def test_question_kinds_follow_the_generator_templates():
     assert question_kind("What colour is the circle?", True) == "colour"
     assert question_kind("What shape is the red object?", True) == "shape"

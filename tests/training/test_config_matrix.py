@@ -12,6 +12,7 @@ from repo_paths import CONF
 
 EXPERIMENTS = {  # experiment -> extra overrides (the stage for recipes that do not set their own)
     "demo": ["+stage=prealign"],
+    "demo_recipe": ["+stage=pretrain"],
     "eve7b_prealign_r672": [],
     "eve7b_pretrain_r672": [],
     "eve7b_sft_r672": [],
@@ -41,8 +42,8 @@ def test_recipe_x_cluster_composes_and_builds(tmp_path, experiment, cluster):
         tmp_path / "data",
         fast=False,
     )
-    if experiment == "demo" and cluster.startswith("a100"):
-        cfg.global_batch_size = 8 * cfg.trainer.devices * cfg.trainer.num_nodes
+    if experiment.startswith("demo") and cluster.startswith("a100"):
+        cfg.global_batch_size = cfg.data.batch_size * cfg.trainer.devices * cfg.trainer.num_nodes
     acc = validate(cfg)
     if cluster == "a100_2x8" and experiment in EXPECTED_ACCUMULATION:
         assert acc == EXPECTED_ACCUMULATION[experiment]
@@ -58,6 +59,17 @@ def test_recipe_x_cluster_composes_and_builds(tmp_path, experiment, cluster):
         instantiate(strategy, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
     assert model.vlm.config.max_length == cfg.model.eve.max_length
+
+
+def test_demo_recipe_model_has_a_125m_decoder_and_a_small_teacher(tmp_path):
+    cfg = compose_train(["experiment=demo_recipe", "+stage=prealign"], tmp_path, tmp_path / "data", fast=False)
+    OmegaConf.resolve(cfg)
+    assert cfg.model.llm.config.hidden_size == 768 and cfg.trainer.max_steps == 150
+    model = instantiate(cfg.model, _convert_="all")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert 100e6 < count(model.vlm.llm) < 150e6
+    assert count(model.teacher) < 20e6
+    assert list(model.vlm.aligner.layer_indices) == [12, 8, 4, 0] or sorted(model.vlm.aligner.layer_indices) == [0, 4, 8, 12]
 
 
 @pytest.mark.parametrize("res", ["r672", "r1344"])

@@ -45,6 +45,17 @@ def test_later_stages_train_everything_but_the_teacher(model, stage):
     assert trainable == {n for n, _ in model.named_parameters() if n.startswith("vlm.")}
 
 
+def test_prealign_without_aligner_trains_the_patch_embedding_and_projector():
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "tiny.yaml"), resolve=True)
+    cfg["eve"]["align_weight"] = 0.0
+    model = instantiate(cfg, _convert_="all")
+    apply_freezing(model, stage_trainable("prealign"))
+    trainable = {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"patch_embed", "projector"}
+    with pytest.raises(ValueError, match="nothing would train"):
+        apply_freezing(model, ["vlm.aligner"])
+
+
 def test_freezing_refuses_typos_and_the_teacher(model):
     with pytest.raises(ValueError, match="matches no parameter"):
         apply_freezing(model, ["vlm.patch_embedding"])

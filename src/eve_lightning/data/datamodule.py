@@ -109,7 +109,8 @@ class EveDataModule(L.LightningDataModule):
         world_size: world size override when torch.distributed is not initialized.
         demo_root: if set and ``train_shards`` has no index yet, ``prepare_data`` generates the demo data set
             there (``eve_lightning.data.demo``; shards under ``demo_root/{pretrain,sft}/{train,val}``).
-        demo_samples: training samples per task when the demo set is generated (held-out: 5%, at least 50).
+        demo_samples: training samples per task when the demo set is generated.
+        demo_held_out: held-out samples per task of a generated demo set (None: 5% of ``demo_samples``, >= 50).
         max_drop_rate: share of unusable training samples tolerated per worker before the run stops with a clear
             error (None = no limit); drops are always counted and logged as ``data/dropped``.
     """
@@ -147,6 +148,7 @@ class EveDataModule(L.LightningDataModule):
         world_size: int | None = None,
         demo_root: str | None = None,
         demo_samples: int = 2000,
+        demo_held_out: int | None = None,
         max_drop_rate: float | None = 0.1,
     ) -> None:
         super().__init__()
@@ -183,6 +185,7 @@ class EveDataModule(L.LightningDataModule):
         self.max_drop_rate = max_drop_rate
         self.demo_root = demo_root
         self.demo_samples = demo_samples
+        self.demo_held_out = demo_held_out
         self._tokenizer: TextTokenizer | None = None
         self._train_shards: list[ShardInfo] | None = None
         self._val_shards: list[ShardInfo] | None = None
@@ -207,7 +210,7 @@ class EveDataModule(L.LightningDataModule):
             return
         from eve_lightning.data import demo
 
-        held_out = max(50, self.demo_samples // 20)
+        held_out = self.demo_held_out if self.demo_held_out is not None else max(50, self.demo_samples // 20)
         summaries = demo.generate(
             self.demo_root,
             num_pretrain=self.demo_samples,

@@ -15,15 +15,21 @@ def apply_freezing(model: nn.Module, trainable: list[str]) -> None:
         model: EveWithTeacher.
         trainable: parameter-name prefixes, e.g. ["vlm.patch_embed", "vlm.projector", "vlm.aligner"].
 
+    A prefix naming one of the ``PARTS`` that this model does not have (the aligner of a model built with
+    ``align_weight: 0``) is skipped; any other prefix must match a parameter.
+
     Raises:
-        ValueError: a prefix matches no parameter (a typo would otherwise silently freeze everything).
+        ValueError: a prefix matches no parameter and is not a known part (a typo would otherwise silently freeze
+            everything), or no parameter at all would train.
     """
     names = [n for n, _ in model.named_parameters()]
     for prefix in trainable:
         if prefix.startswith("teacher"):
             raise ValueError("the CLIP teacher is never trained (unfreezing it collapses training)")
-        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+        if prefix not in PARTS and not any(n == prefix or n.startswith(prefix + ".") for n in names):
             raise ValueError(f"stage.trainable entry {prefix!r} matches no parameter; parts are {list(PARTS)}")
+    if not any(name == t or name.startswith(t + ".") for name in names for t in trainable):
+        raise ValueError(f"stage.trainable {trainable} matches no parameter of this model: nothing would train")
     for name, p in model.named_parameters():
         p.requires_grad_(any(name == t or name.startswith(t + ".") for t in trainable))
 

@@ -12,8 +12,9 @@ Two parts (``parts``):
 
 * ``questions``: every human turn of the held-out conversations is asked on its own (with the record's image, or
   none for text-only records). Score: exact match with the recorded answer (lower case, trailing period and
-  extra spaces ignored): ``accuracy`` overall, and ``accuracy_<kind>`` per question kind (``colour``, ``shape``,
-  ``count``, ``position``, ``size``, ``exists``, ``describe``, ``text``).
+  extra spaces ignored): ``accuracy`` overall, ``accuracy_<kind>`` per question kind (``colour``, ``shape``,
+  ``count``, ``position``, ``size``, ``exists``, ``describe``, ``text``) and ``accuracy_colour_shape`` over the
+  colour and shape questions together.
 * ``captions``: each held-out caption image is asked ``Describe the image.``. The generator's own record of
   what it drew is the ``caption`` of the annotation: ``caption()`` lists every shape as "a <size> <colour>
   <shape> <position>", so parsing it with the generator's vocabulary gives the exact sets of colours and shapes
@@ -165,6 +166,9 @@ class DemoBenchmark(Benchmark):
         if hits:
             metrics["accuracy"] = percent(mean(hits))
             metrics.update({f"accuracy_{k}": percent(mean(v)) for k, v in sorted(by_kind.items())})
+            colour_shape = by_kind["colour"] + by_kind["shape"]
+            if colour_shape:
+                metrics["accuracy_colour_shape"] = percent(mean(colour_shape))
         if caption_sets:
             metrics["caption_accuracy"] = percent(mean(caption_sets))
             metrics["caption_pairs_accuracy"] = percent(mean(caption_pairs))

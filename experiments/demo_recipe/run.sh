@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The demo recipe on one GPU: demo data, prealign -> pretrain -> sft chained through stage exports, then the
+# held-out evaluation. Variants (the ablations):
+#   full          the recipe
+#   no_prealign   pretrain starts from random weights (no stage 1)
+#   no_align      every stage with model.eve.align_weight=0 (no aligner, no teacher)
+#
+#   bash experiments/demo_recipe/run.sh [VARIANT ...]       (default: full)
+#
+# Environment:
+#   ROOT       working folder: data, logs, exports (default: ./demo_recipe_run)
+#   RESULTS    where per-variant logs, stage timings and eval results go (default: $ROOT/results)
+#   PARALLEL   1: run the given variants side by side on the one GPU (wall times are then shared-GPU times)
+#   TOKENIZER  tokenizer.model file (default: the one shipped by mistral-common)
+#   EXTRA      extra Hydra overrides for every training command (e.g. "model=tiny cluster=cpu" for a smoke run)
+#   SAMPLES    training samples per task of the generated data (default 40000; 400 held out per task)
+# Summarize afterwards with: python experiments/demo_recipe/summarize.py --results $RESULTS
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=${ROOT:-$PWD/demo_recipe_run}
+RESULTS=${RESULTS:-$ROOT/results}
+PY=${PYTHON:-python3}
+export WANDB_MODE=${WANDB_MODE:-offline} PYTHONUNBUFFERED=1
+variants=("$@")
+[ ${#variants[@]} -eq 0 ] && variants=(full)
+mkdir -p "$RESULTS"
+{ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name --format=csv,noheader | head -1 || echo cpu; } \
+  > "$RESULTS/card.txt"
+$PY -c "import torch, transformers, lightning; print(torch.__version__, transformers.__version__, lightning.__version__)" \
+  > "$RESULTS/versions.txt"
+
+extra=()
+[ -n "${EXTRA:-}" ] && read -r -a extra <<< "$EXTRA"
+tok=()
+[ -n "${TOKENIZER:-}" ] && tok=("data.tokenizer=$TOKENIZER")
+common=(experiment=demo_recipe "paths.root_dir=$ROOT" "${tok[@]}" "${extra[@]}")
+
+data="$ROOT/data/demo_recipe"
+if [ ! -f "$data/sft/train/index.json" ]; then
+  echo "== demo data -> $data"
+  $PY -m eve_lightning.data.demo --out "$data" --num-pretrain "${SAMPLES:-40000}" --num-sft "${SAMPLES:-40000}" \
+    --num-val 400 --overwrite | tee "$RESULTS/data.log"
+fi
+
+stage() {  # VARIANT STAGE [overrides...]: one training stage; its log and wall seconds go to $RESULTS/VARIANT
+  local variant=$1 name=$2; shift 2
+  local out="$RESULTS/$variant" start
+  mkdir -p "$out"
+  start=$(date +%s)
+  echo "== $variant: $name"
+  if ! $PY -m eve_lightning.train "${common[@]}" "experiment_name=demo_recipe_$variant" "+stage=$name" "$@" \
+      > "$out/$name.log" 2>&1; then
+    echo "!! $variant $name failed; last lines of $out/$name.log:"; tail -20 "$out/$name.log"; return 1
+  fi
+  echo $(( $(date +%s) - start )) > "$out/$name.seconds"
+  local csv
+  csv=$(sed -n 's/^metrics: *//p' "$out/$name.log" | tail -1)
+  [ -n "$csv" ] && cp "$csv" "$out/$name.metrics.csv"
+  grep -E "^(run dir|metrics):" "$out/$name.log" | sed "s/^/   /"
+}
+
+evaluate() {  # VARIANT: greedy answers to every held-out question and caption image
+  local variant=$1 start
+  start=$(date +%s)
+  echo "== $variant: held-out evaluation"
+  $PY -m eve_lightning.eval benchmark=demo "model=$ROOT/runs/demo_recipe_$variant/sft" "data.root=$data" \
+    batch_size=64 progress=false overwrite=true "output_dir=$RESULTS/$variant/eval" \
+    > "$RESULTS/$variant/eval.json" 2> "$RESULTS/$variant/eval.log"
+  echo $(( $(date +%s) - start )) > "$RESULTS/$variant/eval.seconds"
+  tail -1 "$RESULTS/$variant/eval.json"
+}
+
+run_variant() {
+  local v=$1 runs="$ROOT/runs/demo_recipe_$1"
+  case $v in
+    full)
+      stage full prealign && stage full pretrain "init_from=$runs/prealign" && stage full sft "init_from=$runs/pretrain" ;;
+    no_prealign)
+      stage no_prealign pretrain && stage no_prealign sft "init_from=$runs/pretrain" ;;
+    no_align)
+      local off=(model.eve.align_weight=0 data.teacher_view=false)
+      stage no_align prealign "${off[@]}" && stage no_align pretrain "init_from=$runs/prealign" "${off[@]}" \
+        && stage no_align sft "init_from=$runs/pretrain" "${off[@]}" ;;
+    *) echo "unknown variant $v (full | no_prealign | no_align)"; return 2 ;;
+  esac && evaluate "$v"
+}
+
+status=0
+if [ "${PARALLEL:-0}" = 1 ]; then
+  pids=()
+  for v in "${variants[@]}"; do run_variant "$v" > "$RESULTS/$v.out" 2>&1 & pids+=($!); done
+  for i in "${!pids[@]}"; do wait "${pids[$i]}" || status=1; cat "$RESULTS/${variants[$i]}.out"; done
+else
+  for v in "${variants[@]}"; do run_variant "$v" || status=1; done
+fi
+exit $status
