@@ -13,7 +13,9 @@
 #   PARALLEL   1: run the given variants side by side on the one GPU (wall times are then shared-GPU times)
 #   TOKENIZER  tokenizer.model file (default: the one shipped by mistral-common)
 #   EXTRA      extra Hydra overrides for every training command (e.g. "model=tiny cluster=cpu" for a smoke run)
-#   SAMPLES    training samples per task of the generated data (default 40000; 400 held out per task)
+#   SAMPLES    training samples per task of the generated data (default 24000; 400 held out per task)
+#   STOP_AFTER prealign | pretrain | sft: stop every variant after this stage (a later call goes on from there:
+#              stages whose export and timing exist are skipped)
 # Summarize afterwards with: python experiments/demo_recipe/summarize.py --results $RESULTS
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,6 +23,7 @@ ROOT=${ROOT:-$PWD/demo_recipe_run}
 RESULTS=${RESULTS:-$ROOT/results}
 PY=${PYTHON:-python3}
 export WANDB_MODE=${WANDB_MODE:-offline} PYTHONUNBUFFERED=1
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # variants share one GPU
 variants=("$@")
 [ ${#variants[@]} -eq 0 ] && variants=(full)
 mkdir -p "$RESULTS"
@@ -38,14 +41,21 @@ common=(experiment=demo_recipe "paths.root_dir=$ROOT" "${tok[@]}" "${extra[@]}")
 data="$ROOT/data/demo_recipe"
 if [ ! -f "$data/sft/train/index.json" ]; then
   echo "== demo data -> $data"
-  $PY -m eve_lightning.data.demo --out "$data" --num-pretrain "${SAMPLES:-40000}" --num-sft "${SAMPLES:-40000}" \
+  $PY -m eve_lightning.data.demo --out "$data" --num-pretrain "${SAMPLES:-24000}" --num-sft "${SAMPLES:-24000}" \
     --num-val 400 --overwrite | tee "$RESULTS/data.log"
 fi
+
+order() { case $1 in prealign) echo 1 ;; pretrain) echo 2 ;; sft) echo 3 ;; *) echo 4 ;; esac; }
+allowed() { [ -z "${STOP_AFTER:-}" ] || [ "$(order "$1")" -le "$(order "$STOP_AFTER")" ]; }
 
 stage() {  # VARIANT STAGE [overrides...]: one training stage; its log and wall seconds go to $RESULTS/VARIANT
   local variant=$1 name=$2; shift 2
   local out="$RESULTS/$variant" start
   mkdir -p "$out"
+  allowed "$name" || return 0
+  if [ -f "$out/$name.seconds" ] && [ -f "$ROOT/runs/demo_recipe_$variant/$name/config.json" ]; then
+    echo "== $variant: $name already done ($(cat "$out/$name.seconds") s)"; return 0
+  fi
   start=$(date +%s)
   echo "== $variant: $name"
   if ! $PY -m eve_lightning.train "${common[@]}" "experiment_name=demo_recipe_$variant" "+stage=$name" "$@" \
@@ -61,6 +71,7 @@ stage() {  # VARIANT STAGE [overrides...]: one training stage; its log and wall 
 
 evaluate() {  # VARIANT: greedy answers to every held-out question and caption image
   local variant=$1 start
+  allowed eval || return 0
   start=$(date +%s)
   echo "== $variant: held-out evaluation"
   $PY -m eve_lightning.eval benchmark=demo "model=$ROOT/runs/demo_recipe_$variant/sft" "data.root=$data" \
