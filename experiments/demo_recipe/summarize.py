@@ -37,14 +37,26 @@ def tail_mean(series: list[tuple[int, float]], n: int = LAST) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
+def scheduled_steps() -> dict[str, int]:
+    """recipe.steps of conf/experiment/demo_recipe.yaml (a stage stopped by its max_time has fewer)."""
+    import yaml
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "experiment" / "demo_recipe.yaml"
+    return yaml.safe_load(conf.read_text())["recipe"]["steps"]
+
+
 def stage_summary(folder: Path, stage: str) -> dict | None:
     csv_path = folder / f"{stage}.metrics.csv"
     if not csv_path.is_file():
         return None
     loss = read_series(csv_path, "train/loss")
+    with csv_path.open(newline="") as f:  # training rows carry the step index, evaluation rows the steps done
+        rows = list(csv.DictReader(f))
+    done = max((int(r["step"]) + (1 if r.get("train/loss") else 0) for r in rows if r.get("step")), default=0)
     out = {
         "wall_s": int((folder / f"{stage}.seconds").read_text()) if (folder / f"{stage}.seconds").is_file() else None,
-        "steps": loss[-1][0] + 1 if loss else 0,
+        "steps": done,
+        "scheduled_steps": scheduled_steps().get(stage),
         "first_loss": round(loss[0][1], 4) if loss else None,
         "final_loss": tail_mean(loss),
         "final_loss_ce": tail_mean(read_series(csv_path, "train/loss_ce")),
@@ -92,14 +104,14 @@ def plot(results_dir: Path, out: Path) -> list[Path]:
     for stage in STAGES:
         fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
         drawn = False
-        for variant in VARIANTS:
+        for colour, variant in zip(("C0", "C1", "C2"), VARIANTS):
             path = results_dir / variant / f"{stage}.metrics.csv"
             if not path.is_file():
                 continue
             for key, style in (("train/loss", "-"), ("train/loss_align", ":")):
                 series = read_series(path, key)
                 if series:
-                    ax.plot(*zip(*series), style, label=f"{variant} {key.split('/')[1]}")
+                    ax.plot(*zip(*series), style, color=colour, label=f"{variant} {key.split('/')[1]}")
                     drawn = True
         if not drawn:
             plt.close(fig)
