@@ -1,0 +1,306 @@
+"""Plan a recipe before running it: per-GPU memory by component and the projected wall-clock of every stage.
+
+    python -m eve_lightning.plan recipe=eve7b cluster=a100_2x8            # the three EVE-7B stages
+    python -m eve_lightning.plan recipe=eve7b_hd cluster=a100_2x8         # ... with the 1344 px HD SFT
+    python -m eve_lightning.plan experiment=eve7b_sft_r672 cluster=a100_2x8 strategy=fsdp data.batch_size=8
+
+Any training override composes as it does for ``eve_lightning.train``. Planner options: ``plan.mfu.<stage>=F``
+(decoder MFU to project with), ``plan.scaling_efficiency=F``, ``plan.tokens_per_sample.<task>=N``. Nothing is
+loaded: the model is built on the meta device from its config (or the published shape when the config points to
+a checkpoint folder that is not there), so the plan runs anywhere. Every assumption is printed with the plan.
+The memory model is ``eve_lightning.utils.memory_model``; the throughput comes from the decoder MFU measured by
+``eve_lightning.bench.train`` (``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+import eve_lightning.train  # noqa: F401  (registers the config resolvers: eve_cwd, eve_run_id)
+from eve_lightning.lit.freezing import apply_freezing
+from eve_lightning.models.build import build_eve_model
+from eve_lightning.utils.memory_model import (
+    GATHERED_LAYERS,
+    DecoderShape,
+    MemoryPlan,
+    Workload,
+    activations,
+    model_states,
+)
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+RECIPES = {
+    "eve7b": ["eve7b_prealign_r672", "eve7b_pretrain_r672", "eve7b_sft_r672"],
+    "eve7b_hd": ["eve7b_prealign_r672", "eve7b_pretrain_r672", "eve7b_sft_r1344_hd"],
+}
+# Published shapes, used when a config names a checkpoint folder that is not on this machine.
+VICUNA_7B = dict(model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)  # fmt: skip
+CLIP_L14_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                    image_size=336, patch_size=14)  # fmt: skip
+PEAK_TFLOPS = {"H100": 989.0, "A100": 312.0}  # dense bf16 datasheet
+# Decoder MFU of our path measured on one H100 (benchmarks/results): 7B frozen decoder 32.8 % (prealign, micro-batch
+# 8); trained decoders only measured at 1.1B: 13.5 % (pretrain), 13.9 % (SFT).
+MEASURED_MFU = {"prealign": 0.328, "pretrain": 0.135, "sft": 0.139, "sft_hd": 0.139}
+TOKENS_PER_SAMPLE = {  # expanded tokens: image tokens of a square image + text (LLaVA-like means)
+    ("pretrain", 672): 601 + 130,
+    ("sft", 672): 0.95 * 601 + 150,
+    ("pretrain", 1344): 2353 + 130,
+    ("sft", 1344): 0.95 * 2353 + 150,
+}
+IMAGE_SHARE = {"pretrain": 1.0, "sft": 0.95}
+ORIGINAL_DAYS = 9.0  # EVE-7B on two 8-A100 nodes, from the paper
+
+
+@dataclass
+class StagePlan:
+    name: str
+    experiment: str
+    memory: MemoryPlan
+    samples: int
+    flops_per_sample: float
+    mfu: float
+    seconds: float
+    notes: list[str]
+
+
+def strategy_name(cfg: DictConfig) -> str:
+    """Name the sharding of the trainer's strategy node: ddp | deepspeed_zero2 | deepspeed_zero3 | fsdp."""
+    s = cfg.trainer.get("strategy", "auto")
+    if isinstance(s, str):
+        return "ddp"
+    target = str(s.get("_target_", ""))
+    if "DeepSpeed" in target:
+        return f"deepspeed_zero{int(s.config.zero_optimization.stage)}"
+    if "fsdp" in target.lower():
+        return "fsdp"
+    return "ddp"
+
+
+def architecture(model_cfg: DictConfig, notes: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """HF config kwargs of the decoder and the teacher: from the config, the checkpoint folder, or published."""
+    shapes = []
+    for part, published, label in (("llm", VICUNA_7B, "Vicuna-7B"), ("teacher", CLIP_L14_336, "CLIP ViT-L/14-336")):
+        node = model_cfg.get(part) or {}
+        if node.get("config"):
+            shapes.append(OmegaConf.to_container(node.config, resolve=True))
+            continue
+        path = Path(str(node.get("path"))) / "config.json"
+        if path.is_file():
+            data = json.loads(path.read_text())
+            shapes.append(data.get("vision_config", data) if part == "teacher" else data)
+            continue
+        notes.append(f"{part}: {node.get('path')} is not here; using the published {label} shape")
+        shapes.append(dict(published))
+    return shapes[0], shapes[1]
+
+
+def count_parameters(cfg: DictConfig, notes: list[str]) -> dict[str, Any]:
+    """Trained / frozen parameter counts of the stage (model built on the meta device)."""
+    llm_shape, teacher_shape = architecture(cfg.model, notes)
+    eve = OmegaConf.to_container(cfg.model.eve, resolve=True)
+    with torch.device("meta"):
+        model = build_eve_model(
+            llm={"config": llm_shape, "attn_implementation": "sdpa"},
+            eve=eve,
+            teacher={"config": teacher_shape, "select_layer": -2},
+        )
+    apply_freezing(model, list(cfg.stage.trainable))
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    llm = model.vlm.llm
+    frozen_llm = sum(p.numel() for p in llm.parameters() if not p.requires_grad)
+    teacher = sum(p.numel() for p in model.teacher.parameters()) if model.teacher is not None else 0
+    embed = llm.get_input_embeddings().weight.numel()
+    return {
+        "trained": trained,
+        "frozen_llm": frozen_llm,
+        "teacher": teacher,
+        "decoder": sum(p.numel() for p in llm.parameters()),
+        "decoder_no_embed": sum(p.numel() for p in llm.parameters()) - embed,
+        "layer": sum(p.numel() for p in llm.model.layers[0].parameters()),
+        "shape": DecoderShape.from_hf(llm.config),
+        "align_layers": len(model.vlm.aligner.layer_indices) if model.vlm.aligner is not None else 0,
+    }
+
+
+def dtype_bytes(name: Any) -> int:
+    return 2 if str(name) in ("bfloat16", "float16", "bf16", "fp16") else 4
+
+
+def decoder_flops(params_no_embed: int, shape: DecoderShape, tokens: float, trained: bool) -> float:
+    """Decoder FLOPs of one sample, as bench.train counts them (6x or 4x parameters, causal attention)."""
+    attn = 6 * shape.layers * shape.hidden * tokens**2  # fwd+bwd of QK^T and AV, causal half
+    return (6 if trained else 4) * params_no_embed * tokens + (attn if trained else attn * 4 / 6)
+
+
+def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> StagePlan:
+    notes: list[str] = []
+    counts = count_parameters(cfg, notes)
+    stage, task = cfg.stage.name, cfg.data.task
+    n_gpus = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
+    strategy = strategy_name(cfg)
+    size = int(cfg.model.eve.image_size)
+    tps = float(options.get("tokens_per_sample", {}).get(task, TOKENS_PER_SAMPLE[(task, size)]))
+    tps = min(tps, float(cfg.model.eve.max_length))
+    grid = size // int(cfg.model.eve.patch_size)
+    cells = grid // int(cfg.model.eve.pool_stride)
+    work = Workload(
+        micro_batch=int(cfg.data.batch_size),
+        tokens_per_sample=tps,
+        images_per_sample=IMAGE_SHARE[task],
+        patches_per_image=grid * grid,
+        image_tokens_per_image=cells * (cells + 1) + 1,
+        vision_width=int(cfg.model.eve.vision_hidden),
+        checkpointing=bool(cfg.get("gradient_checkpointing", False)),
+    )
+    llm_bytes = dtype_bytes(cfg.model.llm.get("dtype"))
+    trained_llm = counts["frozen_llm"] == 0
+    frozen = counts["frozen_llm"] + counts["teacher"]
+    parts = model_states(
+        counts["trained"],
+        frozen,
+        weight_bytes=llm_bytes,
+        frozen_weight_bytes=2 if counts["frozen_llm"] else dtype_bytes(cfg.model.teacher.get("dtype")),
+        strategy=strategy,
+        n_gpus=n_gpus,
+        gathered=GATHERED_LAYERS * counts["layer"],
+        autocast_copies=str(cfg.trainer.get("precision", "")).startswith("bf16"),
+    )
+    parts |= activations(counts["shape"], work, trained=trained_llm, align_layers=counts["align_layers"])
+    memory = MemoryPlan(parts)
+    samples = int(cfg.trainer.max_steps) * int(cfg.global_batch_size)
+    flops = decoder_flops(counts["decoder_no_embed"], counts["shape"], tps, trained_llm)
+    mfu = float(options.get("mfu", {}).get(stage, MEASURED_MFU[stage]))
+    peak = PEAK_TFLOPS["A100" if "a100" in str(cfg.get("cluster_name", "")) else "H100"] * 1e12
+    efficiency = float(options.get("scaling_efficiency", 0.9))
+    seconds = samples * flops / (mfu * peak * n_gpus * (efficiency if n_gpus > 1 else 1.0))
+    notes.append(
+        f"{strategy}, {n_gpus} GPUs, micro-batch {work.micro_batch}, {tps:.0f} tokens/sample, "
+        f"checkpointing {'on' if work.checkpointing else 'off'}, decoder {'trained' if trained_llm else 'frozen'}"
+    )
+    return StagePlan(stage, experiment, memory, samples, flops, mfu, seconds, notes)
+
+
+def bench_step_memory(result: dict[str, Any]) -> MemoryPlan:
+    """The memory model of an ``eve_lightning.bench.train`` run of our path (its JSON), to check against its peak.
+
+    That benchmark keeps float32 trained weights under bf16 autocast, a bf16 frozen decoder for prealign, a bf16
+    teacher, fused AdamW, and a copy of the initial state dict on the GPU (to restart each path from the same
+    weights); its rows are packed, without checkpointing.
+    """
+    from eve_lightning.bench.train import build_model
+
+    with torch.device("meta"):
+        model = build_model(result["model"], result["workload"], torch.device("meta"), "sdpa")
+    params = list(model.parameters())
+    trained = sum(p.numel() for p in params if p.requires_grad)
+    frozen = sum(p.numel() for p in params if not p.requires_grad)
+    frozen_bytes = sum(p.numel() * p.element_size() for p in params if not p.requires_grad)
+    ours = result["paths"]["ours"]
+    shape = DecoderShape.from_hf(model.vlm.llm.config)
+    share = 0.95 if result["workload"] == "sft" else 1.0
+    work = Workload(
+        micro_batch=int(result["micro_batch"]),
+        tokens_per_sample=ours["tokens_per_s"] / ours["samples_per_s"],
+        images_per_sample=share,
+        patches_per_image=48 * 48,
+        image_tokens_per_image=601,
+        vision_width=model.vlm.config.vision_hidden,
+    )
+    parts = model_states(
+        trained, frozen, weight_bytes=4, frozen_weight_bytes=2, strategy="ddp", n_gpus=1, autocast_copies=True
+    )
+    parts["weights (frozen)"] = frozen_bytes
+    parts["initial state-dict copy (benchmark)"] = trained * 4 + frozen_bytes
+    parts |= activations(
+        shape, work, trained=result["workload"] != "prealign", align_layers=len(model.vlm.aligner.layer_indices)
+    )
+    return MemoryPlan(parts)
+
+
+def compose_stage(overrides: Sequence[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=False)
+    OmegaConf.set_struct(cfg, False)
+    cfg.paths.output_dir = "."  # the plan never writes; hydra:runtime is not set outside a Hydra run
+    return cfg
+
+
+def split_args(argv: Sequence[str]) -> tuple[list[str], list[str], dict[str, Any]]:
+    """(experiments, training overrides, planner options) from ``key=value`` arguments."""
+    experiments: list[str] = []
+    overrides: list[str] = []
+    options: dict[str, Any] = {}
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key == "recipe":
+            if value not in RECIPES:
+                raise SystemExit(f"unknown recipe {value!r}: one of {sorted(RECIPES)}")
+            experiments += RECIPES[value]
+        elif key == "experiment":
+            experiments.append(value)
+        elif key.startswith("plan."):
+            node = options
+            *path, leaf = key[len("plan.") :].split(".")
+            for p in path:
+                node = node.setdefault(p, {})
+            node[leaf] = float(value)
+        else:
+            overrides.append(arg)
+    if not experiments:
+        raise SystemExit("name what to plan: recipe=eve7b | recipe=eve7b_hd | experiment=<conf/experiment name>")
+    return experiments, overrides, options
+
+
+def format_plan(plans: list[StagePlan], assumptions: list[str]) -> str:
+    lines = []
+    shared = list(dict.fromkeys(n for p in plans for n in p.notes[:-1]))  # model-shape notes, once
+    for p in plans:
+        lines.append(f"== {p.name} ({p.experiment}): {p.notes[-1]}")
+        for k, v in p.memory.gib().items():
+            lines.append(f"   {k:<32}{v:>9.2f} GiB")
+        lines.append(
+            f"   {p.samples:,} samples x {p.flops_per_sample / 1e12:.1f} TFLOP (decoder) at MFU {p.mfu:.1%}: "
+            f"{p.seconds / 3600:.1f} h = {p.seconds / 86400:.2f} days"
+        )
+    total = sum(p.seconds for p in plans) / 86400
+    lines.append(f"== recipe total: {total:.2f} days (the original: ~{ORIGINAL_DAYS:g} days on two 8-A100 nodes)")
+    lines.append("assumptions:")
+    lines += [f" - {a}" for a in [*shared, *assumptions]]
+    return "\n".join(lines)
+
+
+ASSUMPTIONS = [
+    "memory: eve_lightning.utils.memory_model (model states by strategy; activations counted per token and layer, "
+    "scaled by factors calibrated on H100 measurements); not counted: CUDA context and NCCL buffers (~1-3 GiB), "
+    "allocator fragmentation, DeepSpeed's communication buckets",
+    "tokens per sample: pretrain = 601 image tokens (672 px, square) + 130 caption; SFT = 95 % with an image + "
+    "150 text tokens (LLaVA-665K-like); at 1344 px 2353 image tokens; capped at model.eve.max_length",
+    "time: decoder FLOPs (6x parameters x tokens + causal attention; 4x for a frozen decoder) / (MFU x peak x GPUs "
+    "x scaling efficiency); teacher and patch embedding time not counted separately (they are inside the measured "
+    "MFU's step time)",
+    "MFU: measured on one H100 by eve_lightning.bench.train (prealign 32.8 % with the 7B decoder; pretrain 13.5 % "
+    "and SFT 13.9 % only measured at 1.1B, used for 7B as a pessimistic bound); assumed to carry to A100 "
+    "(312 TFLOP/s dense bf16)",
+    "scaling efficiency across GPUs: 0.9 (plan.scaling_efficiency)",
+]
+
+
+def main(argv: Sequence[str] | None = None) -> list[StagePlan]:
+    experiments, overrides, options = split_args(sys.argv[1:] if argv is None else argv)
+    plans = [plan_stage(compose_stage([f"experiment={e}", *overrides]), e, options) for e in experiments]
+    print(format_plan(plans, ASSUMPTIONS))
+    return plans
+
+
+if __name__ == "__main__":
+    main()
