@@ -48,3 +48,30 @@ def test_flex_attention_block_mask_gives_the_padded_loss():
         a = sdpa(padded_batch(samples)).loss
         b = flex(packed_batch(samples, 4096, fixed=True)).loss
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_timer_sums_every_call_of_the_timed_modules():
+    from eve_lightning.bench.train import ForwardTimer
+
+    slow, fast = torch.nn.Linear(512, 512), torch.nn.Identity()
+    timer = ForwardTimer({"slow": slow, "fast": fast})
+    x = torch.randn(256, 512)
+    for _ in range(3):  # called several times per step, like the reference path's per-sample patch embedding
+        fast(slow(x))
+    first = timer.seconds()
+    assert set(first) == {"slow", "fast"} and first["slow"] > 0 and len(timer.spans["slow"]) == 3
+    timer.reset()
+    assert timer.seconds() == {"slow": 0.0, "fast": 0.0}
+    timer.remove()
+    slow(x)
+    assert timer.spans["slow"] == []
+
+
+def test_bench_builds_a_model_from_a_config_file_and_freezes_the_decoder_for_prealign():
+    from eve_lightning.bench.train import build_model
+
+    model = build_model(str(CONF / "model" / "tiny.yaml"), "prealign", torch.device("cpu"), "sdpa")
+    llm = model.vlm.llm
+    assert all(not p.requires_grad and p.dtype == torch.bfloat16 for p in llm.parameters())
+    assert model.vlm.config.max_length == 4096 and model.teacher is not None
+    assert all(p.requires_grad for p in model.vlm.patch_embed.parameters())

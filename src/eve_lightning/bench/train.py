@@ -15,7 +15,9 @@ steps of each path in the same process on the same GPU:
 Both paths see the same samples per step and start from the same weights; the first step's losses are compared.
 Decoder MFU counts 6 x decoder parameters (without the input embedding) x real tokens, plus causal attention
 6 x layers x width x sum(len^2) per sample (4x parameters and 4x attention for a frozen decoder, whose weights get
-no gradient), over 989 TFLOP/s (H100 SXM dense bf16). Teacher and patch embedding are not counted.
+no gradient), over 989 TFLOP/s (H100 SXM dense bf16). Teacher and patch embedding are not counted in the MFU;
+their forward time (teacher, patch embedding + projector) is reported as a share of the step (``teacher_pel_share``;
+the patch embedding's backward is not in it).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 
 from eve_lightning.constants import BACKGROUND_RGB, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from eve_lightning.data.geometry import band_geometry
-from eve_lightning.models.build import EveWithTeacher, teacher_cell_mask
+from eve_lightning.models.build import EveWithTeacher, build_eve_model, teacher_cell_mask
 from eve_lightning.models.clip_teacher import build_teacher
 from eve_lightning.models.eve_vlm import EveConfig, EveVLM
 from eve_lightning.models.llm import build_llm
@@ -58,17 +60,80 @@ ASPECTS = ((1, 1), (4, 3), (3, 4), (16, 9), (9, 16), (2, 1), (1, 2))
 
 
 def build_model(name: str, workload: str, device: torch.device, attn: str | None = None) -> EveWithTeacher:
-    """Random-weight EVE of the given decoder shape; the decoder is frozen (bf16) for prealign."""
-    llm_cfg = dict(model_type="llama", vocab_size=32000, max_position_embeddings=32768, **DECODERS[name])
+    """Random-weight EVE of the given decoder shape; the decoder is frozen (bf16) for prealign.
+
+    ``name`` is a key of ``DECODERS`` (with the EVE-7B patch embedding and a CLIP ViT-L/14-336-shaped teacher) or
+    a model config file (``conf/model/<name>.yaml``: decoder, patch embedding and teacher as configured there).
+    """
     attn = attn or ("flash_attention_2" if _has_flash_attn() else "flex_attention")
-    with torch.device(device):
-        llm = build_llm(config=llm_cfg, attn_implementation=attn)
-        vlm = EveVLM(llm, EveConfig(image_size=672, max_length=4096, align_layer_interval=4, check_alignment=False))
-        teacher = build_teacher(config=CLIP_L14_336, dtype="bfloat16")
-    model = EveWithTeacher(vlm, teacher)
+    if name.endswith(".yaml"):
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(OmegaConf.load(name), resolve=True)
+        cfg.pop("_target_", None)
+        cfg["llm"] |= {"attn_implementation": attn, "path": None}
+        cfg["eve"] |= {"max_length": 4096, "check_alignment": False}
+        with torch.device(device):
+            model = build_eve_model(**cfg)
+        llm = model.vlm.llm
+    else:
+        llm_cfg = dict(model_type="llama", vocab_size=32000, max_position_embeddings=32768, **DECODERS[name])
+        with torch.device(device):
+            llm = build_llm(config=llm_cfg, attn_implementation=attn)
+            eve = EveConfig(image_size=672, max_length=4096, align_layer_interval=4, check_alignment=False)
+            vlm = EveVLM(llm, eve)
+            teacher = build_teacher(config=CLIP_L14_336, dtype="bfloat16")
+        model = EveWithTeacher(vlm, teacher)
     if workload == "prealign":
         llm.to(torch.bfloat16).requires_grad_(False)
     return model
+
+
+class ForwardTimer:
+    """Time spent in the forward passes of some modules during a step (summed over calls; CUDA events on GPU).
+
+    Args:
+        modules: name -> module; a module called several times per step (the reference path's per-sample patch
+            embedding) adds up.
+    """
+
+    def __init__(self, modules: dict[str, torch.nn.Module]) -> None:
+        self.spans: dict[str, list[list[Any]]] = {name: [] for name in modules}
+        self.handles = []
+        for name, module in modules.items():
+            self.handles.append(module.register_forward_pre_hook(lambda m, a, n=name: self._mark(n, start=True)))
+            self.handles.append(module.register_forward_hook(lambda m, a, o, n=name: self._mark(n, start=False)))
+
+    @staticmethod
+    def _now() -> Any:
+        if torch.cuda.is_available():
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def _mark(self, name: str, start: bool) -> None:
+        if start:
+            self.spans[name].append([self._now(), None])
+        else:
+            self.spans[name][-1][1] = self._now()
+
+    def reset(self) -> None:
+        for spans in self.spans.values():
+            spans.clear()
+
+    def seconds(self) -> dict[str, float]:
+        """Seconds per module since the last reset (synchronizes the device)."""
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            span = lambda a, b: a.elapsed_time(b) / 1000  # noqa: E731
+        else:
+            span = lambda a, b: b - a  # noqa: E731
+        return {name: sum(span(a, b) for a, b in spans if b is not None) for name, spans in self.spans.items()}
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 def _has_flash_attn() -> bool:
@@ -252,10 +317,14 @@ def time_path(
         model.vlm.llm.gradient_checkpointing_disable()
     model.train()
     torch.cuda.reset_peak_memory_stats()
-    times, first_loss = [], None
+    times, first_loss, shares = [], None, []
+    timer = ForwardTimer(
+        {"teacher": model.teacher, "patch_embed": model.vlm.patch_embed, "projector": model.vlm.projector}
+    )
     for step in range(warmup + steps):
         batch = batches[step % len(batches)]
         torch.cuda.synchronize()
+        timer.reset()
         t0 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = reference_loss(model, batch) if path == "reference" else model(batch).loss
@@ -267,10 +336,17 @@ def time_path(
             first_loss = float(loss)
         if step >= warmup:
             times.append(time.perf_counter() - t0)
+            shares.append(timer.seconds())
+    timer.remove()
+    step_s = float(np.median(times))
+    mean = {k: float(np.mean([s[k] for s in shares])) for k in shares[0]}
     return {
-        "step_s": float(np.median(times)),
+        "step_s": step_s,
         "first_loss": first_loss,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "teacher_fwd_s": mean["teacher"],
+        "patch_embed_fwd_s": mean["patch_embed"] + mean["projector"],
+        "teacher_pel_share": (mean["teacher"] + mean["patch_embed"] + mean["projector"]) / step_s,
     }
 
 
@@ -320,7 +396,9 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m eve_lightning.bench.train", description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=sorted(DECODERS), default="eve_1b")
+    p.add_argument(
+        "--model", default="eve_1b", help=f"{' | '.join(sorted(DECODERS))} | a model config file (conf/model/*.yaml)"
+    )
     p.add_argument("--workload", choices=["sft", "pretrain", "prealign"], default="sft")
     p.add_argument("--paths", default="ours,reference", help="comma-separated: ours, reference")
     p.add_argument("--micro-batch", type=int, default=16, help="samples per optimizer step (both paths)")
@@ -333,6 +411,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", help="write the results JSON here")
     args = p.parse_args(argv)
+    if args.model not in DECODERS and not Path(args.model).is_file():
+        p.error(f"--model {args.model!r}: use {' | '.join(sorted(DECODERS))} or an existing model config file")
     if not torch.cuda.is_available():
         raise SystemExit("eve_lightning.bench.train: error: needs a CUDA device")
     results = run(args)
