@@ -75,3 +75,13 @@ def test_bench_builds_a_model_from_a_config_file_and_freezes_the_decoder_for_pre
     assert all(not p.requires_grad and p.dtype == torch.bfloat16 for p in llm.parameters())
     assert model.vlm.config.max_length == 4096 and model.teacher is not None
     assert all(p.requires_grad for p in model.vlm.patch_embed.parameters())
+
+
+def test_profile_writes_a_trace_and_the_top_operators(tmp_path):
+    from eve_lightning.bench.train import build_model, profile_path
+
+    model = build_model(str(CONF / "model" / "tiny.yaml"), "pretrain", torch.device("cpu"), "sdpa").float()
+    batch = padded_batch(draw_samples("pretrain", 2, np.random.default_rng(0)))
+    table = profile_path("ours", model, [batch], 1, tmp_path)
+    assert (tmp_path / "trace_ours.json").stat().st_size > 1000
+    assert "aten::" in table and (tmp_path / "top_ops_ours.txt").read_text() == table

@@ -306,6 +306,38 @@ def decoder_flops(model: EveWithTeacher, batch_lengths: list[int], trained: bool
     return (6 if trained else 4) * params * tokens + (attn if trained else attn * 4 / 6)
 
 
+def train_step(path: str, model: EveWithTeacher, batch: dict, opt: torch.optim.Optimizer) -> torch.Tensor:
+    """One optimizer step of a path under bf16 autocast; returns the loss."""
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.autocast(device_type, dtype=torch.bfloat16):
+        loss = reference_loss(model, batch) if path == "reference" else model(batch).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
+def profile_path(path: str, model: EveWithTeacher, batches: list[dict], steps: int, out_dir: Path) -> str:
+    """Profile ``steps`` optimizer steps of a path; write a Chrome trace, return the top operators as a table."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    train_step(path, model, batches[0], opt)  # warm-up outside the trace
+    with torch.profiler.profile(activities=activities) as prof:
+        for step in range(steps):
+            train_step(path, model, batches[step % len(batches)], opt)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(out_dir / f"trace_{path}.json"))
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=25)
+    (out_dir / f"top_ops_{path}.txt").write_text(table)
+    return table
+
+
 def time_path(
     path: str, model: EveWithTeacher, batches: list[dict], steps: int, warmup: int, trained: bool, ckpt: bool = False
 ) -> dict:
@@ -326,11 +358,7 @@ def time_path(
         torch.cuda.synchronize()
         timer.reset()
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = reference_loss(model, batch) if path == "reference" else model(batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = train_step(path, model, batch, opt)
         torch.cuda.synchronize()
         if step == 0:
             first_loss = float(loss)
@@ -383,6 +411,8 @@ def run(args: argparse.Namespace) -> dict:
         }
         results["paths"][path] = {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
         print(f"{path:>9}: " + ", ".join(f"{k} {v}" for k, v in results["paths"][path].items()), flush=True)
+        if args.profile:
+            print(profile_path(path, model, batches, 3, Path(args.profile)), flush=True)
     if {"ours", "reference"} <= set(results["paths"]):
         p = results["paths"]
         results["speedup"] = round(p["ours"]["samples_per_s"] / p["reference"]["samples_per_s"], 2)
@@ -410,6 +440,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", help="write the results JSON here")
+    p.add_argument("--profile", help="also profile 3 steps per path: Chrome trace + top operators into this folder")
     args = p.parse_args(argv)
     if args.model not in DECODERS and not Path(args.model).is_file():
         p.error(f"--model {args.model!r}: use {' | '.join(sorted(DECODERS))} or an existing model config file")
