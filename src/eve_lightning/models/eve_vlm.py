@@ -17,6 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, TEACHER_IMAGE_SIZE
+from eve_lightning.models.block_mask import packed_block_mask
 from eve_lightning.models.losses import causal_lm_loss, cosine_alignment_loss
 from eve_lightning.models.patch_aligner import PatchAligner
 from eve_lightning.models.patch_embedding import PatchEmbedding, token_layout
@@ -359,12 +360,7 @@ class EveVLM(nn.Module):
         seq = mm.seq_ids  # [B, L']
         length = seq.shape[1]
         if impl == "flex_attention":  # a sparse block mask: only the diagonal blocks of each sample are computed
-            from torch.nn.attention.flex_attention import create_block_mask
-
-            def same_sample_causal(b, h, q, kv):
-                return ((seq[b, q] == seq[b, kv]) & (q >= kv) & (seq[b, kv] >= 0)) | (q == kv)
-
-            return create_block_mask(same_sample_causal, seq.shape[0], None, length, length, device=seq.device)
+            return packed_block_mask(seq)
         idx = torch.arange(length, device=seq.device)
         causal = idx[None, :] <= idx[:, None]  # [L', L'] key <= query
         same = (seq[:, :, None] == seq[:, None, :]) & (seq[:, None, :] >= 0)  # [B, L', L']
