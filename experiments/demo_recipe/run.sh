@@ -27,8 +27,8 @@ export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:Tr
 variants=("$@")
 [ ${#variants[@]} -eq 0 ] && variants=(full)
 mkdir -p "$RESULTS"
-{ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name --format=csv,noheader | head -1 || echo cpu; } \
-  > "$RESULTS/card.txt"
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -1) || card=""
+echo "${card:-cpu}" > "$RESULTS/card.txt"
 $PY -c "import torch, transformers, lightning; print(torch.__version__, transformers.__version__, lightning.__version__)" \
   > "$RESULTS/versions.txt"
 
@@ -36,7 +36,7 @@ extra=()
 [ -n "${EXTRA:-}" ] && read -r -a extra <<< "$EXTRA"
 tok=()
 [ -n "${TOKENIZER:-}" ] && tok=("data.tokenizer=$TOKENIZER")
-common=(experiment=demo_recipe "paths.root_dir=$ROOT" "${tok[@]}" "${extra[@]}")
+common=(experiment=demo_recipe "paths.root_dir=$ROOT" ${tok[@]+"${tok[@]}"} ${extra[@]+"${extra[@]}"})
 
 data="$ROOT/data/demo_recipe"
 if [ ! -f "$data/sft/train/index.json" ]; then
@@ -74,9 +74,12 @@ evaluate() {  # VARIANT: greedy answers to every held-out question and caption i
   allowed eval || return 0
   start=$(date +%s)
   echo "== $variant: held-out evaluation"
-  $PY -m eve_lightning.eval benchmark=demo "model=$ROOT/runs/demo_recipe_$variant/sft" "data.root=$data" \
-    batch_size=64 progress=false overwrite=true "output_dir=$RESULTS/$variant/eval" \
-    > "$RESULTS/$variant/eval.json" 2> "$RESULTS/$variant/eval.log"
+  if ! $PY -m eve_lightning.eval benchmark=demo "model=$ROOT/runs/demo_recipe_$variant/sft" "data.root=$data" \
+      batch_size=64 progress=false overwrite=true "output_dir=$RESULTS/$variant/eval" \
+      > "$RESULTS/$variant/eval.json" 2> "$RESULTS/$variant/eval.log"; then
+    echo "!! $variant evaluation failed; last lines of $RESULTS/$variant/eval.log:"; tail -20 "$RESULTS/$variant/eval.log"
+    return 1
+  fi
   echo $(( $(date +%s) - start )) > "$RESULTS/$variant/eval.seconds"
   tail -1 "$RESULTS/$variant/eval.json"
 }

@@ -75,12 +75,13 @@ def heldout(folder: Path) -> dict | None:
         return None
     result = json.loads(path.read_text().strip().splitlines()[-1])
     m = result["metrics"]
+    fraction = lambda key: round(m[key] / 100, 4) if key in m else None  # noqa: E731
     return {
-        "color_shape_exact_match": round(m["accuracy_colour_shape"] / 100, 4),
-        "overall_exact_match": round(m["accuracy"] / 100, 4),
-        "caption_correct": round(m["caption_accuracy"] / 100, 4),
-        "questions": result["counts"]["questions"],
-        "captions": result["counts"]["captions"],
+        "color_shape_exact_match": fraction("accuracy_colour_shape"),
+        "overall_exact_match": fraction("accuracy"),
+        "caption_correct": fraction("caption_accuracy"),
+        "questions": result["counts"].get("questions"),
+        "captions": result["counts"].get("captions"),
         "metrics_percent": m,
     }
 

@@ -5,9 +5,9 @@
     python -m eve_lightning.plan experiment=eve7b_sft_r672 cluster=a100_2x8 strategy=fsdp data.batch_size=8
 
 Any training override composes as it does for ``eve_lightning.train``. Planner options: ``plan.mfu.<stage>=F``
-(decoder MFU to project with), ``plan.scaling_efficiency=F``, ``plan.tokens_per_sample.<task>=N``. Nothing is
-loaded: the model is built on the meta device from its config (or the published shape when the config points to
-a checkpoint folder that is not there), so the plan runs anywhere. Every assumption is printed with the plan.
+or ``plan.mfu=F`` (decoder MFU to project with), ``plan.scaling_efficiency=F``, ``plan.tokens_per_sample.<task>=N``.
+Nothing is loaded: the model is built on the meta device from its config (or the published shape when the config
+points to a checkpoint folder that is not there), so the plan runs anywhere. Every assumption is printed with the plan.
 The memory model is ``eve_lightning.utils.memory_model``; the throughput comes from the decoder MFU measured by
 ``eve_lightning.bench.train`` (``benchmarks/results``).
 """
@@ -76,7 +76,11 @@ class StagePlan:
 def strategy_name(cfg: DictConfig) -> str:
     """Name the sharding of the trainer's strategy node: ddp | deepspeed_zero2 | deepspeed_zero3 | fsdp."""
     s = cfg.trainer.get("strategy", "auto")
-    if isinstance(s, str):
+    if isinstance(s, str):  # Lightning's registry names
+        if s.startswith("fsdp"):
+            return "fsdp"
+        if s.startswith("deepspeed"):
+            return "deepspeed_zero3" if "3" in s else "deepspeed_zero2"
         return "ddp"
     target = str(s.get("_target_", ""))
     if "DeepSpeed" in target:
@@ -137,7 +141,11 @@ def dtype_bytes(name: Any) -> int:
 
 
 def decoder_flops(params_no_embed: int, shape: DecoderShape, tokens: float, trained: bool) -> float:
-    """Decoder FLOPs of one sample, as bench.train counts them (6x or 4x parameters, causal attention)."""
+    """Decoder FLOPs of one sample, counted as bench.train counts them (so the measured MFU applies).
+
+    Trained decoder: 6 x parameters x tokens + causal attention. Frozen decoder: 4 x parameters (no weight
+    gradients) and 4/6 of the attention term, the benchmark's convention for the MFU it reports.
+    """
     attn = 6 * shape.layers * shape.hidden * tokens**2  # fwd+bwd of QK^T and AV, causal half
     return (6 if trained else 4) * params_no_embed * tokens + (attn if trained else attn * 4 / 6)
 
@@ -146,10 +154,15 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
     notes: list[str] = []
     counts = count_parameters(cfg, notes)
     stage, task = cfg.stage.name, cfg.data.task
+    if not str(cfg.trainer.devices).isdigit():
+        raise SystemExit(f"trainer.devices={cfg.trainer.devices}: the plan needs a number (e.g. cluster=a100_2x8)")
     n_gpus = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
     strategy = strategy_name(cfg)
     size = int(cfg.model.eve.image_size)
-    tps = float(options.get("tokens_per_sample", {}).get(task, TOKENS_PER_SAMPLE[(task, size)]))
+    given = options.get("tokens_per_sample", {})
+    if task not in given and (task, size) not in TOKENS_PER_SAMPLE:
+        raise SystemExit(f"no token count assumed for {task} at {size} px: set plan.tokens_per_sample.{task}=N")
+    tps = float(given[task] if task in given else TOKENS_PER_SAMPLE[(task, size)])
     tps = min(tps, float(cfg.model.eve.max_length))
     grid = size // int(cfg.model.eve.patch_size)
     cells = grid // int(cfg.model.eve.pool_stride)
@@ -164,23 +177,29 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
     )
     llm_bytes = dtype_bytes(cfg.model.llm.get("dtype"))
     trained_llm = counts["frozen_llm"] == 0
-    frozen = counts["frozen_llm"] + counts["teacher"]
     parts = model_states(
         counts["trained"],
-        frozen,
+        counts["frozen_llm"],
         weight_bytes=llm_bytes,
-        frozen_weight_bytes=2 if counts["frozen_llm"] else dtype_bytes(cfg.model.teacher.get("dtype")),
+        frozen_weight_bytes=llm_bytes,  # a frozen decoder keeps its configured dtype
         strategy=strategy,
         n_gpus=n_gpus,
         gathered=GATHERED_LAYERS * counts["layer"],
         autocast_copies=str(cfg.trainer.get("precision", "")).startswith("bf16"),
     )
-    parts |= activations(counts["shape"], work, trained=trained_llm, align_layers=counts["align_layers"])
+    teacher_bytes = counts["teacher"] * dtype_bytes((cfg.model.get("teacher") or {}).get("dtype"))
+    parts["weights (frozen)"] += teacher_bytes / (n_gpus if strategy in ("deepspeed_zero3", "fsdp") else 1)
+    parts |= activations(
+        counts["shape"], work, trained=trained_llm, align_layers=counts["align_layers"], residual_bytes=llm_bytes
+    )
     memory = MemoryPlan(parts)
     samples = int(cfg.trainer.max_steps) * int(cfg.global_batch_size)
     flops = decoder_flops(counts["decoder_no_embed"], counts["shape"], tps, trained_llm)
-    mfu = float(options.get("mfu", {}).get(stage, MEASURED_MFU[stage]))
-    peak = PEAK_TFLOPS["A100" if "a100" in str(cfg.get("cluster_name", "")) else "H100"] * 1e12
+    mfu_option = options.get("mfu", {})
+    mfu = float(mfu_option if isinstance(mfu_option, float) else mfu_option.get(stage, MEASURED_MFU[stage]))
+    if cfg.perf.get("peak_tflops") is None:
+        raise SystemExit("perf.peak_tflops is not set by this cluster preset: pick a GPU cluster or set it")
+    peak = float(cfg.perf.peak_tflops) * 1e12
     efficiency = float(options.get("scaling_efficiency", 0.9))
     seconds = samples * flops / (mfu * peak * n_gpus * (efficiency if n_gpus > 1 else 1.0))
     notes.append(
@@ -285,9 +304,9 @@ ASSUMPTIONS = [
     "allocator fragmentation, DeepSpeed's communication buckets",
     "tokens per sample: pretrain = 601 image tokens (672 px, square) + 130 caption; SFT = 95 % with an image + "
     "150 text tokens (LLaVA-665K-like); at 1344 px 2353 image tokens; capped at model.eve.max_length",
-    "time: decoder FLOPs (6x parameters x tokens + causal attention; 4x for a frozen decoder) / (MFU x peak x GPUs "
-    "x scaling efficiency); teacher and patch embedding time not counted separately (they are inside the measured "
-    "MFU's step time)",
+    "time: decoder FLOPs counted as bench.train counts them (6x parameters x tokens + causal attention; 4x and 4/6 "
+    "of the attention for a frozen decoder) / (MFU x the cluster's perf.peak_tflops x GPUs x scaling efficiency); "
+    "teacher and patch embedding time not counted separately (they are inside the measured MFU's step time)",
     "MFU: measured on one H100 by eve_lightning.bench.train (prealign 32.8 % with the 7B decoder; pretrain 13.5 % "
     "and SFT 13.9 % only measured at 1.1B, used for 7B as a pessimistic bound); assumed to carry to A100 "
     "(312 TFLOP/s dense bf16)",

@@ -29,6 +29,7 @@ def block_lists(num: torch.Tensor, idx: torch.Tensor) -> list[list[int]]:
         ([[300, 200, 129, 5], [1000]], 1000),  # length not a multiple of the block, a row with one sample
         ([[128, 128, 256, 100], [700, 300]], 1024),  # samples on block boundaries, padding at the end
         ([[40] * 20, [3, 1, 900]], 1024),  # many short samples, one-token samples
+        ([[], [500, 12]], 640),  # a row of padding only
     ],
 )
 def test_partial_and_full_blocks_equal_create_block_mask(rows, length):
@@ -40,6 +41,18 @@ def test_partial_and_full_blocks_equal_create_block_mask(rows, length):
         ref.full_kv_num_blocks, ref.full_kv_indices
     )
     assert ours.seq_lengths == (length, length)
+
+
+def test_sample_ids_in_any_order_and_padding_inside_a_row():
+    seq = packed_rows([[200, 300, 150]], 700)
+    seq[0, :200] = 2  # the first sample numbered last
+    seq[0, 500:520] = -1  # padding between samples
+    ref = create_block_mask(same_sample_causal_mod(seq), 1, None, 700, 700, device="cpu")
+    ours = packed_block_mask(seq)
+    assert block_lists(ours.kv_num_blocks, ours.kv_indices) == block_lists(ref.kv_num_blocks, ref.kv_indices)
+    assert block_lists(ours.full_kv_num_blocks, ours.full_kv_indices) == block_lists(
+        ref.full_kv_num_blocks, ref.full_kv_indices
+    )
 
 
 def test_flex_attention_with_the_block_mask_keeps_samples_apart():

@@ -70,6 +70,7 @@ def test_three_stage_loss_curve_matches_the_golden_file(tmp_path, demo_data_dir)
             "losses": losses,
         }
         GOLDEN.write_text(json.dumps(record, indent=1) + "\n")
+        pytest.skip(f"golden file rewritten: {GOLDEN} (commit it with the change that moved the numerics)")
     golden = json.loads(GOLDEN.read_text())
     assert golden["settings"] == SETTINGS, "the run settings changed: regenerate the golden file on purpose"
     for name, _ in STAGES:

@@ -51,7 +51,7 @@ def test_recipe_plan_on_two_a100_nodes(capsys):
     assert [p.samples for p in plans] == [16_000_000, 64_453 * 512, 5_197 * 128]
     pre, pt, _ = plans
     assert pre.memory.parts["optimizer states"] < 0.02 * pt.memory.parts["optimizer states"]  # decoder frozen
-    assert all(p.memory.total < 80 * GIB for p in plans)
+    assert all(p.memory.total < 76 * GIB for p in plans)  # an 80 GB A100 less CUDA context and NCCL buffers
     for word in ("recipe total", "days", "assumptions:", "scaling efficiency", "published Vicuna-7B shape"):
         assert word in out
     total_days = sum(p.seconds for p in plans) / 86400

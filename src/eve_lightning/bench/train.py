@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -63,15 +64,20 @@ def build_model(name: str, workload: str, device: torch.device, attn: str | None
     """Random-weight EVE of the given decoder shape; the decoder is frozen (bf16) for prealign.
 
     ``name`` is a key of ``DECODERS`` (with the EVE-7B patch embedding and a CLIP ViT-L/14-336-shaped teacher) or
-    a model config file (``conf/model/<name>.yaml``: decoder, patch embedding and teacher as configured there).
+    a model config file that gives the shapes (``llm.config`` and ``teacher.config``, e.g. conf/model/demo_125m.yaml):
+    decoder, patch embedding and teacher as configured there, with random weights.
     """
     attn = attn or ("flash_attention_2" if _has_flash_attn() else "flex_attention")
     if name.endswith(".yaml"):
         from omegaconf import OmegaConf
 
-        cfg = OmegaConf.to_container(OmegaConf.load(name), resolve=True)
+        cfg = OmegaConf.to_container(OmegaConf.load(name), resolve=False)
         cfg.pop("_target_", None)
-        cfg["llm"] |= {"attn_implementation": attn, "path": None}
+        if not cfg["llm"].get("config") or (cfg["eve"].get("align_weight", 1) and not cfg["teacher"].get("config")):
+            raise SystemExit(f"{name}: needs llm.config and teacher.config (shapes) to build random weights")
+        cfg["llm"] |= {"attn_implementation": attn, "path": None}  # random weights: the config must give shapes
+        if cfg.get("teacher"):
+            cfg["teacher"]["path"] = None
         cfg["eve"] |= {"max_length": 4096, "check_alignment": False}
         with torch.device(device):
             model = build_eve_model(**cfg)
@@ -98,6 +104,7 @@ class ForwardTimer:
     """
 
     def __init__(self, modules: dict[str, torch.nn.Module]) -> None:
+        modules = {name: m for name, m in modules.items() if m is not None}  # e.g. no teacher when align_weight=0
         self.spans: dict[str, list[list[Any]]] = {name: [] for name in modules}
         self.handles = []
         for name, module in modules.items():
@@ -123,13 +130,14 @@ class ForwardTimer:
             spans.clear()
 
     def seconds(self) -> dict[str, float]:
-        """Seconds per module since the last reset (synchronizes the device)."""
+        """Seconds per module since the last reset (synchronizes the device); 0 for modules not timed."""
         if torch.cuda.is_available():
             torch.cuda.synchronize()
             span = lambda a, b: a.elapsed_time(b) / 1000  # noqa: E731
         else:
             span = lambda a, b: b - a  # noqa: E731
-        return {name: sum(span(a, b) for a, b in spans if b is not None) for name, spans in self.spans.items()}
+        out = {name: sum(span(a, b) for a, b in spans if b is not None) for name, spans in self.spans.items()}
+        return defaultdict(float, out)
 
     def remove(self) -> None:
         for h in self.handles:
@@ -320,7 +328,7 @@ def train_step(path: str, model: EveWithTeacher, batch: dict, opt: torch.optim.O
 def profile_path(path: str, model: EveWithTeacher, batches: list[dict], steps: int, out_dir: Path) -> str:
     """Profile ``steps`` optimizer steps of a path; write a Chrome trace, return the top operators as a table."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5)
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=torch.cuda.is_available())  # as in time_path
     activities = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -367,7 +375,7 @@ def time_path(
             shares.append(timer.seconds())
     timer.remove()
     step_s = float(np.median(times))
-    mean = {k: float(np.mean([s[k] for s in shares])) for k in shares[0]}
+    mean = {k: float(np.mean([s[k] for s in shares])) for k in ("teacher", "patch_embed", "projector")}
     return {
         "step_s": step_s,
         "first_loss": first_loss,
@@ -437,11 +445,13 @@ def main(argv: list[str] | None = None) -> dict:
         "--attention", choices=["sdpa", "flex_attention", "flash_attention_2"], help="default: flash or flex"
     )
     p.add_argument("--checkpoint-ours", action="store_true", help="activation checkpointing on our path too")
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=8, help="timed steps (>= 1)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", help="write the results JSON here")
     p.add_argument("--profile", help="also profile 3 steps per path: Chrome trace + top operators into this folder")
     args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error("--steps must be at least 1")
     if args.model not in DECODERS and not Path(args.model).is_file():
         p.error(f"--model {args.model!r}: use {' | '.join(sorted(DECODERS))} or an existing model config file")
     if not torch.cuda.is_available():

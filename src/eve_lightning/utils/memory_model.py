@@ -20,8 +20,9 @@ bf16 compute, float32 residual stream; counted from the tensors HF's LLaMA layer
 times an empirical factor for what that count misses (allocator rounding, autocast copies, hooks, temporaries at
 the forward/backward turn): ``ALPHA_TRAINED`` and ``ALPHA_FROZEN``, calibrated on one H100 measurement each
 (``benchmarks/results``: eve_1b pretrain and eve_7b prealign, micro-batch 8) and checked against the others in
-``tests/training/test_plan.py``. With activation checkpointing each layer keeps only its input (``4 h`` bytes per
-token) and one layer's activations are alive during recomputation.
+``tests/training/test_plan.py``. With activation checkpointing each layer keeps only its input
+(``residual_bytes x h`` per token) and one layer's activations are alive during recomputation. The calibration
+runs had float32 weights; bf16-weight plans (EVE-7B) reuse the factors.
 """
 
 from __future__ import annotations
@@ -133,11 +134,17 @@ def model_states(
     return parts
 
 
-def activations(shape: DecoderShape, work: Workload, *, trained: bool, align_layers: int) -> dict[str, float]:
-    """Activation bytes per GPU for one micro-batch (see the module docstring)."""
+def activations(
+    shape: DecoderShape, work: Workload, *, trained: bool, align_layers: int, residual_bytes: int = 4
+) -> dict[str, float]:
+    """Activation bytes per GPU for one micro-batch (see the module docstring).
+
+    ``residual_bytes``: bytes per element of the residual stream (the weights' dtype: 4 for float32 weights under
+    autocast, 2 for bf16 weights); it sizes the checkpointed layer inputs and the aligner's captured states.
+    """
     per_layer = shape.bytes_per_token_layer(trained) * work.tokens
     if work.checkpointing:
-        decoder = shape.layers * work.tokens * 4 * shape.hidden + per_layer
+        decoder = shape.layers * work.tokens * residual_bytes * shape.hidden + per_layer
     else:
         decoder = shape.layers * per_layer
     images = work.micro_batch * work.images_per_sample
@@ -145,5 +152,5 @@ def activations(shape: DecoderShape, work: Workload, *, trained: bool, align_lay
     return {
         "activations (decoder)": decoder,
         "activations (patch embedding)": pel,
-        "aligner hidden states": align_layers * images * work.image_tokens_per_image * shape.hidden * 4,
+        "aligner hidden states": align_layers * images * work.image_tokens_per_image * shape.hidden * residual_bytes,
     }
