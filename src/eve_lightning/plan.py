@@ -26,8 +26,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 import eve_lightning.train  # noqa: F401  (registers the config resolvers: eve_cwd, eve_run_id)
+from eve_lightning.bench.train import CLIP_L14_336, DECODERS, build_model
 from eve_lightning.lit.freezing import apply_freezing
 from eve_lightning.models.build import build_eve_model
+from eve_lightning.utils.flops import samples_flops
 from eve_lightning.utils.memory_model import (
     GATHERED_LAYERS,
     DecoderShape,
@@ -42,12 +44,9 @@ RECIPES = {
     "eve7b": ["eve7b_prealign_r672", "eve7b_pretrain_r672", "eve7b_sft_r672"],
     "eve7b_hd": ["eve7b_prealign_r672", "eve7b_pretrain_r672", "eve7b_sft_r1344_hd"],
 }
-# Published shapes, used when a config names a checkpoint folder that is not on this machine.
-VICUNA_7B = dict(model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                 num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)  # fmt: skip
-CLIP_L14_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                    image_size=336, patch_size=14)  # fmt: skip
-PEAK_TFLOPS = {"H100": 989.0, "A100": 312.0}  # dense bf16 datasheet
+# Published shapes (Vicuna-7B decoder, CLIP ViT-L/14-336), used when a config names a checkpoint folder that is
+# not on this machine.
+VICUNA_7B = dict(model_type="llama", vocab_size=32000, max_position_embeddings=4096, **DECODERS["eve_7b"])
 # Decoder MFU of our path measured on one H100 (benchmarks/results): 7B frozen decoder 32.8 % (prealign, micro-batch
 # 8); trained decoders only measured at 1.1B: 13.5 % (pretrain), 13.9 % (SFT).
 MEASURED_MFU = {"prealign": 0.328, "pretrain": 0.135, "sft": 0.139, "sft_hd": 0.139}
@@ -140,16 +139,6 @@ def dtype_bytes(name: Any) -> int:
     return 2 if str(name) in ("bfloat16", "float16", "bf16", "fp16") else 4
 
 
-def decoder_flops(params_no_embed: int, shape: DecoderShape, tokens: float, trained: bool) -> float:
-    """Decoder FLOPs of one sample, counted as bench.train counts them (so the measured MFU applies).
-
-    Trained decoder: 6 x parameters x tokens + causal attention. Frozen decoder: 4 x parameters (no weight
-    gradients) and 4/6 of the attention term, the benchmark's convention for the MFU it reports.
-    """
-    attn = 6 * shape.layers * shape.hidden * tokens**2  # fwd+bwd of QK^T and AV, causal half
-    return (6 if trained else 4) * params_no_embed * tokens + (attn if trained else attn * 4 / 6)
-
-
 def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> StagePlan:
     notes: list[str] = []
     counts = count_parameters(cfg, notes)
@@ -194,7 +183,8 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
     )
     memory = MemoryPlan(parts)
     samples = int(cfg.trainer.max_steps) * int(cfg.global_batch_size)
-    flops = decoder_flops(counts["decoder_no_embed"], counts["shape"], tps, trained_llm)
+    shape = counts["shape"]
+    flops = samples_flops(counts["decoder_no_embed"], shape.layers, shape.hidden, [tps], trained_llm)
     mfu_option = options.get("mfu", {})
     mfu = float(mfu_option if isinstance(mfu_option, float) else mfu_option.get(stage, MEASURED_MFU[stage]))
     if cfg.perf.get("peak_tflops") is None:
@@ -216,8 +206,6 @@ def bench_step_memory(result: dict[str, Any]) -> MemoryPlan:
     teacher, fused AdamW, and a copy of the initial state dict on the GPU (to restart each path from the same
     weights); its rows are packed, without checkpointing.
     """
-    from eve_lightning.bench.train import build_model
-
     with torch.device("meta"):
         model = build_model(result["model"], result["workload"], torch.device("meta"), "sdpa")
     params = list(model.parameters())

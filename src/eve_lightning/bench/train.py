@@ -41,6 +41,7 @@ from eve_lightning.models.clip_teacher import build_teacher
 from eve_lightning.models.eve_vlm import EveConfig, EveVLM
 from eve_lightning.models.llm import build_llm
 from eve_lightning.models.losses import cosine_alignment_loss
+from eve_lightning.utils.flops import samples_flops
 
 PEAK_TFLOPS = 989.0
 DECODERS = {
@@ -309,9 +310,7 @@ def decoder_flops(model: EveWithTeacher, batch_lengths: list[int], trained: bool
     llm = model.vlm.llm
     cfg = llm.config
     params = sum(p.numel() for p in llm.parameters()) - llm.get_input_embeddings().weight.numel()
-    attn = 6 * cfg.num_hidden_layers * cfg.hidden_size * sum(n * n for n in batch_lengths)
-    tokens = sum(batch_lengths)
-    return (6 if trained else 4) * params * tokens + (attn if trained else attn * 4 / 6)
+    return samples_flops(params, cfg.num_hidden_layers, cfg.hidden_size, batch_lengths, trained)
 
 
 def train_step(path: str, model: EveWithTeacher, batch: dict, opt: torch.optim.Optimizer) -> torch.Tensor:

@@ -47,9 +47,9 @@ def packed_block_mask(seq: torch.Tensor, block: int = BLOCK) -> Any:
     padded = torch.full((b, nb * block), -1, dtype=seq.dtype, device=seq.device)
     padded[:, :length] = seq
     ids = padded.view(b, nb, block)  # [B, nb, block]
-    n_samples = int(seq.max().item()) + 1 if seq.numel() else 0
-    # presence[b, i, s]: block i of row b holds a token of sample s
-    presence = torch.zeros(b, nb, max(n_samples, 1), dtype=torch.float32, device=seq.device)
+    # presence[b, i, s]: block i of row b holds a token of sample s; a row holds at most `length` samples, which
+    # bounds s without reading the ids back to the host (no sync on the training path)
+    presence = torch.zeros(b, nb, max(length, 1), dtype=torch.float32, device=seq.device)
     valid = ids >= 0
     presence.scatter_add_(2, ids.clamp(min=0), valid.to(torch.float32))  # [B, nb, S] token counts
     shared = torch.bmm(presence, presence.transpose(1, 2)) > 0  # [B, nq, nk] a sample in both blocks

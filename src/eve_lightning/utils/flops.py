@@ -20,3 +20,16 @@ def decoder_flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: 
     """
     forward = 2 * n_params + 4 * n_layers * hidden * seq_len
     return forward * (3 if weights_trained else 2)
+
+
+def samples_flops(n_params: int, n_layers: int, hidden: int, lengths: list[float], weights_trained: bool) -> float:
+    """Decoder FLOPs of a step over samples of the given lengths, the convention of ``eve_lightning.bench.train``.
+
+    Trained decoder: 6 FLOPs per parameter and token plus causal attention, 6 * L * H * sum(len^2) (scores and
+    values, forward and backward, half the square). Frozen decoder: 4 per parameter and token (no weight
+    gradients) and 4/6 of the attention term. The planner projects time with this count so that the MFU measured
+    by the benchmark applies.
+    """
+    attn = 6 * n_layers * hidden * sum(n * n for n in lengths)
+    tokens = sum(lengths)
+    return (6 if weights_trained else 4) * n_params * tokens + (attn if weights_trained else attn * 4 / 6)
