@@ -14,6 +14,7 @@
 #   TOKENIZER  tokenizer.model file (default: the one shipped by mistral-common)
 #   EXTRA      extra Hydra overrides for every training command (e.g. "model=tiny cluster=cpu" for a smoke run)
 #   SAMPLES    training samples per task of the generated data (default 24000; 400 held out per task)
+#   MAX_TURNS  most questions per image conversation of the generated data (default 10, as data.demo_max_turns)
 #   STOP_AFTER prealign | pretrain | sft: stop every variant after this stage (a later call goes on from there:
 #              stages whose export and timing exist are skipped)
 # Summarize afterwards with: python experiments/demo_recipe/summarize.py --results $RESULTS
@@ -42,7 +43,7 @@ data="$ROOT/data/demo_recipe"
 if [ ! -f "$data/sft/train/index.json" ]; then
   echo "== demo data -> $data"
   $PY -m eve_lightning.data.demo --out "$data" --num-pretrain "${SAMPLES:-24000}" --num-sft "${SAMPLES:-24000}" \
-    --num-val 400 --overwrite | tee "$RESULTS/data.log"
+    --num-val 400 --max-turns "${MAX_TURNS:-10}" --overwrite | tee "$RESULTS/data.log"
 fi
 
 order() { case $1 in prealign) echo 1 ;; pretrain) echo 2 ;; sft) echo 3 ;; *) echo 4 ;; esac; }

@@ -45,6 +45,13 @@ def scheduled_steps() -> dict[str, int]:
     return yaml.safe_load(conf.read_text())["recipe"]["steps"]
 
 
+def global_batch() -> int:
+    import yaml
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "experiment" / "demo_recipe.yaml"
+    return int(yaml.safe_load(conf.read_text())["global_batch_size"])
+
+
 def stage_summary(folder: Path, stage: str) -> dict | None:
     csv_path = folder / f"{stage}.metrics.csv"
     if not csv_path.is_file():
@@ -62,9 +69,10 @@ def stage_summary(folder: Path, stage: str) -> dict | None:
         "final_loss_ce": tail_mean(read_series(csv_path, "train/loss_ce")),
         "final_loss_align": tail_mean(read_series(csv_path, "train/loss_align")),
         "final_val_loss_ce": tail_mean(read_series(csv_path, "val/loss_ce"), 1),
-        "samples_per_s": tail_mean(read_series(csv_path, "perf/samples_per_sec"), 20),
         "peak_mem_gib": max((v for _, v in read_series(csv_path, "perf/peak_mem_gib")), default=None),
     }
+    if out["wall_s"]:  # whole stage command: start-up, compilation, validation and export included
+        out["samples_per_wall_s"] = round(done * global_batch() / out["wall_s"], 1)
     return out
 
 

@@ -47,9 +47,10 @@ RECIPES = {
 # Published shapes (Vicuna-7B decoder, CLIP ViT-L/14-336), used when a config names a checkpoint folder that is
 # not on this machine.
 VICUNA_7B = dict(model_type="llama", vocab_size=32000, max_position_embeddings=4096, **DECODERS["eve_7b"])
-# Decoder MFU of our path measured on one H100 (benchmarks/results): 7B frozen decoder 32.8 % (prealign, micro-batch
-# 8); trained decoders only measured at 1.1B: 13.5 % (pretrain), 13.9 % (SFT).
-MEASURED_MFU = {"prealign": 0.328, "pretrain": 0.135, "sft": 0.139, "sft_hd": 0.139}
+# Decoder MFU of our path measured on one H100 (benchmarks/results), compiled decoder blocks, FlexAttention, no
+# activation checkpointing: 7B frozen decoder 46.2 % (prealign, micro-batch 10); trained decoders only measured at
+# 1.1B: 31.5 % (pretrain, micro-batch 40), 20.7 % (SFT, micro-batch 16, rows not yet filled).
+MEASURED_MFU = {"prealign": 0.462, "pretrain": 0.315, "sft": 0.207, "sft_hd": 0.207}
 TOKENS_PER_SAMPLE = {  # expanded tokens: image tokens of a square image + text (LLaVA-like means)
     ("pretrain", 672): 601 + 130,
     ("sft", 672): 0.95 * 601 + 150,
@@ -192,6 +193,7 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
     peak = float(cfg.perf.peak_tflops) * 1e12
     efficiency = float(options.get("scaling_efficiency", 0.9))
     seconds = samples * flops / (mfu * peak * n_gpus * (efficiency if n_gpus > 1 else 1.0))
+    seconds *= recompute_factor(work.checkpointing, trained_llm)
     notes.append(
         f"{strategy}, {n_gpus} GPUs, micro-batch {work.micro_batch}, {tps:.0f} tokens/sample, "
         f"checkpointing {'on' if work.checkpointing else 'off'}, decoder {'trained' if trained_llm else 'frozen'}"
@@ -286,6 +288,17 @@ def format_plan(plans: list[StagePlan], assumptions: list[str]) -> str:
     return "\n".join(lines)
 
 
+def recompute_factor(checkpointing: bool, trained: bool) -> float:
+    """Step time with activation checkpointing over the time without (the MFU was measured without).
+
+    The forward (2 units of work) runs again in the backward: the backward is 4 units for a trained decoder
+    (activation and weight gradients), 2 for a frozen one (activation gradients only).
+    """
+    if not checkpointing:
+        return 1.0
+    return (2 + 4 + 2) / (2 + 4) if trained else (2 + 2 + 2) / (2 + 2)
+
+
 ASSUMPTIONS = [
     "memory: eve_lightning.utils.memory_model (model states by strategy; activations counted per token and layer, "
     "scaled by factors calibrated on H100 measurements); not counted: CUDA context and NCCL buffers (~1-3 GiB), "
@@ -295,9 +308,11 @@ ASSUMPTIONS = [
     "time: decoder FLOPs counted as bench.train counts them (6x parameters x tokens + causal attention; 4x and 4/6 "
     "of the attention for a frozen decoder) / (MFU x the cluster's perf.peak_tflops x GPUs x scaling efficiency); "
     "teacher and patch embedding time not counted separately (they are inside the measured MFU's step time)",
-    "MFU: measured on one H100 by eve_lightning.bench.train (prealign 32.8 % with the 7B decoder; pretrain 13.5 % "
-    "and SFT 13.9 % only measured at 1.1B, used for 7B as a pessimistic bound); assumed to carry to A100 "
-    "(312 TFLOP/s dense bf16)",
+    "MFU: measured on one H100 by eve_lightning.bench.train with compiled decoder blocks and no checkpointing "
+    "(prealign 46.2 % with the 7B decoder; pretrain 31.5 % and SFT 20.7 % only measured at 1.1B, used for 7B as a "
+    "pessimistic bound); assumed to carry to A100 (312 TFLOP/s dense bf16)",
+    "checkpointing: a stage with it on recomputes the forward, so its time is x4/3 (trained decoder) or x3/2 "
+    "(frozen decoder) of the measured no-checkpointing step",
     "scaling efficiency across GPUs: 0.9 (plan.scaling_efficiency)",
 ]
 

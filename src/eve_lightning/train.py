@@ -144,6 +144,7 @@ def build(cfg: DictConfig) -> Run:
         gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
         tokenizer=getattr(data_module, "tokenizer_source", None),
         max_consecutive_nonfinite=int(cfg.guards.max_consecutive_nonfinite),
+        compile=OmegaConf.to_container(cfg.compile) if cfg.get("compile") else None,
     )
     trainer_kwargs = OmegaConf.to_container(cfg.trainer)
     strategy = trainer_kwargs.pop("strategy", "auto")

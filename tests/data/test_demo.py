@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from eve_lightning.data import demo
@@ -84,3 +85,22 @@ def test_caption_and_questions_of_a_fixed_scene():
     assert qa["Where is the blue square?"] == "on the right."
     assert qa["How many shapes are there?"] == "two."
     assert qa["Is the red circle small or large?"] == "small."
+
+
+def test_max_turns_gives_denser_conversations_and_keeps_the_default_stream(tmp_path):
+    default = [demo.make_record(i, task="sft", split="val", seed=0, images_dir=str(tmp_path), text_only=0.1)
+               for i in range(40)]  # fmt: skip
+    dense = [demo.make_record(i, task="sft", split="val", seed=0, images_dir=str(tmp_path), text_only=0.1,
+                              max_turns=10) for i in range(40)]  # fmt: skip
+    assert default == [
+        demo.make_record(i, task="sft", split="val", seed=0, images_dir=str(tmp_path), text_only=0.1, max_turns=3)
+        for i in range(40)
+    ]
+    turns = lambda recs: [len(r["conversations"]) // 2 for r in recs if "image" in r]  # noqa: E731
+    assert max(turns(default)) == 3 and max(turns(dense)) > 3
+    assert sum(turns(dense)) > 2 * sum(turns(default))
+    for r in dense:  # each question once, never more than the picture has
+        questions = [t["value"].replace("<image>", "").strip() for t in r["conversations"][::2]]
+        assert len(questions) == len(set(questions)) <= 10
+    with pytest.raises(ValueError, match="max_turns must be at least 1"):
+        demo.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, max_turns=0)

@@ -58,6 +58,22 @@ def test_colour_shape_accuracy_pools_the_colour_and_shape_questions(demo_root):
     assert metrics["accuracy_colour_shape"] == pytest.approx(100.0 * len(colour) / (len(colour) + len(shape)))
 
 
+def test_colour_shape_accuracy_by_object_count_matches_the_drawn_scene(demo_root):
+    """The records' object count is the scene's (re-derived from the generator's seed), and splits the score."""
+    bench = build_benchmark("demo", demo_root)
+    questions = [q for q in bench.load() if q.meta["kind"] in ("colour", "shape")]
+    for q in questions:
+        index = int(q.qid.split("/")[0].rsplit("-", 1)[1])
+        rng = generator._rng(0, "sft", "val", index)
+        rng.random()  # the text-only draw
+        assert q.meta["objects"] == len(generator.sample_scene(rng).shapes)
+    answers = {q.qid: q.meta["answer"] if q.meta["objects"] == 1 else "nothing." for q in questions}
+    metrics = bench.score(questions, answers).metrics
+    counts = sorted({q.meta["objects"] for q in questions})
+    assert [k for k in metrics if k.endswith("obj")] == [f"accuracy_colour_shape_{n}obj" for n in counts]
+    assert all(metrics[f"accuracy_colour_shape_{n}obj"] == (100.0 if n == 1 else 0.0) for n in counts)
+
+
 def test_question_kinds_follow_the_generator_templates():
     assert question_kind("What colour is the circle?", True) == "colour"
     assert question_kind("What shape is the red object?", True) == "shape"

@@ -38,6 +38,7 @@ from eve_lightning.constants import BACKGROUND_RGB, IGNORE_INDEX, IMAGE_TOKEN_IN
 from eve_lightning.data.geometry import band_geometry
 from eve_lightning.models.build import EveWithTeacher, build_eve_model, teacher_cell_mask
 from eve_lightning.models.clip_teacher import build_teacher
+from eve_lightning.models.compile import compile_decoder_layers
 from eve_lightning.models.eve_vlm import EveConfig, EveVLM
 from eve_lightning.models.llm import build_llm
 from eve_lightning.models.losses import cosine_alignment_loss
@@ -401,10 +402,16 @@ def run(args: argparse.Namespace) -> dict:
         "attention": model.vlm.llm.config._attn_implementation,
         "checkpointing_ours": args.checkpoint_ours,
         "token_budget": args.token_budget,
+        "compile_ours": args.compile,
         "paths": {},
     }
-    for path in args.paths.split(","):
+    paths = args.paths.split(",")
+    if args.compile:  # compiling is in place: the eager reference path goes first
+        paths.sort(key=lambda name: name != "reference")
+    for path in paths:
         model.load_state_dict(init)
+        if path == "ours" and args.compile:
+            compile_decoder_layers(model.vlm.llm, mode=None if args.compile == "default" else args.compile)
         if path == "reference":
             batches = [_to(padded_batch(d), device) for d in draws]
         else:
@@ -444,6 +451,13 @@ def main(argv: list[str] | None = None) -> dict:
         "--attention", choices=["sdpa", "flex_attention", "flash_attention_2"], help="default: flash or flex"
     )
     p.add_argument("--checkpoint-ours", action="store_true", help="activation checkpointing on our path too")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=["default", "max-autotune-no-cudagraphs"],
+        help="torch.compile the decoder blocks on our path (after the reference path, if both run)",
+    )
     p.add_argument("--steps", type=int, default=8, help="timed steps (>= 1)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", help="write the results JSON here")

@@ -111,6 +111,7 @@ class EveDataModule(L.LightningDataModule):
             there (``eve_lightning.data.demo``; shards under ``demo_root/{pretrain,sft}/{train,val}``).
         demo_samples: training samples per task when the demo set is generated.
         demo_held_out: held-out samples per task of a generated demo set (None: 5% of ``demo_samples``, >= 50).
+        demo_max_turns: most questions per image conversation of a generated demo set.
         max_drop_rate: share of unusable training samples tolerated per worker before the run stops with a clear
             error (None = no limit); drops are always counted and logged as ``data/dropped``.
     """
@@ -149,6 +150,7 @@ class EveDataModule(L.LightningDataModule):
         demo_root: str | None = None,
         demo_samples: int = 2000,
         demo_held_out: int | None = None,
+        demo_max_turns: int = 3,
         max_drop_rate: float | None = 0.1,
     ) -> None:
         super().__init__()
@@ -186,6 +188,7 @@ class EveDataModule(L.LightningDataModule):
         self.demo_root = demo_root
         self.demo_samples = demo_samples
         self.demo_held_out = demo_held_out
+        self.demo_max_turns = demo_max_turns
         self._tokenizer: TextTokenizer | None = None
         self._train_shards: list[ShardInfo] | None = None
         self._val_shards: list[ShardInfo] | None = None
@@ -220,6 +223,7 @@ class EveDataModule(L.LightningDataModule):
             max_side=self.sample_cfg.image_size,
             workers=os.cpu_count() or 1,
             overwrite=True,
+            max_turns=self.demo_max_turns,
         )
         for name, summary in summaries.items():
             log.info("demo data %s: %s", name, summary.line())

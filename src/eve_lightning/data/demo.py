@@ -171,8 +171,13 @@ def _rng(seed: int, task: str, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, TASK_IDS[task], SPLIT_IDS[split], index])
 
 
-def make_record(index: int, *, task: str, split: str, seed: int, images_dir: str, text_only: float) -> dict[str, Any]:
-    """Generate sample ``index`` of a split: write its image (if any) and return its annotation record."""
+def make_record(
+    index: int, *, task: str, split: str, seed: int, images_dir: str, text_only: float, max_turns: int = 3
+) -> dict[str, Any]:
+    """Generate sample ``index`` of a split: write its image (if any) and return its annotation record.
+
+    An image conversation asks 1 to ``max_turns`` of the picture's questions (at most all of them), each once.
+    """
     rng = _rng(seed, task, split, index)
     rid = f"{task}-{split}-{index:06d}"
     if task == "sft" and rng.random() < text_only:
@@ -190,14 +195,14 @@ def make_record(index: int, *, task: str, split: str, seed: int, images_dir: str
     if task == "pretrain":
         return {"id": rid, "image": rel, "caption": caption(scene)}
     qa = questions(scene, rng)
-    picked = rng.choice(len(qa), size=int(rng.integers(1, 4)), replace=False)
+    picked = rng.choice(len(qa), size=min(int(rng.integers(1, max_turns + 1)), len(qa)), replace=False)
     conv = []
     for turn, i in enumerate(picked):
         q, a = qa[int(i)]
         if turn == 0:  # the image placeholder sits before or after the first question, as in LLaVA data
             q = f"<image>\n{q}" if rng.random() < 0.5 else f"{q}\n<image>"
         conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
-    return {"id": rid, "image": rel, "conversations": conv}
+    return {"id": rid, "image": rel, "conversations": conv, "objects": len(scene.shapes)}  # objects: for scoring
 
 
 def generate_split(
@@ -212,10 +217,14 @@ def generate_split(
     workers: int,
     text_only: float,
     overwrite: bool,
+    max_turns: int = 3,
 ) -> BuildSummary:
     """Generate one split's raw files and annotations, then write its shards."""
     images_dir = out / "raw" / "images"
-    fn = partial(make_record, task=task, split=split, seed=seed, images_dir=str(images_dir), text_only=text_only)
+    fn = partial(
+        make_record, task=task, split=split, seed=seed, images_dir=str(images_dir), text_only=text_only,
+        max_turns=max_turns,
+    )  # fmt: skip
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             records = pool.map(fn, range(count), chunksize=16)
@@ -241,8 +250,11 @@ def generate(
     workers: int = 1,
     text_only: float = 0.1,
     overwrite: bool = False,
+    max_turns: int = 3,
 ) -> dict[str, BuildSummary]:
     """Generate the whole demo set under ``out`` and return the build summary of each ``task/split``."""
+    if max_turns < 1:
+        raise ValueError(f"max_turns must be at least 1 (questions per image conversation), got {max_turns}")
     root = Path(out)
     plan = {
         ("pretrain", "train"): num_pretrain,
@@ -255,7 +267,7 @@ def generate(
         if count > 0:
             summaries[f"{task}/{split}"] = generate_split(
                 root, task, split, count, seed=seed, max_side=max_side, shard_size=shard_size,
-                workers=workers, text_only=text_only, overwrite=overwrite,
+                workers=workers, text_only=text_only, overwrite=overwrite, max_turns=max_turns,
             )  # fmt: skip
     return summaries
 
@@ -271,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--shard-size", type=int, default=500, help="samples per shard")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
     p.add_argument("--text-only", type=float, default=0.1, help="share of text-only SFT samples")
+    p.add_argument("--max-turns", type=int, default=3, help="most questions per image conversation (>= 1)")
     p.add_argument("--overwrite", action="store_true", help="replace existing shards")
     args = p.parse_args(argv)
     summaries = generate(
@@ -284,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         workers=args.workers,
         text_only=args.text_only,
         overwrite=args.overwrite,
+        max_turns=args.max_turns,
     )
     for name, summary in summaries.items():
         print(f"{name}: {summary.line()}")

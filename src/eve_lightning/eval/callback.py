@@ -30,6 +30,7 @@ from eve_lightning.eval.generation import BatchAnswerer
 from eve_lightning.eval.registry import build_benchmark
 from eve_lightning.inference.engine import ChatEngine
 from eve_lightning.inference.loading import LoadedModel
+from eve_lightning.models.compile import eager_generation
 from eve_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -152,7 +153,7 @@ class BenchmarkValidation(pl.Callback):
         answers: dict[str, str] = {}
         vlm.eval()
         try:
-            with context, torch.no_grad():
+            with context, torch.no_grad(), eager_generation(vlm.llm):
                 for start in range(0, len(mine), self.batch_size):
                     batch = mine[start : start + self.batch_size]
                     answers.update(zip([q.qid for q in batch], answerer(batch)))

@@ -11,6 +11,7 @@ import torch
 from eve_lightning.lit.freezing import apply_freezing, format_freezing_table, freezing_table
 from eve_lightning.lit.optim import build_optimizer
 from eve_lightning.models.build import EveWithTeacher
+from eve_lightning.models.compile import compile_decoder_layers
 from eve_lightning.models.export_format import load_export_weights
 from eve_lightning.utils.logging import get_logger
 
@@ -44,6 +45,7 @@ class EveLitModule(pl.LightningModule):
         tokenizer: the tokenizer's path, recorded in checkpoints so they load on their own.
         max_consecutive_nonfinite: steps in a row with a non-finite loss or gradient norm before the run stops
             (each such step is skipped on every rank and its sample keys are logged).
+        compile: `compile_decoder_layers` keyword arguments plus `enabled`; None or enabled false = eager.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class EveLitModule(pl.LightningModule):
         gradient_checkpointing: bool = False,
         tokenizer: str | None = None,
         max_consecutive_nonfinite: int = 3,
+        compile: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model_factory"], logger=False)
@@ -76,6 +79,9 @@ class EveLitModule(pl.LightningModule):
         apply_freezing(self.model, list(self.hparams.stage["trainable"]))
         if self.hparams.gradient_checkpointing:
             self.model.vlm.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        options = dict(self.hparams.compile or {})
+        if options.pop("enabled", False):
+            compile_decoder_layers(self.model.vlm.llm, **options)
 
     def on_fit_start(self) -> None:
         if self.trainer.is_global_zero:
@@ -100,7 +106,7 @@ class EveLitModule(pl.LightningModule):
         self.log("train/loss_ce", out.loss_ce, batch_size=bsz)
         self.log("train/loss_align", out.loss_align, prog_bar=True, batch_size=bsz)
         self.last_stats = {
-            "samples": bsz,
+            "samples": len(meta.get("keys") or []) or bsz,  # packed rows hold several samples each
             "tokens": out.stats["n_tokens"],
             "seq_len": out.stats["seq_len"],
             "truncated": out.n_truncated,

@@ -14,7 +14,9 @@ Two parts (``parts``):
   none for text-only records). Score: exact match with the recorded answer (lower case, trailing period and
   extra spaces ignored): ``accuracy`` overall, ``accuracy_<kind>`` per question kind (``colour``, ``shape``,
   ``count``, ``position``, ``size``, ``exists``, ``describe``, ``text``) and ``accuracy_colour_shape`` over the
-  colour and shape questions together.
+  colour and shape questions together, also split by the number of objects in the picture
+  (``accuracy_colour_shape_<n>obj``, when the annotation records ``objects``): with one object a colour or shape
+  question needs perception only, with two or three it also needs finding the object the question names.
 * ``captions``: each held-out caption image is asked ``Describe the image.``. The generator's own record of
   what it drew is the ``caption`` of the annotation: ``caption()`` lists every shape as "a <size> <colour>
   <shape> <position>", so parsing it with the generator's vocabulary gives the exact sets of colours and shapes
@@ -132,6 +134,8 @@ class DemoBenchmark(Benchmark):
             for t in range(0, len(turns) - 1, 2):
                 question = turns[t]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
                 meta = {"answer": turns[t + 1]["value"], "kind": question_kind(question, image is not None)}
+                if rec.get("objects") is not None:
+                    meta["objects"] = int(rec["objects"])
                 out.append(Question(f"{rec['id']}/{t // 2}", self.with_suffix(question), image, meta))
         return out
 
@@ -148,6 +152,7 @@ class DemoBenchmark(Benchmark):
     def score(self, questions: Sequence[Question], answers: Mapping[str, str]) -> Scores:
         hits: list[float] = []
         by_kind: dict[str, list[float]] = defaultdict(list)
+        by_objects: dict[int, list[float]] = defaultdict(list)
         caption_sets, caption_pairs, caption_exact = [], [], []
         for q in questions:
             if q.qid not in answers:
@@ -162,6 +167,8 @@ class DemoBenchmark(Benchmark):
             hit = float(exact_match(pred, q.meta["answer"]))
             hits.append(hit)
             by_kind[q.meta["kind"]].append(hit)
+            if q.meta["kind"] in ("colour", "shape") and "objects" in q.meta:
+                by_objects[q.meta["objects"]].append(hit)
         metrics: dict[str, float] = {}
         if hits:
             metrics["accuracy"] = percent(mean(hits))
@@ -169,6 +176,7 @@ class DemoBenchmark(Benchmark):
             colour_shape = by_kind["colour"] + by_kind["shape"]
             if colour_shape:
                 metrics["accuracy_colour_shape"] = percent(mean(colour_shape))
+            metrics.update({f"accuracy_colour_shape_{n}obj": percent(mean(v)) for n, v in sorted(by_objects.items())})
         if caption_sets:
             metrics["caption_accuracy"] = percent(mean(caption_sets))
             metrics["caption_pairs_accuracy"] = percent(mean(caption_pairs))

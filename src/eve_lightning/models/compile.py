@@ -1,0 +1,82 @@
+"""torch.compile of the decoder blocks: each layer's forward compiled once, shared by all layers of the model.
+
+Only ``forward`` is compiled, not the module call: the forward hooks that capture the aligner's hidden states
+(registered anew every step) stay outside the compiled code, so they cause no recompiles. Recompiles come from new
+sequence lengths; with ``dynamic=None`` torch compiles the first length statically and switches to a dynamic-shape
+kernel at the second, and padded batches round their length to ``data.pad_to_multiple_of`` (packed rows have a
+fixed budget), so a run compiles a handful of times. ``recompile_limit`` bounds that: past it a layer falls back
+to eager and torch logs a warning instead of compiling for ever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from eve_lightning.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def decoder_layers(llm: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of an HF causal LM (LLaMA family: ``model.layers``)."""
+    decoder = llm.get_decoder() if hasattr(llm, "get_decoder") else llm
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"cannot find the decoder blocks of {type(llm).__name__} (expected `.layers`)")
+    return layers
+
+
+def compile_decoder_layers(
+    llm: nn.Module,
+    *,
+    mode: str | None = None,
+    dynamic: bool | None = None,
+    backend: str = "inductor",
+    recompile_limit: int = 16,
+) -> int:
+    """Compile the forward of every decoder block in place; returns how many were compiled.
+
+    Args:
+        llm: an HF causal LM.
+        mode: torch.compile mode (None = default; "max-autotune-no-cudagraphs" tunes matmuls longer).
+        dynamic: torch.compile's dynamic-shape setting (None: static first, dynamic after a new shape).
+        backend: torch.compile backend ("inductor"; "aot_eager" checks tracing without generating kernels).
+        recompile_limit: most compiled variants per code object (all layers share one).
+    """
+    layers = decoder_layers(llm)
+    limit = max(recompile_limit, torch._dynamo.config.recompile_limit)
+    torch._dynamo.config.recompile_limit = limit
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
+    for layer in layers:
+        if getattr(layer, "_eve_compiled", False):
+            continue
+        layer.forward = torch.compile(layer.forward, mode=mode, dynamic=dynamic, backend=backend)
+        layer._eve_compiled = True
+    log.info("compiled the forward of %d decoder blocks (backend %s, mode %s)", len(layers), backend, mode)
+    return len(layers)
+
+
+@contextlib.contextmanager
+def eager_generation(llm: nn.Module) -> Iterator[None]:
+    """Run KV-cache generation with the training model as an inference model would: eager blocks, SDPA.
+
+    Inside, compiled block forwards are set aside (decoding shapes change every token) and a FlexAttention
+    decoder uses SDPA (FlexAttention is for the training's packed rows); both come back on exit.
+    """
+    layers = decoder_layers(llm)
+    compiled = {i: layer.__dict__.pop("forward") for i, layer in enumerate(layers) if "forward" in layer.__dict__}
+    config = llm.config
+    impl = getattr(config, "_attn_implementation", None)
+    if impl == "flex_attention":
+        config._attn_implementation = "sdpa"
+    try:
+        yield
+    finally:
+        if impl == "flex_attention":
+            config._attn_implementation = impl
+        for i, forward in compiled.items():
+            layers[i].forward = forward

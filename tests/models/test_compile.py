@@ -1,0 +1,73 @@
+"""Compiled decoder blocks: same numbers as eager, few recompiles, and generation runs eager with SDPA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eve_lightning.models.compile import compile_decoder_layers, decoder_layers, eager_generation
+from eve_lightning.models.llm import build_llm
+
+SHAPE = dict(
+    model_type="llama",
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+
+
+def tiny_llm(attn: str = "sdpa"):
+    torch.manual_seed(0)
+    return build_llm(config=SHAPE, attn_implementation=attn)
+
+
+def loss_and_grad(llm, ids):
+    llm.zero_grad(set_to_none=True)
+    out = llm(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
+    out.loss.backward()
+    return out.loss.detach(), llm.model.layers[1].mlp.up_proj.weight.grad.clone()
+
+
+def test_compiled_blocks_give_the_eager_loss_and_gradients_at_several_lengths():
+    torch._dynamo.reset()
+    eager, compiled = tiny_llm(), tiny_llm()
+    assert compile_decoder_layers(compiled, backend="aot_eager") == 3
+    assert all("forward" in layer.__dict__ for layer in decoder_layers(compiled))
+    gen = torch.Generator().manual_seed(1)
+    for length in (24, 32, 40, 48):  # a new length: first static, then one dynamic-shape variant
+        ids = torch.randint(0, 128, (2, length), generator=gen)
+        loss_e, grad_e = loss_and_grad(eager, ids)
+        loss_c, grad_c = loss_and_grad(compiled, ids)
+        torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad_c, grad_e, rtol=1e-4, atol=1e-6)
+    assert torch._dynamo.config.recompile_limit >= 16
+
+
+def test_compiling_twice_wraps_each_block_once():
+    llm = tiny_llm()
+    compile_decoder_layers(llm, backend="aot_eager")
+    first = [layer.forward for layer in decoder_layers(llm)]
+    compile_decoder_layers(llm, backend="aot_eager")
+    assert [layer.forward for layer in decoder_layers(llm)] == first
+
+
+def test_eager_generation_sets_compiled_blocks_and_flex_attention_aside_and_restores_them():
+    llm = tiny_llm("flex_attention")
+    compile_decoder_layers(llm, backend="aot_eager")
+    compiled = [layer.forward for layer in decoder_layers(llm)]
+    with eager_generation(llm):
+        assert llm.config._attn_implementation == "sdpa"
+        assert not any("forward" in layer.__dict__ for layer in decoder_layers(llm))
+        ids = torch.randint(0, 128, (1, 5))
+        out = llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+        assert out.shape == (1, 8)
+    assert llm.config._attn_implementation == "flex_attention"
+    assert [layer.forward for layer in decoder_layers(llm)] == compiled
+
+
+def test_a_model_without_decoder_blocks_is_refused_by_name():
+    with pytest.raises(ValueError, match="cannot find the decoder blocks of Linear"):
+        compile_decoder_layers(torch.nn.Linear(2, 2))
