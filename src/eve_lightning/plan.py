@@ -164,6 +164,7 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
         image_tokens_per_image=cells * (cells + 1) + 1,
         vision_width=int(cfg.model.eve.vision_hidden),
         checkpointing=bool(cfg.get("gradient_checkpointing", False)),
+        checkpoint_layers=cfg.get("gradient_checkpointing_layers"),
     )
     llm_bytes = dtype_bytes(cfg.model.llm.get("dtype"))
     trained_llm = counts["frozen_llm"] == 0
@@ -193,10 +194,12 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
     peak = float(cfg.perf.peak_tflops) * 1e12
     efficiency = float(options.get("scaling_efficiency", 0.9))
     seconds = samples * flops / (mfu * peak * n_gpus * (efficiency if n_gpus > 1 else 1.0))
-    seconds *= recompute_factor(work.checkpointing, trained_llm)
+    checkpointed = work.checkpointed(shape.layers)
+    seconds *= recompute_factor(checkpointed > 0, trained_llm, checkpointed / shape.layers)
     notes.append(
         f"{strategy}, {n_gpus} GPUs, micro-batch {work.micro_batch}, {tps:.0f} tokens/sample, "
-        f"checkpointing {'on' if work.checkpointing else 'off'}, decoder {'trained' if trained_llm else 'frozen'}"
+        f"checkpointing {f'{checkpointed}/{shape.layers} layers' if checkpointed else 'off'}, "
+        f"decoder {'trained' if trained_llm else 'frozen'}"
     )
     return StagePlan(stage, experiment, memory, samples, flops, mfu, seconds, notes)
 
@@ -288,15 +291,17 @@ def format_plan(plans: list[StagePlan], assumptions: list[str]) -> str:
     return "\n".join(lines)
 
 
-def recompute_factor(checkpointing: bool, trained: bool) -> float:
+def recompute_factor(checkpointing: bool, trained: bool, fraction: float = 1.0) -> float:
     """Step time with activation checkpointing over the time without (the MFU was measured without).
 
-    The forward (2 units of work) runs again in the backward: the backward is 4 units for a trained decoder
-    (activation and weight gradients), 2 for a frozen one (activation gradients only).
+    The forward (2 units of work) of the checkpointed ``fraction`` of the layers runs again in the backward; the
+    backward is 4 units for a trained decoder (activation and weight gradients), 2 for a frozen one (activation
+    gradients only).
     """
     if not checkpointing:
         return 1.0
-    return (2 + 4 + 2) / (2 + 4) if trained else (2 + 2 + 2) / (2 + 2)
+    backward = 4 if trained else 2
+    return (2 + backward + 2 * fraction) / (2 + backward)
 
 
 ASSUMPTIONS = [
@@ -312,7 +317,7 @@ ASSUMPTIONS = [
     "(prealign 46.2 % with the 7B decoder; pretrain 31.5 % and SFT 20.7 % only measured at 1.1B, used for 7B as a "
     "pessimistic bound); assumed to carry to A100 (312 TFLOP/s dense bf16)",
     "checkpointing: a stage with it on recomputes the forward, so its time is x4/3 (trained decoder) or x3/2 "
-    "(frozen decoder) of the measured no-checkpointing step",
+    "(frozen decoder) of the measured no-checkpointing step; with N of L layers checkpointed, N/L of that extra",
     "scaling efficiency across GPUs: 0.9 (plan.scaling_efficiency)",
 ]
 

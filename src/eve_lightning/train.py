@@ -142,6 +142,7 @@ def build(cfg: DictConfig) -> Run:
         total_steps=int(cfg.trainer.max_steps),
         init_from=cfg.get("init_from"),
         gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)),
+        gradient_checkpointing_layers=cfg.get("gradient_checkpointing_layers"),
         tokenizer=getattr(data_module, "tokenizer_source", None),
         max_consecutive_nonfinite=int(cfg.guards.max_consecutive_nonfinite),
         compile=OmegaConf.to_container(cfg.compile) if cfg.get("compile") else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 from runs import compose_train
 
 from eve_lightning.train import build, train
@@ -41,3 +42,14 @@ def test_packed_rows_count_samples_not_rows(tmp_path, demo_data_dir):
     module.log = lambda *args, **kwargs: None  # no fit loop here to log into
     module.training_step(batch, 0)
     assert module.last_stats["samples"] == n_samples
+
+
+def test_selective_checkpointing_reaches_the_decoder_blocks_from_the_config(tmp_path, demo_data_dir):
+    overrides = ["+stage=pretrain", "gradient_checkpointing=true", "gradient_checkpointing_layers=1"]
+    module = build(compose_train(overrides, tmp_path, demo_data_dir)).module
+    module.configure_model()
+    flags = [block.gradient_checkpointing for block in module.model.vlm.llm.model.layers]
+    assert flags[0] and not any(flags[1:]) and len(flags) > 1
+    bad = build(compose_train([*overrides[:2], "gradient_checkpointing_layers=99"], tmp_path / "bad", demo_data_dir))
+    with pytest.raises(ValueError, match="gradient_checkpointing_layers=99: the decoder has"):
+        bad.module.configure_model()

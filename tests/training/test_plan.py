@@ -79,6 +79,13 @@ def test_strategy_checkpointing_and_options_move_the_plan():
         for extra in ([], ["gradient_checkpointing=false"])
     ]
     assert frozen[0].seconds == pytest.approx(frozen[1].seconds * 3 / 2)
+    half = plan.plan_stage(
+        plan.compose_stage(["experiment=eve7b_pretrain_r672", "gradient_checkpointing_layers=16", *base]), "x", {}
+    )
+    assert half.seconds == pytest.approx(no_ckpt.seconds * (1 + 0.5 / 3))  # half the layers recompute
+    act = lambda p: p.memory.parts["activations (decoder)"]  # noqa: E731
+    assert act(zero3) < act(half) < act(no_ckpt)
+    assert act(half) == pytest.approx(act(zero3) / 2 + act(no_ckpt) / 2 - act(no_ckpt) / 32 / 2)
 
 
 def test_plan_names_what_is_missing():

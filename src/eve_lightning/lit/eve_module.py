@@ -11,6 +11,7 @@ import torch
 from eve_lightning.lit.freezing import apply_freezing, format_freezing_table, freezing_table
 from eve_lightning.lit.optim import build_optimizer
 from eve_lightning.models.build import EveWithTeacher
+from eve_lightning.models.checkpointing import enable_checkpointing
 from eve_lightning.models.compile import compile_decoder_layers
 from eve_lightning.models.export_format import load_export_weights
 from eve_lightning.utils.logging import get_logger
@@ -42,6 +43,7 @@ class EveLitModule(pl.LightningModule):
         total_steps: optimizer steps of the run (the LR schedule's length).
         init_from: stage export to start from (weights only), or None.
         gradient_checkpointing: recompute decoder activations in backward.
+        gradient_checkpointing_layers: with checkpointing on, only the first N decoder blocks (None: all).
         tokenizer: the tokenizer's path, recorded in checkpoints so they load on their own.
         max_consecutive_nonfinite: steps in a row with a non-finite loss or gradient norm before the run stops
             (each such step is skipped on every rank and its sample keys are logged).
@@ -56,6 +58,7 @@ class EveLitModule(pl.LightningModule):
         total_steps: int,
         init_from: str | None = None,
         gradient_checkpointing: bool = False,
+        gradient_checkpointing_layers: int | None = None,
         tokenizer: str | None = None,
         max_consecutive_nonfinite: int = 3,
         compile: dict[str, Any] | None = None,
@@ -78,7 +81,8 @@ class EveLitModule(pl.LightningModule):
             log.info("initialized from %s (%d aligner tensors skipped)", self.hparams.init_from, len(info["skipped"]))
         apply_freezing(self.model, list(self.hparams.stage["trainable"]))
         if self.hparams.gradient_checkpointing:
-            self.model.vlm.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            n = enable_checkpointing(self.model.vlm.llm, self.hparams.gradient_checkpointing_layers)
+            log.info("activation checkpointing on %d decoder blocks", n)
         options = dict(self.hparams.compile or {})
         if options.pop("enabled", False):
             compile_decoder_layers(self.model.vlm.llm, **options)

@@ -20,8 +20,10 @@ bf16 compute, float32 residual stream; counted from the tensors HF's LLaMA layer
 times an empirical factor for what that count misses (allocator rounding, autocast copies, hooks, temporaries at
 the forward/backward turn): ``ALPHA_TRAINED`` and ``ALPHA_FROZEN``, calibrated on one H100 measurement each
 (``benchmarks/results``: eve_1b pretrain and eve_7b prealign, micro-batch 8) and checked against the others in
-``tests/training/test_plan.py``. With activation checkpointing each layer keeps only its input
-(``residual_bytes x h`` per token) and one layer's activations are alive during recomputation. The calibration
+``tests/training/test_plan.py``. With activation checkpointing each checkpointed layer keeps only its input
+(``residual_bytes x h`` per token) and one layer's activations are alive during recomputation; with only the first
+N of L layers checkpointed (selective), the other L - N keep their full activations, and the recomputation starts
+only after the backward has freed those. The calibration
 runs had float32 weights; bf16-weight plans (EVE-7B) reuse the factors.
 """
 
@@ -72,6 +74,13 @@ class Workload:
     image_tokens_per_image: int  # decoder tokens of one image (601 at 672 px, square)
     vision_width: int = 1024  # PEL channels
     checkpointing: bool = False
+    checkpoint_layers: int | None = None  # with checkpointing: the first N decoder layers only (None: all)
+
+    def checkpointed(self, layers: int) -> int:
+        """How many of ``layers`` decoder layers are checkpointed."""
+        if not self.checkpointing:
+            return 0
+        return layers if self.checkpoint_layers is None else max(0, min(self.checkpoint_layers, layers))
 
     @property
     def tokens(self) -> float:
@@ -143,10 +152,9 @@ def activations(
     autocast, 2 for bf16 weights); it sizes the checkpointed layer inputs and the aligner's captured states.
     """
     per_layer = shape.bytes_per_token_layer(trained) * work.tokens
-    if work.checkpointing:
-        decoder = shape.layers * work.tokens * residual_bytes * shape.hidden + per_layer
-    else:
-        decoder = shape.layers * per_layer
+    n = work.checkpointed(shape.layers)
+    kept = shape.layers - n if n < shape.layers else 1  # all checkpointed: one layer recomputing at a time
+    decoder = n * work.tokens * residual_bytes * shape.hidden + kept * per_layer
     images = work.micro_batch * work.images_per_sample
     pel = images * work.patches_per_image * PEL_BYTES_PER_PATCH_WIDTH * work.vision_width
     return {
