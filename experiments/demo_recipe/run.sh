@@ -40,11 +40,9 @@ tok=()
 common=(experiment=demo_recipe "paths.root_dir=$ROOT" ${tok[@]+"${tok[@]}"} ${extra[@]+"${extra[@]}"})
 
 data="$ROOT/data/demo_recipe"
-if [ ! -f "$data/sft/train/index.json" ]; then
-  echo "== demo data -> $data"
-  $PY -m eve_lightning.data.demo --out "$data" --num-pretrain "${SAMPLES:-24000}" --num-sft "${SAMPLES:-24000}" \
-    --num-val 400 --max-turns "${MAX_TURNS:-10}" --overwrite | tee "$RESULTS/data.log"
-fi
+echo "== demo data -> $data"  # kept when made with the same parameters, else generated again
+$PY -m eve_lightning.data.demo --out "$data" --num-pretrain "${SAMPLES:-24000}" --num-sft "${SAMPLES:-24000}" \
+  --num-val 400 --max-turns "${MAX_TURNS:-10}" --reuse | tee -a "$RESULTS/data.log"
 
 order() { case $1 in prealign) echo 1 ;; pretrain) echo 2 ;; sft) echo 3 ;; *) echo 4 ;; esac; }
 allowed() { [ -z "${STOP_AFTER:-}" ] || [ "$(order "$1")" -le "$(order "$STOP_AFTER")" ]; }

@@ -47,10 +47,14 @@ RECIPES = {
 # Published shapes (Vicuna-7B decoder, CLIP ViT-L/14-336), used when a config names a checkpoint folder that is
 # not on this machine.
 VICUNA_7B = dict(model_type="llama", vocab_size=32000, max_position_embeddings=4096, **DECODERS["eve_7b"])
-# Decoder MFU of our path measured on one H100 (benchmarks/results), compiled decoder blocks, FlexAttention, no
-# activation checkpointing: 7B frozen decoder 46.2 % (prealign, micro-batch 10); trained decoders only measured at
-# 1.1B: 31.5 % (pretrain, micro-batch 40), 20.7 % (SFT, micro-batch 16, rows not yet filled).
-MEASURED_MFU = {"prealign": 0.462, "pretrain": 0.315, "sft": 0.207, "sft_hd": 0.207}
+# Decoder MFU of our path measured on one H100 (benchmarks/results), packed rows, FlexAttention, no activation
+# checkpointing. Eager blocks: 7B frozen decoder 32.8 % (prealign, micro-batch 8); trained decoders only measured at
+# 1.1B: 13.5 % (pretrain), 13.9 % (SFT). Compiled blocks (compile.enabled): 46.2 % (7B prealign, micro-batch 10),
+# 31.5 % (1.1B pretrain, micro-batch 40), 20.7 % (1.1B SFT, micro-batch 16, rows not yet filled).
+MEASURED_MFU = {
+    "eager": {"prealign": 0.328, "pretrain": 0.135, "sft": 0.139, "sft_hd": 0.139},
+    "compiled": {"prealign": 0.462, "pretrain": 0.315, "sft": 0.207, "sft_hd": 0.207},
+}
 TOKENS_PER_SAMPLE = {  # expanded tokens: image tokens of a square image + text (LLaVA-like means)
     ("pretrain", 672): 601 + 130,
     ("sft", 672): 0.95 * 601 + 150,
@@ -188,7 +192,9 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
     shape = counts["shape"]
     flops = samples_flops(counts["decoder_no_embed"], shape.layers, shape.hidden, [tps], trained_llm)
     mfu_option = options.get("mfu", {})
-    mfu = float(mfu_option if isinstance(mfu_option, float) else mfu_option.get(stage, MEASURED_MFU[stage]))
+    blocks = "compiled" if (cfg.get("compile") or {}).get("enabled") else "eager"
+    measured = MEASURED_MFU[blocks][stage]
+    mfu = float(mfu_option if isinstance(mfu_option, float) else mfu_option.get(stage, measured))
     if cfg.perf.get("peak_tflops") is None:
         raise SystemExit("perf.peak_tflops is not set by this cluster preset: pick a GPU cluster or set it")
     peak = float(cfg.perf.peak_tflops) * 1e12
@@ -198,7 +204,7 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
     seconds *= recompute_factor(checkpointed > 0, trained_llm, checkpointed / shape.layers)
     notes.append(
         f"{strategy}, {n_gpus} GPUs, micro-batch {work.micro_batch}, {tps:.0f} tokens/sample, "
-        f"checkpointing {f'{checkpointed}/{shape.layers} layers' if checkpointed else 'off'}, "
+        f"checkpointing {f'{checkpointed}/{shape.layers} layers' if checkpointed else 'off'}, {blocks} blocks, "
         f"decoder {'trained' if trained_llm else 'frozen'}"
     )
     return StagePlan(stage, experiment, memory, samples, flops, mfu, seconds, notes)
@@ -313,9 +319,10 @@ ASSUMPTIONS = [
     "time: decoder FLOPs counted as bench.train counts them (6x parameters x tokens + causal attention; 4x and 4/6 "
     "of the attention for a frozen decoder) / (MFU x the cluster's perf.peak_tflops x GPUs x scaling efficiency); "
     "teacher and patch embedding time not counted separately (they are inside the measured MFU's step time)",
-    "MFU: measured on one H100 by eve_lightning.bench.train with compiled decoder blocks and no checkpointing "
-    "(prealign 46.2 % with the 7B decoder; pretrain 31.5 % and SFT 20.7 % only measured at 1.1B, used for 7B as a "
-    "pessimistic bound); assumed to carry to A100 (312 TFLOP/s dense bf16)",
+    "MFU: measured on one H100 by eve_lightning.bench.train (packed rows, FlexAttention, no checkpointing); "
+    "eager blocks: prealign 32.8 % with the 7B decoder, pretrain 13.5 % and SFT 13.9 % only measured at 1.1B; "
+    "compiled blocks (compile.enabled=true): 46.2 %, 31.5 % and 20.7 %; the 1.1B figures stand in for 7B, whose "
+    "larger matrices usually run at a higher MFU; assumed to carry to A100 (312 TFLOP/s dense bf16)",
     "checkpointing: a stage with it on recomputes the forward, so its time is x4/3 (trained decoder) or x3/2 "
     "(frozen decoder) of the measured no-checkpointing step; with N of L layers checkpointed, N/L of that extra",
     "scaling efficiency across GPUs: 0.9 (plan.scaling_efficiency)",

@@ -206,25 +206,36 @@ class EveDataModule(L.LightningDataModule):
         return self.tokenizer.source
 
     def prepare_data(self) -> None:
-        """Generate the demo data set when ``demo_root`` is set and the training shards do not exist yet."""
+        """Generate the demo data set when ``demo_root`` is set and the training shards do not exist yet.
+
+        Existing shards are used as they are; if they were generated with other settings than configured (sample
+        counts, ``demo_max_turns``, ...), a warning names the differences.
+        """
         if self.demo_root is None or not isinstance(self.train_source, str):
-            return
-        if (Path(self.train_source) / INDEX_FILE).is_file():
             return
         from eve_lightning.data import demo
 
         held_out = self.demo_held_out if self.demo_held_out is not None else max(50, self.demo_samples // 20)
-        summaries = demo.generate(
-            self.demo_root,
+        params = dict(
             num_pretrain=self.demo_samples,
             num_sft=self.demo_samples,
             num_val=held_out,
             seed=0,
             max_side=self.sample_cfg.image_size,
-            workers=os.cpu_count() or 1,
-            overwrite=True,
             max_turns=self.demo_max_turns,
         )
+        if (Path(self.train_source) / INDEX_FILE).is_file():  # existing shards are kept; a difference is reported
+            wanted, recorded = demo.generation_params(**params), demo.recorded_params(self.demo_root)
+            changed = {k: (recorded[k], v) for k, v in wanted.items() if recorded and recorded.get(k) != v}
+            if changed:
+                log.warning(
+                    "demo data in %s was generated with other settings (recorded, configured): %s; using it as it "
+                    "is. To regenerate, delete that folder.",
+                    self.demo_root,
+                    ", ".join(f"{k} {a} vs {b}" for k, (a, b) in changed.items()),
+                )
+            return
+        summaries = demo.generate(self.demo_root, **params, workers=os.cpu_count() or 1, overwrite=True)
         for name, summary in summaries.items():
             log.info("demo data %s: %s", name, summary.line())
 

@@ -60,6 +60,8 @@ TEXT_ONLY_QA = (
     ("What colour do you get by mixing red and blue?", "purple."),
     ("Count from one to three.", "one, two, three."),
 )
+TEXT_ONLY = 0.1  # default share of text-only SFT samples
+PARAMS_FILE = "generation.json"  # the generator's parameters, written next to the set
 TASK_IDS = {"pretrain": 0, "sft": 1}
 SPLIT_IDS = {"train": 0, "val": 1}
 
@@ -248,7 +250,7 @@ def generate(
     max_side: int | None = 672,
     shard_size: int = 500,
     workers: int = 1,
-    text_only: float = 0.1,
+    text_only: float = TEXT_ONLY,
     overwrite: bool = False,
     max_turns: int = 3,
 ) -> dict[str, BuildSummary]:
@@ -256,6 +258,10 @@ def generate(
     if max_turns < 1:
         raise ValueError(f"max_turns must be at least 1 (questions per image conversation), got {max_turns}")
     root = Path(out)
+    params = generation_params(
+        num_pretrain=num_pretrain, num_sft=num_sft, num_val=num_val, seed=seed, max_side=max_side,
+        max_turns=max_turns, text_only=text_only,
+    )  # fmt: skip
     plan = {
         ("pretrain", "train"): num_pretrain,
         ("pretrain", "val"): num_val,
@@ -269,7 +275,36 @@ def generate(
                 root, task, split, count, seed=seed, max_side=max_side, shard_size=shard_size,
                 workers=workers, text_only=text_only, overwrite=overwrite, max_turns=max_turns,
             )  # fmt: skip
+    (root / PARAMS_FILE).write_text(json.dumps(params, indent=1) + "\n", encoding="utf-8")
     return summaries
+
+
+def generation_params(
+    *,
+    num_pretrain: int,
+    num_sft: int,
+    num_val: int,
+    seed: int,
+    max_side: int | None,
+    max_turns: int,
+    text_only: float = TEXT_ONLY,
+) -> dict[str, Any]:
+    """What decides the contents of a generated set (recorded in ``PARAMS_FILE`` next to it)."""
+    return {
+        "num_pretrain": num_pretrain,
+        "num_sft": num_sft,
+        "num_val": num_val,
+        "seed": seed,
+        "max_side": max_side,
+        "text_only": text_only,
+        "max_turns": max_turns,
+    }
+
+
+def recorded_params(out: str | Path) -> dict[str, Any] | None:
+    """The parameters a set under ``out`` was generated with (None: no record, e.g. generated before records)."""
+    path = Path(out) / PARAMS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -282,10 +317,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--max-side", type=int, default=672, choices=(0, 672, 1344), help="pre-resize (0: keep)")
     p.add_argument("--shard-size", type=int, default=500, help="samples per shard")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
-    p.add_argument("--text-only", type=float, default=0.1, help="share of text-only SFT samples")
+    p.add_argument("--text-only", type=float, default=TEXT_ONLY, help="share of text-only SFT samples")
     p.add_argument("--max-turns", type=int, default=3, help="most questions per image conversation (>= 1)")
     p.add_argument("--overwrite", action="store_true", help="replace existing shards")
+    p.add_argument("--reuse", action="store_true", help="keep a set made with the same parameters, else regenerate")
     args = p.parse_args(argv)
+    params = generation_params(
+        num_pretrain=args.num_pretrain, num_sft=args.num_sft, num_val=args.num_val, seed=args.seed,
+        max_side=args.max_side or None, max_turns=args.max_turns, text_only=args.text_only,
+    )  # fmt: skip
+    if args.reuse:
+        if recorded_params(args.out) == params:
+            print(f"{args.out}: generated with the same parameters already; kept")
+            return
+        args.overwrite = True
     summaries = generate(
         args.out,
         num_pretrain=args.num_pretrain,

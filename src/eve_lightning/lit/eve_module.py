@@ -85,6 +85,11 @@ class EveLitModule(pl.LightningModule):
             log.info("activation checkpointing on %d decoder blocks", n)
         options = dict(self.hparams.compile or {})
         if options.pop("enabled", False):
+            if self._hf_zero3 is not None:
+                raise ValueError(
+                    "compile.enabled=true is not supported under DeepSpeed ZeRO-3: its per-module gather hooks break "
+                    "the compiled blocks into pieces. Set compile.enabled=false, or use strategy=ddp or fsdp."
+                )
             compile_decoder_layers(self.model.vlm.llm, **options)
 
     def on_fit_start(self) -> None:

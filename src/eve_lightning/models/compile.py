@@ -19,6 +19,7 @@ from torch import nn
 from eve_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
+MODES = (None, "default", "max-autotune-no-cudagraphs")
 
 
 def decoder_layers(llm: nn.Module) -> nn.ModuleList:
@@ -42,15 +43,25 @@ def compile_decoder_layers(
 
     Args:
         llm: an HF causal LM.
-        mode: torch.compile mode (None = default; "max-autotune-no-cudagraphs" tunes matmuls longer).
+        mode: torch.compile mode: None/"default", or "max-autotune-no-cudagraphs" (tunes matmuls longer). Modes
+            with CUDA graphs ("reduce-overhead", "max-autotune") are refused: the rows change shape every step.
         dynamic: torch.compile's dynamic-shape setting (None: static first, dynamic after a new shape).
         backend: torch.compile backend ("inductor"; "aot_eager" checks tracing without generating kernels).
-        recompile_limit: most compiled variants per code object (all layers share one).
+        recompile_limit: most compiled variants per code object (all layers share one); set process-wide.
+
+    Raises:
+        ValueError: an unknown or CUDA-graph mode, or a recompile limit below 1.
     """
+    if mode not in MODES:
+        raise ValueError(f"compile mode {mode!r} is not supported here: use one of {sorted(map(str, MODES))}")
+    if recompile_limit < 1:
+        raise ValueError(f"compile recompile_limit must be at least 1, got {recompile_limit}")
     layers = decoder_layers(llm)
-    limit = max(recompile_limit, torch._dynamo.config.recompile_limit)
-    torch._dynamo.config.recompile_limit = limit
-    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
+    torch._dynamo.config.recompile_limit = recompile_limit
+    torch._dynamo.config.accumulated_recompile_limit = max(
+        torch._dynamo.config.accumulated_recompile_limit, 4 * recompile_limit
+    )
+    mode = None if mode == "default" else mode
     for layer in layers:
         if getattr(layer, "_eve_compiled", False):
             continue
@@ -68,12 +79,13 @@ def eager_generation(llm: nn.Module) -> Iterator[None]:
     decoder uses SDPA (FlexAttention is for the training's packed rows); both come back on exit.
     """
     layers = decoder_layers(llm)
-    compiled = {i: layer.__dict__.pop("forward") for i, layer in enumerate(layers) if "forward" in layer.__dict__}
     config = llm.config
     impl = getattr(config, "_attn_implementation", None)
-    if impl == "flex_attention":
-        config._attn_implementation = "sdpa"
+    compiled: dict[int, object] = {}
     try:
+        compiled = {i: layer.__dict__.pop("forward") for i, layer in enumerate(layers) if "forward" in layer.__dict__}
+        if impl == "flex_attention":
+            config._attn_implementation = "sdpa"
         yield
     finally:
         if impl == "flex_attention":
