@@ -104,3 +104,28 @@ def test_max_turns_gives_denser_conversations_and_keeps_the_default_stream(tmp_p
         assert len(questions) == len(set(questions)) <= 10
     with pytest.raises(ValueError, match="max_turns must be at least 1"):
         demo.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, max_turns=0)
+
+
+def test_default_records_are_pinned(tmp_path):
+    """The default stream of records (what every existing demo set holds) must not move by accident."""
+    records = [
+        demo.make_record(i, task=task, split=split, seed=0, images_dir=str(tmp_path), text_only=0.1)
+        for task in ("sft", "pretrain")
+        for split in ("train", "val")
+        for i in range(12)
+    ]
+    digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+    assert digest == "844957e4b688a9a0e477294efdc33079fa831376631c7c738b00c7b110f6db9d"
+
+
+def test_reuse_keeps_a_set_of_the_same_parameters_and_regenerates_another(tmp_path, capsys):
+    out = tmp_path / "d"
+    args = ["--out", str(out), "--num-pretrain", "2", "--num-sft", "2", "--num-val", "1", "--workers", "1"]
+    demo.main([*args, "--reuse"])
+    assert demo.recorded_params(out)["max_turns"] == 3
+    stamp = (out / "sft" / "train" / "index.json").stat().st_mtime_ns
+    demo.main([*args, "--reuse"])
+    assert "same parameters already; kept" in capsys.readouterr().out
+    assert (out / "sft" / "train" / "index.json").stat().st_mtime_ns == stamp
+    demo.main([*args, "--reuse", "--max-turns", "6"])
+    assert demo.recorded_params(out)["max_turns"] == 6

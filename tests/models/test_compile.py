@@ -71,3 +71,37 @@ def test_eager_generation_sets_compiled_blocks_and_flex_attention_aside_and_rest
 def test_a_model_without_decoder_blocks_is_refused_by_name():
     with pytest.raises(ValueError, match="cannot find the decoder blocks of Linear"):
         compile_decoder_layers(torch.nn.Linear(2, 2))
+
+
+def test_each_block_compiles_twice_at_most_over_many_lengths():
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    llm = tiny_llm()
+    compile_decoder_layers(llm, backend="aot_eager")
+    compiled = []
+    for length in (16, 24, 40, 56, 72):
+        ids = torch.randint(0, 128, (2, length))
+        llm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum().backward()
+        compiled.append(torch._dynamo.utils.counters["frames"]["ok"])
+    assert compiled == [3, 6, 6, 6, 6]  # per block: the first shape statically, then one dynamic-shape graph
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mode": "reduce-overhead"}, "compile mode 'reduce-overhead' is not supported"),
+        ({"recompile_limit": 0}, "at least 1"),
+    ],
+)
+def test_cuda_graph_modes_and_a_zero_limit_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        compile_decoder_layers(tiny_llm(), backend="aot_eager", **kwargs)
+
+
+def test_eager_generation_restores_after_an_error():
+    llm = tiny_llm("flex_attention")
+    compile_decoder_layers(llm, backend="aot_eager")
+    with pytest.raises(RuntimeError, match="boom"), eager_generation(llm):
+        raise RuntimeError("boom")
+    assert llm.config._attn_implementation == "flex_attention"
+    assert all("forward" in layer.__dict__ for layer in decoder_layers(llm))

@@ -23,6 +23,9 @@ def test_compiled_blocks_train_to_the_eager_losses(tmp_path, demo_data_dir):
         [*PACKED, "compile.enabled=true", "compile.backend=aot_eager"], tmp_path / "compiled", demo_data_dir
     )
     train(eager)
+    run = build(compiled)
+    run.module.configure_model()
+    assert all("forward" in block.__dict__ for block in run.module.model.vlm.llm.model.layers)  # really compiled
     train(compiled)
     a, b = losses(tmp_path / "eager" / "run"), losses(tmp_path / "compiled" / "run")
     assert len(a) == len(b) >= 3
@@ -53,3 +56,21 @@ def test_selective_checkpointing_reaches_the_decoder_blocks_from_the_config(tmp_
     bad = build(compose_train([*overrides[:2], "gradient_checkpointing_layers=99"], tmp_path / "bad", demo_data_dir))
     with pytest.raises(ValueError, match="gradient_checkpointing_layers=99: the decoder has"):
         bad.module.configure_model()
+
+
+def test_compile_is_refused_under_deepspeed_zero3(tmp_path, demo_data_dir, monkeypatch):
+    from eve_lightning.lit import eve_module
+
+    monkeypatch.setattr(eve_module, "hf_zero3_config", lambda strategy: object())  # as under ZeRO-3
+    run = build(compose_train([*PACKED, "compile.enabled=true"], tmp_path, demo_data_dir))
+    with pytest.raises(ValueError, match=r"not supported under DeepSpeed ZeRO-3.*compile\.enabled=false"):
+        run.module.configure_model()
+
+
+def test_demo_data_made_with_other_settings_is_kept_and_reported(tmp_path, demo_data_dir, caplog):
+    run = build(compose_train(["+stage=pretrain", "data.demo_max_turns=7"], tmp_path, demo_data_dir))
+    stamp = (demo_data_dir / "demo" / "sft" / "train" / "index.json").stat().st_mtime_ns
+    with caplog.at_level("WARNING"):
+        run.data_module.prepare_data()
+    assert "generated with other settings" in caplog.text and "max_turns 3 vs 7" in caplog.text
+    assert (demo_data_dir / "demo" / "sft" / "train" / "index.json").stat().st_mtime_ns == stamp

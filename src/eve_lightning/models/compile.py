@@ -1,11 +1,11 @@
-"""torch.compile of the decoder blocks: each layer's forward compiled once, shared by all layers of the model.
+"""torch.compile of the decoder blocks: each block's forward compiled in place.
 
 Only ``forward`` is compiled, not the module call: the forward hooks that capture the aligner's hidden states
 (registered anew every step) stay outside the compiled code, so they cause no recompiles. Recompiles come from new
 sequence lengths; with ``dynamic=None`` torch compiles the first length statically and switches to a dynamic-shape
-kernel at the second, and padded batches round their length to ``data.pad_to_multiple_of`` (packed rows have a
-fixed budget), so a run compiles a handful of times. ``recompile_limit`` bounds that: past it a layer falls back
-to eager and torch logs a warning instead of compiling for ever.
+graph at the second, so each block compiles twice at most (packed rows of a fixed budget and padded rows rounded
+to ``data.pad_to_multiple_of`` keep the lengths few anyway). ``recompile_limit`` bounds it: past it a block falls
+back to eager and torch logs a warning instead of compiling for ever.
 """
 
 from __future__ import annotations
