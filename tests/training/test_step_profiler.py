@@ -1,0 +1,31 @@
+"""`debug=profile`: a trace and an operator table of the chosen training batches of a real run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from runs import compose_train
+
+from eve_lightning.callbacks.step_profiler import StepProfiler
+from eve_lightning.train import train
+
+
+def test_debug_profile_writes_a_trace_and_the_top_operators(tmp_path, demo_data_dir):
+    cfg = compose_train(
+        ["+stage=pretrain", "debug=profile", "callbacks.step_profiler.start_step=1", "callbacks.step_profiler.steps=2"],
+        tmp_path,
+        demo_data_dir,
+    )
+    train(cfg)
+    out = tmp_path / "run" / "profile"
+    trace = json.loads((out / "trace_rank0.json").read_text())
+    names = {e.get("name", "") for e in trace["traceEvents"]}
+    assert any("aten::mm" in n or "aten::addmm" in n for n in names)  # the model's matrix products are in it
+    table = (out / "top_ops_rank0.txt").read_text()
+    assert "Self CPU" in table and "aten::" in table
+
+
+def test_bad_window_is_refused():
+    with pytest.raises(ValueError, match="steps >= 1"):
+        StepProfiler("x", start_step=0, steps=0)
