@@ -1,11 +1,12 @@
-"""torch.compile of the decoder blocks: each block's forward compiled in place.
+"""torch.compile of the decoder blocks: each block's forward compiled in place, one graph shared by all blocks.
 
 Only ``forward`` is compiled, not the module call: the forward hooks that capture the aligner's hidden states
-(registered anew every step) stay outside the compiled code, so they cause no recompiles. Recompiles come from new
-sequence lengths; with ``dynamic=None`` torch compiles the first length statically and switches to a dynamic-shape
-graph at the second, so each block compiles twice at most (packed rows of a fixed budget and padded rows rounded
-to ``data.pad_to_multiple_of`` keep the lengths few anyway). ``recompile_limit`` bounds it: past it a block falls
-back to eager and torch logs a warning instead of compiling for ever.
+(registered anew every step) stay outside the compiled code, so they cause no recompiles. The blocks share their
+compiled graph as long as no KV cache is passed (training calls the decoder with ``use_cache=False``; a cache
+would specialise the graph per block). Recompiles come from new sequence lengths; with ``dynamic=None`` torch
+compiles the first length statically and switches to a dynamic-shape graph at the second, so a training run
+compiles twice. ``recompile_limit`` bounds it: past it a block falls back to eager and torch logs a warning
+instead of compiling for ever.
 """
 
 from __future__ import annotations
