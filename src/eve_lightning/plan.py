@@ -29,6 +29,7 @@ import eve_lightning.train  # noqa: F401  (registers the config resolvers: eve_c
 from eve_lightning.bench.train import CLIP_L14_336, DECODERS, build_model
 from eve_lightning.lit.freezing import apply_freezing
 from eve_lightning.models.build import build_eve_model
+from eve_lightning.utils.config_checks import ConfigError, check_speed_options
 from eve_lightning.utils.flops import samples_flops
 from eve_lightning.utils.memory_model import (
     GATHERED_LAYERS,
@@ -145,6 +146,10 @@ def dtype_bytes(name: Any) -> int:
 
 
 def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> StagePlan:
+    try:
+        check_speed_options(cfg)  # what training would refuse is not planned either
+    except ConfigError as err:
+        raise SystemExit(f"{experiment}: {err}") from None
     notes: list[str] = []
     counts = count_parameters(cfg, notes)
     stage, task = cfg.stage.name, cfg.data.task
@@ -167,9 +172,17 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
         patches_per_image=grid * grid,
         image_tokens_per_image=cells * (cells + 1) + 1,
         vision_width=int(cfg.model.eve.vision_hidden),
-        checkpointing=bool(cfg.get("gradient_checkpointing", False)),
+        # FSDP's own option checkpoints every block, like gradient_checkpointing=true
+        checkpointing=bool(cfg.get("gradient_checkpointing", False))
+        or bool(OmegaConf.select(cfg, "trainer.strategy.checkpoint_layers", default=False)),
         checkpoint_layers=cfg.get("gradient_checkpointing_layers"),
     )
+    layers = int(counts["shape"].layers)
+    if work.checkpoint_layers is not None and work.checkpoint_layers > layers:
+        raise SystemExit(
+            f"{experiment}: gradient_checkpointing_layers={work.checkpoint_layers} but the decoder has {layers} "
+            f"blocks; use 0-{layers} or null"
+        )
     llm_bytes = dtype_bytes(cfg.model.llm.get("dtype"))
     trained_llm = counts["frozen_llm"] == 0
     parts = model_states(

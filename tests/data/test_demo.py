@@ -129,3 +129,23 @@ def test_reuse_keeps_a_set_of_the_same_parameters_and_regenerates_another(tmp_pa
     assert (out / "sft" / "train" / "index.json").stat().st_mtime_ns == stamp
     demo.main([*args, "--reuse", "--max-turns", "6"])
     assert demo.recorded_params(out)["max_turns"] == 6
+    assert (out / "sft" / "train" / "index.json").stat().st_mtime_ns != stamp  # really made again
+    (out / "pretrain" / "val" / "index.json").unlink()  # an incomplete set is made again too
+    demo.main([*args, "--reuse", "--max-turns", "6"])
+    assert (out / "pretrain" / "val" / "index.json").is_file()
+    (out / demo.PARAMS_FILE).write_text("{trunc")
+    assert demo.recorded_params(out) is None
+
+
+def test_an_interrupted_generation_leaves_no_record(tmp_path, monkeypatch):
+    out = tmp_path / "d"
+    demo.generate(out, num_pretrain=2, num_sft=2, num_val=1)
+    assert demo.recorded_params(out) is not None
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "generate_split", fail)
+    with pytest.raises(KeyboardInterrupt):
+        demo.generate(out, num_pretrain=5, num_sft=5, num_val=1, overwrite=True)
+    assert demo.recorded_params(out) is None

@@ -93,3 +93,22 @@ def test_plan_names_what_is_missing():
         plan.main(["cluster=a100_2x8"])
     with pytest.raises(SystemExit, match="unknown recipe"):
         plan.main(["recipe=eve13b"])
+
+
+def test_compiled_blocks_use_their_own_mfu_and_what_training_refuses_is_not_planned():
+    base = ["experiment=eve7b_pretrain_r672", "cluster=a100_2x8", "strategy=fsdp"]
+    eager = plan.plan_stage(plan.compose_stage(base), "x", {})
+    compiled = plan.plan_stage(plan.compose_stage([*base, "compile.enabled=true"]), "x", {})
+    assert (eager.mfu, compiled.mfu) == (
+        plan.MEASURED_MFU["eager"]["pretrain"],
+        plan.MEASURED_MFU["compiled"]["pretrain"],
+    )
+    assert compiled.seconds == pytest.approx(eager.seconds * eager.mfu / compiled.mfu)
+    fsdp_ckpt = plan.plan_stage(
+        plan.compose_stage([*base, "gradient_checkpointing=false", "trainer.strategy.checkpoint_layers=true"]), "x", {}
+    )
+    assert fsdp_ckpt.seconds == pytest.approx(eager.seconds)  # FSDP's checkpointing counts like ours
+    with pytest.raises(SystemExit, match="not supported under DeepSpeed ZeRO-3"):
+        plan.plan_stage(plan.compose_stage([*base, "strategy=deepspeed_zero3", "compile.enabled=true"]), "x", {})
+    with pytest.raises(SystemExit, match="gradient_checkpointing_layers=40 but the decoder has 32 blocks"):
+        plan.plan_stage(plan.compose_stage([*base, "gradient_checkpointing_layers=40"]), "x", {})

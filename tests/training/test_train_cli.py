@@ -39,6 +39,17 @@ def test_unknown_stage_names_the_choices(tmp_path):
         ),
         (["+stage=sft_hd"], "stage sft_hd trains at r1344 but resolution=r672: add resolution=r1344"),
         (["init_from=nowhere"], "init_from=nowhere is not a stage export (no config.json)"),
+        (["gradient_checkpointing_layers=2"], "gradient_checkpointing_layers=2 needs gradient_checkpointing=true"),
+        (
+            [
+                "strategy=fsdp",
+                "trainer.strategy.checkpoint_layers=true",
+                "gradient_checkpointing=true",
+                "gradient_checkpointing_layers=2",
+            ],
+            "while the FSDP strategy checkpoints every block",
+        ),
+        (["strategy=deepspeed_zero3", "compile.enabled=true"], "not supported under DeepSpeed ZeRO-3"),
     ],
 )
 def test_impossible_configs_fail_in_one_line_naming_the_fix(tmp_path, args, message):

@@ -1,4 +1,4 @@
-"""StepProfiler callback: a torch.profiler trace of a few training steps of a real run (``debug=profile``).
+"""StepProfiler callback: a torch.profiler trace of a few optimizer steps of a real run (``debug=profile``).
 
 Writes ``<out_dir>/trace_rank<r>.json`` (open in chrome://tracing or Perfetto) and ``top_ops_rank<r>.txt``, the
 operators with the most device time (CPU time without a GPU), so the time a run spends outside the model step
@@ -19,12 +19,16 @@ log = get_logger(__name__)
 
 
 class StepProfiler(pl.Callback):
-    """Profile training batches ``start_step`` to ``start_step + steps - 1`` (batch indices, after warm-up).
+    """Profile optimizer steps ``start_step`` to ``start_step + steps - 1`` of this fit, counted from its start.
+
+    Steps are counted by this callback from the start of the fit (not by batch index, which restarts each epoch,
+    nor by the global step, which a resumed run starts high), and each step spans all its accumulation
+    micro-batches, so the window holds whole optimizer steps with their gradient synchronisation.
 
     Args:
         out_dir: where the trace and the operator table go.
-        start_step: first profiled batch (leave time for compilation and loader warm-up).
-        steps: profiled batches.
+        start_step: first profiled optimizer step (leave time for compilation and loader warm-up).
+        steps: profiled optimizer steps.
         rows: operators in the table.
     """
 
@@ -35,25 +39,38 @@ class StepProfiler(pl.Callback):
         self.start_step, self.steps, self.rows = start_step, steps, rows
         self.profiler: torch.profiler.profile | None = None
         self.done = False
+        self.batches = 0  # micro-batches seen in this fit
+        self.profiled = 0  # micro-batches inside the window
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.batches = self.profiled = 0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
-        if self.done or self.profiler is not None or idx < self.start_step:
-            return
-        activities = [torch.profiler.ProfilerActivity.CPU]
-        if torch.cuda.is_available():
-            activities.append(torch.profiler.ProfilerActivity.CUDA)
-        self.profiler = torch.profiler.profile(activities=activities)
-        self.profiler.__enter__()
-        self.first = idx
+        accumulate = max(1, int(trainer.accumulate_grad_batches))
+        at_step_start = self.batches % accumulate == 0
+        if not self.done and self.profiler is None and at_step_start and self.batches // accumulate >= self.start_step:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+        self.batches += 1
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        if self.profiler is not None and idx - self.first + 1 >= self.steps:
+        if self.profiler is None:
+            return
+        self.profiled += 1
+        if self.profiled >= self.steps * max(1, int(trainer.accumulate_grad_batches)):
             self._finish(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.profiler is not None:  # the run ended inside the window
+            self._finish(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.profiler is not None:  # keep what was traced up to the failure
             self._finish(trainer)
 
     def _finish(self, trainer: pl.Trainer) -> None:
@@ -68,4 +85,4 @@ class StepProfiler(pl.Callback):
         key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
         table = prof.key_averages().table(sort_by=key, row_limit=self.rows)
         (self.out_dir / f"top_ops_rank{rank}.txt").write_text(table)
-        log.info("profiled %d training batches: %s", self.steps, trace)
+        log.info("profiled %d micro-batches (%d optimizer steps): %s", self.profiled, self.steps, trace)

@@ -262,6 +262,7 @@ def generate(
         num_pretrain=num_pretrain, num_sft=num_sft, num_val=num_val, seed=seed, max_side=max_side,
         max_turns=max_turns, text_only=text_only,
     )  # fmt: skip
+    (root / PARAMS_FILE).unlink(missing_ok=True)  # an interrupted run must not leave the old record behind
     plan = {
         ("pretrain", "train"): num_pretrain,
         ("pretrain", "val"): num_val,
@@ -275,7 +276,9 @@ def generate(
                 root, task, split, count, seed=seed, max_side=max_side, shard_size=shard_size,
                 workers=workers, text_only=text_only, overwrite=overwrite, max_turns=max_turns,
             )  # fmt: skip
-    (root / PARAMS_FILE).write_text(json.dumps(params, indent=1) + "\n", encoding="utf-8")
+    tmp = root / (PARAMS_FILE + ".tmp")
+    tmp.write_text(json.dumps(params, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, root / PARAMS_FILE)  # written last, atomically: a record means a complete set
     return summaries
 
 
@@ -304,7 +307,11 @@ def generation_params(
 def recorded_params(out: str | Path) -> dict[str, Any] | None:
     """The parameters a set under ``out`` was generated with (None: no record, e.g. generated before records)."""
     path = Path(out) / PARAMS_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -327,7 +334,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_side=args.max_side or None, max_turns=args.max_turns, text_only=args.text_only,
     )  # fmt: skip
     if args.reuse:
-        if recorded_params(args.out) == params:
+        splits = [("pretrain", args.num_pretrain), ("sft", args.num_sft)]
+        complete = all(
+            (Path(args.out) / task / split / "index.json").is_file()
+            for task, n in splits
+            for split, m in (("train", n), ("val", args.num_val))
+            if m > 0
+        )
+        if complete and recorded_params(args.out) == params:
             print(f"{args.out}: generated with the same parameters already; kept")
             return
         args.overwrite = True

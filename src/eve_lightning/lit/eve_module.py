@@ -75,6 +75,11 @@ class EveLitModule(pl.LightningModule):
         if self.model is not None:
             return
         self._hf_zero3 = hf_zero3_config(self.trainer.strategy if self._trainer is not None else None)
+        if self._hf_zero3 is not None and (self.hparams.compile or {}).get("enabled"):
+            raise ValueError(
+                "compile.enabled=true is not supported under DeepSpeed ZeRO-3: its per-module gather hooks break "
+                "the compiled blocks into pieces. Set compile.enabled=false, or use strategy=ddp or fsdp."
+            )
         self.model = self.model_factory()
         if self.hparams.init_from:
             info = load_export_weights(self.hparams.init_from, self.model.vlm, self.model.teacher)
@@ -85,11 +90,6 @@ class EveLitModule(pl.LightningModule):
             log.info("activation checkpointing on %d decoder blocks", n)
         options = dict(self.hparams.compile or {})
         if options.pop("enabled", False):
-            if self._hf_zero3 is not None:
-                raise ValueError(
-                    "compile.enabled=true is not supported under DeepSpeed ZeRO-3: its per-module gather hooks break "
-                    "the compiled blocks into pieces. Set compile.enabled=false, or use strategy=ddp or fsdp."
-                )
             compile_decoder_layers(self.model.vlm.llm, **options)
 
     def on_fit_start(self) -> None:

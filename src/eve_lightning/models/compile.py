@@ -5,8 +5,8 @@ Only ``forward`` is compiled, not the module call: the forward hooks that captur
 compiled graph as long as no KV cache is passed (training calls the decoder with ``use_cache=False``; a cache
 would specialise the graph per block). Recompiles come from new sequence lengths; with ``dynamic=None`` torch
 compiles the first length statically and switches to a dynamic-shape graph at the second, so a training run
-compiles twice. ``recompile_limit`` bounds it: past it a block falls back to eager and torch logs a warning
-instead of compiling for ever.
+compiles twice (four times with selective checkpointing: checkpointed and plain blocks differ). ``recompile_limit``
+bounds it: past it a block falls back to eager and torch logs a warning instead of compiling for ever.
 """
 
 from __future__ import annotations

@@ -173,9 +173,39 @@ def check_targets(cfg: DictConfig) -> None:
             )
 
 
+def check_speed_options(cfg: DictConfig) -> None:
+    """Checkpointing and compile options that cannot go together."""
+    layers = cfg.get("gradient_checkpointing_layers")
+    if layers is not None:
+        if not cfg.get("gradient_checkpointing", False):
+            raise ConfigError(
+                f"gradient_checkpointing_layers={layers} needs gradient_checkpointing=true (or set it to null)"
+            )
+        if int(layers) < 0:
+            raise ConfigError(f"gradient_checkpointing_layers={layers}: use 0 or more decoder blocks, or null for all")
+        strategy = (cfg.get("trainer") or {}).get("strategy")
+        if isinstance(strategy, DictConfig) and strategy.get("checkpoint_layers"):
+            raise ConfigError(
+                "gradient_checkpointing_layers cannot choose blocks while the FSDP strategy checkpoints every block "
+                "(trainer.strategy.checkpoint_layers=true): set one of them off"
+            )
+    if (cfg.get("compile") or {}).get("enabled") and zero_stage(cfg) == 3:
+        raise ConfigError(
+            "compile.enabled=true is not supported under DeepSpeed ZeRO-3 (its per-module gather hooks break the "
+            "compiled blocks into pieces): set compile.enabled=false, or use strategy=ddp or fsdp"
+        )
+
+
+def zero_stage(cfg: DictConfig) -> int | None:
+    """The DeepSpeed ZeRO stage of the configured strategy (None: not DeepSpeed)."""
+    stage = OmegaConf.select(cfg, "trainer.strategy.config.zero_optimization.stage", default=None)
+    return int(stage) if stage is not None else None
+
+
 def validate(cfg: DictConfig) -> int:
     """Run every check; returns the gradient accumulation to use."""
     check_stage(cfg)
     check_resolution(cfg)
     check_paths(cfg)
+    check_speed_options(cfg)
     return accumulation(cfg)
