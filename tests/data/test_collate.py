@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from eve_lightning.constants import BACKGROUND_RGB, IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from eve_lightning.data.collate import PackedCollator, PaddedCollator, ProcessedSample, pack_first_fit
+from eve_lightning.data.collate import (
+    PackedCollator,
+    PaddedCollator,
+    ProcessedSample,
+    pack_balanced,
+    pack_first_fit,
+)
 from eve_lightning.data.image import prepare_image
 
 BG = np.array(BACKGROUND_RGB, dtype=np.uint8)
@@ -70,6 +76,21 @@ def test_pack_first_fit():
         pack_first_fit([11], 10)
 
 
+def test_pack_balanced_spreads_the_same_rows_evenly():
+    assert pack_first_fit([8, 2, 2, 2], 10) == [[0, 1], [2, 3]]  # rows of 10 and 4: padded to 2 x 10
+    assert pack_balanced([8, 2, 2, 2], 10) == [[0], [1, 2, 3]]  # rows of 8 and 6: padded to 2 x 8
+    assert pack_balanced([5, 5, 5, 5], 10) == pack_first_fit([5, 5, 5, 5], 10)  # already even
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lengths = [int(x) for x in rng.integers(1, 700, size=int(rng.integers(1, 40)))]
+        rows, first_fit = pack_balanced(lengths, 2048), pack_first_fit(lengths, 2048)
+        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+        assert len(rows) == len(first_fit)
+        loads = [sum(lengths[i] for i in row) for row in rows]
+        assert max(loads) <= 2048
+        assert max(loads) <= max(sum(lengths[i] for i in row) for row in first_fit)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_packing_keeps_every_token_and_label(photos, seed):
     samples = make_samples(photos, 12, seed=seed)
@@ -118,4 +139,4 @@ def test_packing_text_only_batch_has_no_images(photos):
     samples = make_samples(photos, 3, text_only_every=1)
     batch = PackedCollator(pad_id=0, image_size=672, pack_length=64)(samples)
     assert batch["pixel_values"].shape == (0, 3, 672, 672)
-    assert batch["input_ids"].shape[0] == len(pack_first_fit([len(s.input_ids) for s in samples], 64))
+    assert batch["input_ids"].shape[0] == len(pack_balanced([len(s.input_ids) for s in samples], 64))

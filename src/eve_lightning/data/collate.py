@@ -3,11 +3,12 @@
 Padded: one sample per row, right-padded with the pad id (labels IGNORE_INDEX, attention_mask False), one image
 canvas per row (background and an all-zero mask for text-only rows).
 
-Packed: samples are placed first-fit-decreasing into rows whose *expanded* length (image placeholders counted as
-their image tokens) stays within ``pack_length``; ``position_ids`` restart at 0 for every sample and count in
-expanded coordinates (the placeholder holds the position of the first image token, the text after it continues
-at +num_image_tokens), ``seq_ids`` number the samples of a row (-1 on padding); images are stacked one per
-placeholder in row-major order.
+Packed: samples are placed into as few rows as first-fit-decreasing needs, whose *expanded* length (image
+placeholders counted as their image tokens) stays within ``pack_length``, and spread evenly over those rows
+(``pack_balanced``): every row is as long as the longest, so even rows carry less padding. ``position_ids``
+restart at 0 for every sample and count in expanded coordinates (the placeholder holds the position of the first
+image token, the text after it continues at +num_image_tokens), ``seq_ids`` number the samples of a row (-1 on
+padding); images are stacked one per placeholder in row-major order.
 
 Text is scattered into the batch with vectorized index arithmetic; images are pasted band by band into one
 uint8 numpy canvas per view (cheap strided copies), then wrapped as tensors without a copy.
@@ -212,6 +213,34 @@ def pack_first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return rows
 
 
+def pack_balanced(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Assign items to as many rows as first-fit-decreasing needs, with the longest row as short as possible.
+
+    The rows of a packed batch are padded to the longest one. First-fit fills rows to the brim and leaves the last
+    one short, so the padding is almost a whole row; placing each item (longest first) on the least-loaded row
+    spreads the same items evenly over the same number of rows. Falls back to first-fit when that does not fit
+    the capacity or is not shorter.
+
+    Args:
+        lengths: item lengths, each <= capacity.
+        capacity: row capacity.
+
+    Returns:
+        Rows as lists of item indices.
+    """
+    first_fit = pack_first_fit(lengths, capacity)
+    loads = [0] * len(first_fit)
+    rows: list[list[int]] = [[] for _ in first_fit]
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        r = min(range(len(rows)), key=lambda r: (loads[r], r))
+        if loads[r] + lengths[i] > capacity:
+            return first_fit
+        rows[r].append(i)
+        loads[r] += lengths[i]
+    longest_first_fit = max(sum(lengths[i] for i in row) for row in first_fit)
+    return rows if max(loads) < longest_first_fit else first_fit
+
+
 class PackedCollator(_CollatorBase):
     """Several samples per row up to ``pack_length`` expanded tokens (see module docstring for the keys).
 
@@ -237,7 +266,7 @@ class PackedCollator(_CollatorBase):
     def __call__(self, samples: Sequence[ProcessedSample]) -> dict[str, Any]:
         if not samples:
             raise ValueError("cannot collate an empty batch")
-        packs = pack_first_fit([s.expanded_length for s in samples], self.pack_length)
+        packs = pack_balanced([s.expanded_length for s in samples], self.pack_length)
         ordered = [samples[i] for row in packs for i in row]  # row-major sample order
         counts = np.array([len(r) for r in packs], dtype=np.int64)  # [R]
         row_of = np.repeat(np.arange(len(packs)), counts)  # [N]
