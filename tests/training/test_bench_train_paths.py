@@ -33,6 +33,15 @@ def test_reference_and_ours_give_the_same_loss(workload):
     ours = model(packed).loss
     ref = reference_loss(model, padded)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    balanced, first_fit = packed_batch(samples, 2048, balanced=True), packed_batch(samples, 2048)
+    assert balanced["input_ids"].shape[0] == first_fit["input_ids"].shape[0]  # the same number of rows
+    real_len = lambda b: int(model.vlm.prepare_inputs(  # noqa: E731  (decoder row length: real expanded tokens)
+        b["input_ids"], b["attention_mask"], b.get("pixel_values"), b.get("pixel_mask"),
+        position_ids=b["position_ids"], seq_ids=b["seq_ids"]).inputs_embeds.shape[1])  # fmt: skip
+    assert real_len(balanced) <= real_len(first_fit)  # never more padding in the decoder
+    if workload == "pretrain":  # these six first-fit into a full row and a short one: balanced is shorter
+        assert real_len(balanced) < real_len(first_fit)
+    torch.testing.assert_close(model(balanced).loss, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_flex_attention_block_mask_gives_the_padded_loss():

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from eve_lightning.constants import BACKGROUND_RGB, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from eve_lightning.data.collate import pack_balanced, pack_first_fit
 from eve_lightning.data.geometry import band_geometry
 from eve_lightning.models.build import EveWithTeacher, build_eve_model, teacher_cell_mask
 from eve_lightning.models.clip_teacher import build_teacher
@@ -223,22 +224,18 @@ def padded_batch(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask, **full}
 
 
-def packed_batch(samples: list[dict[str, Any]], budget: int, fixed: bool = False) -> dict[str, torch.Tensor]:
-    """Our layout: samples packed first-fit into rows of at most `budget` expanded tokens.
+def packed_batch(
+    samples: list[dict[str, Any]], budget: int, fixed: bool = False, balanced: bool = False
+) -> dict[str, torch.Tensor]:
+    """Our layout: samples packed into rows of at most `budget` expanded tokens.
 
-    With `fixed`, rows are padded to the budget (in expanded tokens), so compiled kernels see few shapes.
+    Rows are filled first-fit, or with `balanced` spread evenly over the same number of rows (the training
+    collator's layout). The decoder sees every row as long as the longest row's real expanded tokens, so a
+    balanced layout computes less padding. `fixed` only widens the id tensor (padding, which the decoder drops).
     """
     exp = [len(s["ids"]) - 1 + s["geom"].num_image_tokens if s["geom"] else len(s["ids"]) for s in samples]
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in np.argsort(exp)[::-1]:
-        j = next((r for r, left in enumerate(room) if left >= exp[i]), None)
-        if j is None:
-            rows.append([])
-            room.append(budget)
-            j = len(rows) - 1
-        rows[j].append(int(i))
-        room[j] -= exp[i]
+    rows = (pack_balanced if balanced else pack_first_fit)(exp, budget)
+    room = [budget - sum(exp[i] for i in r) for r in rows]
     length = max(sum(len(samples[i]["ids"]) for i in r) for r in rows)
     if fixed:  # text length that expands to exactly the budget in the fullest row
         length += budget - max(budget - left for left in room)
@@ -403,6 +400,7 @@ def run(args: argparse.Namespace) -> dict:
         "checkpointing_ours": args.checkpoint_ours,
         "token_budget": args.token_budget,
         "compile_ours": args.compile,
+        "rows_ours": args.rows,
         "paths": {},
     }
     paths = args.paths.split(",")
@@ -415,7 +413,8 @@ def run(args: argparse.Namespace) -> dict:
         if path == "reference":
             batches = [_to(padded_batch(d), device) for d in draws]
         else:
-            batches = [_to(packed_batch(d, args.token_budget, fixed=True), device) for d in draws]
+            balanced = args.rows == "balanced"
+            batches = [_to(packed_batch(d, args.token_budget, not balanced, balanced), device) for d in draws]
         r = time_path(path, model, batches, args.steps, args.warmup, trained, ckpt=args.checkpoint_ours)
         flops = np.mean([decoder_flops(model, ln, trained) for ln in lengths])
         r |= {
@@ -451,6 +450,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--attention", choices=["sdpa", "flex_attention", "flash_attention_2"], help="default: flash or flex"
     )
     p.add_argument("--checkpoint-ours", action="store_true", help="activation checkpointing on our path too")
+    p.add_argument(
+        "--rows",
+        choices=["first_fit", "balanced"],
+        default="first_fit",
+        help="our rows: first-fit (the longest row sets every row's length), or balanced as the training collator",
+    )
     p.add_argument(
         "--compile",
         nargs="?",
