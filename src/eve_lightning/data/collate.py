@@ -161,7 +161,8 @@ class PaddedCollator(_CollatorBase):
         pad_id: id written into padding positions of ``input_ids``.
         image_size: EVE canvas side S.
         teacher: also emit the 336 px teacher view.
-        pad_to_multiple_of: round the row length up (fewer distinct shapes for compiled models).
+        pad_to_multiple_of: round the id tensor width up (the model cuts its rows to the longest real row after
+            image expansion, so this does not change the decoder's shapes).
     """
 
     def __call__(self, samples: Sequence[ProcessedSample]) -> dict[str, Any]:
