@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from unittest import mock
 
 from eve_lightning.data import collate
 from eve_lightning.data.datamodule import EveDataModule
@@ -37,14 +36,14 @@ def real_token_share(shards: str, task: str, batch_size: int, pack_length: int, 
         pad_to_multiple_of=128,
         epoch_samples=batch_size * batches,
     )
-    packer = collate.pack_balanced if balanced else collate.pack_first_fit
+    stream = dm.train_stream()  # collates in this process (no workers)
+    stream.collator.packer = collate.pack_balanced if balanced else collate.pack_first_fit
     real = slots = 0
-    with mock.patch.object(collate, "pack_balanced", packer):
-        for i, batch in enumerate(dm.train_dataloader()):
-            if i >= batches:
-                break
-            real += batch["meta"]["stats"]["real_tokens"]
-            slots += batch["meta"]["stats"]["slot_tokens"]
+    for i, batch in enumerate(stream):
+        if i >= batches:
+            break
+        real += batch["meta"]["stats"]["real_tokens"]
+        slots += batch["meta"]["stats"]["slot_tokens"]
     return real / slots if slots else 0.0
 
 

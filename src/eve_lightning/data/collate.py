@@ -16,7 +16,7 @@ uint8 numpy canvas per view (cheap strided copies), then wrapped as tensors with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,6 +251,8 @@ class PackedCollator(_CollatorBase):
         pack_length: row budget in expanded tokens (image placeholders count as their image tokens).
         teacher: also emit the 336 px teacher view.
         pad_to_multiple_of: round the row length up.
+        packer: assigns samples to rows from their expanded lengths (``pack_balanced``; ``pack_first_fit`` fills
+            rows to the brim and is what ``bench.packing`` compares against).
     """
 
     def __init__(
@@ -260,14 +262,16 @@ class PackedCollator(_CollatorBase):
         pack_length: int,
         teacher: bool = False,
         pad_to_multiple_of: int = 1,
+        packer: Callable[[Sequence[int], int], list[list[int]]] = pack_balanced,
     ) -> None:
         super().__init__(pad_id, image_size, teacher, pad_to_multiple_of)
         self.pack_length = pack_length
+        self.packer = packer
 
     def __call__(self, samples: Sequence[ProcessedSample]) -> dict[str, Any]:
         if not samples:
             raise ValueError("cannot collate an empty batch")
-        packs = pack_balanced([s.expanded_length for s in samples], self.pack_length)
+        packs = self.packer([s.expanded_length for s in samples], self.pack_length)
         ordered = [samples[i] for row in packs for i in row]  # row-major sample order
         counts = np.array([len(r) for r in packs], dtype=np.int64)  # [R]
         row_of = np.repeat(np.arange(len(packs)), counts)  # [N]
