@@ -224,21 +224,16 @@ def padded_batch(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask, **full}
 
 
-def packed_batch(
-    samples: list[dict[str, Any]], budget: int, fixed: bool = False, balanced: bool = False
-) -> dict[str, torch.Tensor]:
+def packed_batch(samples: list[dict[str, Any]], budget: int, balanced: bool = False) -> dict[str, torch.Tensor]:
     """Our layout: samples packed into rows of at most `budget` expanded tokens.
 
     Rows are filled first-fit, or with `balanced` spread evenly over the same number of rows (the training
     collator's layout). The decoder sees every row as long as the longest row's real expanded tokens, so a
-    balanced layout computes less padding. `fixed` only widens the id tensor (padding, which the decoder drops).
+    balanced layout computes less padding.
     """
     exp = [len(s["ids"]) - 1 + s["geom"].num_image_tokens if s["geom"] else len(s["ids"]) for s in samples]
     rows = (pack_balanced if balanced else pack_first_fit)(exp, budget)
-    room = [budget - sum(exp[i] for i in r) for r in rows]
     length = max(sum(len(samples[i]["ids"]) for i in r) for r in rows)
-    if fixed:  # text length that expands to exactly the budget in the fullest row
-        length += budget - max(budget - left for left in room)
     ids = torch.zeros(len(rows), length, dtype=torch.long)
     labels = torch.full_like(ids, IGNORE_INDEX)
     pos = torch.zeros_like(ids)
@@ -414,7 +409,7 @@ def run(args: argparse.Namespace) -> dict:
             batches = [_to(padded_batch(d), device) for d in draws]
         else:
             balanced = args.rows == "balanced"
-            batches = [_to(packed_batch(d, args.token_budget, not balanced, balanced), device) for d in draws]
+            batches = [_to(packed_batch(d, args.token_budget, balanced), device) for d in draws]
         r = time_path(path, model, batches, args.steps, args.warmup, trained, ckpt=args.checkpoint_ours)
         flops = np.mean([decoder_flops(model, ln, trained) for ln in lengths])
         r |= {
