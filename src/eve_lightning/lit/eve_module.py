@@ -14,6 +14,7 @@ from eve_lightning.models.build import EveWithTeacher
 from eve_lightning.models.checkpointing import enable_checkpointing
 from eve_lightning.models.compile import compile_decoder_layers
 from eve_lightning.models.export_format import load_export_weights
+from eve_lightning.utils.config_checks import ZERO3_COMPILE
 from eve_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -76,10 +77,7 @@ class EveLitModule(pl.LightningModule):
             return
         self._hf_zero3 = hf_zero3_config(self.trainer.strategy if self._trainer is not None else None)
         if self._hf_zero3 is not None and (self.hparams.compile or {}).get("enabled"):
-            raise ValueError(
-                "compile.enabled=true is not supported under DeepSpeed ZeRO-3: its per-module gather hooks break "
-                "the compiled blocks into pieces. Set compile.enabled=false, or use strategy=ddp or fsdp."
-            )
+            raise ValueError(ZERO3_COMPILE)  # also checked at start-up; this guards other callers
         self.model = self.model_factory()
         if self.hparams.init_from:
             info = load_export_weights(self.hparams.init_from, self.model.vlm, self.model.teacher)

@@ -14,6 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 CONF_DIR = Path(os.environ.get("EVE_CONF_DIR", Path(__file__).resolve().parents[3] / "conf"))
 
 
+ZERO3_COMPILE = (
+    "compile.enabled=true is not supported under DeepSpeed ZeRO-3 (its per-module gather hooks break the compiled "
+    "blocks into pieces): set compile.enabled=false, or use strategy=ddp or fsdp"
+)
+
+
 class ConfigError(ValueError):
     """A configuration that cannot run; the message says how to fix it."""
 
@@ -190,10 +196,7 @@ def check_speed_options(cfg: DictConfig) -> None:
                 "(trainer.strategy.checkpoint_layers=true): set one of them off"
             )
     if (cfg.get("compile") or {}).get("enabled") and zero_stage(cfg) == 3:
-        raise ConfigError(
-            "compile.enabled=true is not supported under DeepSpeed ZeRO-3 (its per-module gather hooks break the "
-            "compiled blocks into pieces): set compile.enabled=false, or use strategy=ddp or fsdp"
-        )
+        raise ConfigError(ZERO3_COMPILE)
 
 
 def zero_stage(cfg: DictConfig) -> int | None:
