@@ -4,30 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_llm import tiny_llm
 
 from eve_lightning.models.checkpointing import enable_checkpointing
 from eve_lightning.models.compile import decoder_layers
-from eve_lightning.models.llm import build_llm
 
-SHAPE = dict(
-    model_type="llama",
-    vocab_size=128,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-)
+LAYERS = 4
 
 
 def step(layers: int | str | None):
     """Loss, one gradient and the query-projection calls per block of a training step with the given checkpointing."""
-    torch.manual_seed(0)
-    llm = build_llm(config=SHAPE)
+    llm = tiny_llm(layers=LAYERS)
     llm.train()
     if layers != "off":
         enable_checkpointing(llm, layers)
-    calls = [0] * SHAPE["num_hidden_layers"]
+    calls = [0] * LAYERS
     for i, block in enumerate(decoder_layers(llm)):
         # a pre-hook early in the block: non-reentrant recomputation stops once the saved tensors are rebuilt
         block.self_attn.q_proj.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
@@ -49,7 +40,7 @@ def test_only_the_first_n_blocks_run_their_forward_again_and_the_numbers_stay():
 
 @pytest.mark.parametrize("layers", [-1, 5])
 def test_more_blocks_than_the_decoder_has_is_refused_naming_the_range(layers):
-    llm = build_llm(config=SHAPE)
+    llm = tiny_llm(layers=LAYERS)
     with pytest.raises(ValueError, match=r"gradient_checkpointing_layers=.*the decoder has 4 blocks; use 0-4 or null"):
         enable_checkpointing(llm, layers)
 
@@ -58,8 +49,7 @@ def test_checkpointed_blocks_can_also_be_compiled():
     from eve_lightning.models.compile import compile_decoder_layers
 
     loss0, grad0, _ = step(2)
-    torch.manual_seed(0)
-    llm = build_llm(config=SHAPE)
+    llm = tiny_llm(layers=LAYERS)
     llm.train()
     enable_checkpointing(llm, 2)
     compile_decoder_layers(llm, backend="aot_eager")

@@ -4,24 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_llm import tiny_llm
 
 from eve_lightning.models.compile import compile_decoder_layers, decoder_layers, eager_generation
-from eve_lightning.models.llm import build_llm
-
-SHAPE = dict(
-    model_type="llama",
-    vocab_size=128,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-)
-
-
-def tiny_llm(attn: str = "sdpa"):
-    torch.manual_seed(0)
-    return build_llm(config=SHAPE, attn_implementation=attn)
 
 
 def loss_and_grad(llm, ids):
