@@ -26,12 +26,17 @@ def apply_freezing(model: nn.Module, trainable: list[str]) -> None:
     for prefix in trainable:
         if prefix.startswith("teacher"):
             raise ValueError("the CLIP teacher is never trained (unfreezing it collapses training)")
-        if prefix not in PARTS and not any(n == prefix or n.startswith(prefix + ".") for n in names):
+        if prefix not in PARTS and not any(under(n, [prefix]) for n in names):
             raise ValueError(f"stage.trainable entry {prefix!r} matches no parameter; parts are {list(PARTS)}")
-    if not any(name == t or name.startswith(t + ".") for name in names for t in trainable):
+    if not any(under(n, trainable) for n in names):
         raise ValueError(f"stage.trainable {trainable} matches no parameter of this model: nothing would train")
     for name, p in model.named_parameters():
-        p.requires_grad_(any(name == t or name.startswith(t + ".") for t in trainable))
+        p.requires_grad_(under(name, trainable))
+
+
+def under(name: str, prefixes: list[str]) -> bool:
+    """Whether a parameter name is one of the prefixes or lies under one (``vlm.projector`` -> ``vlm.projector.*``)."""
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
 
 
 def freezing_table(model: nn.Module) -> list[tuple[str, int, int]]:
