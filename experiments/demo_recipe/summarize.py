@@ -37,25 +37,19 @@ def tail_mean(series: list[tuple[int, float]], n: int = LAST) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
-def scheduled_steps() -> dict[str, int]:
-    """recipe.steps of conf/experiment/demo_recipe.yaml (a stage stopped by its max_time has fewer)."""
+def recipe_config() -> dict:
+    """conf/experiment/demo_recipe.yaml as plain data (scheduled steps, global batch)."""
     import yaml
 
     conf = Path(__file__).resolve().parents[2] / "conf" / "experiment" / "demo_recipe.yaml"
-    return yaml.safe_load(conf.read_text())["recipe"]["steps"]
-
-
-def global_batch() -> int:
-    import yaml
-
-    conf = Path(__file__).resolve().parents[2] / "conf" / "experiment" / "demo_recipe.yaml"
-    return int(yaml.safe_load(conf.read_text())["global_batch_size"])
+    return yaml.safe_load(conf.read_text())
 
 
 def stage_summary(folder: Path, stage: str) -> dict | None:
     csv_path = folder / f"{stage}.metrics.csv"
     if not csv_path.is_file():
         return None
+    recipe = recipe_config()
     loss = read_series(csv_path, "train/loss")
     with csv_path.open(newline="") as f:  # training rows carry the step index, evaluation rows the steps done
         rows = list(csv.DictReader(f))
@@ -63,7 +57,7 @@ def stage_summary(folder: Path, stage: str) -> dict | None:
     out = {
         "wall_s": int((folder / f"{stage}.seconds").read_text()) if (folder / f"{stage}.seconds").is_file() else None,
         "steps": done,
-        "scheduled_steps": scheduled_steps().get(stage),
+        "scheduled_steps": recipe["recipe"]["steps"].get(stage),
         "first_loss": round(loss[0][1], 4) if loss else None,
         "final_loss": tail_mean(loss),
         "final_loss_ce": tail_mean(read_series(csv_path, "train/loss_ce")),
@@ -72,7 +66,7 @@ def stage_summary(folder: Path, stage: str) -> dict | None:
         "peak_mem_gib": max((v for _, v in read_series(csv_path, "perf/peak_mem_gib")), default=None),
     }
     if out["wall_s"]:  # whole stage command: start-up, compilation, validation and export included
-        out["samples_per_wall_s"] = round(done * global_batch() / out["wall_s"], 1)
+        out["samples_per_wall_s"] = round(done * int(recipe["global_batch_size"]) / out["wall_s"], 1)
     return out
 
 
