@@ -64,10 +64,9 @@ def compile_decoder_layers(
     )
     mode = None if mode == "default" else mode
     for layer in layers:
-        if getattr(layer, "_eve_compiled", False):
+        if "forward" in layer.__dict__:  # compiled already: the instance holds its compiled forward
             continue
         layer.forward = torch.compile(layer.forward, mode=mode, dynamic=dynamic, backend=backend)
-        layer._eve_compiled = True
     log.info("compiled the forward of %d decoder blocks (backend %s, mode %s)", len(layers), backend, mode)
     return len(layers)
 
