@@ -15,6 +15,9 @@
 #   EXTRA      extra Hydra overrides for every training command (e.g. "model=tiny cluster=cpu" for a smoke run)
 #   SAMPLES    training samples per task of the generated data (default 24000; 400 held out per task)
 #   MAX_TURNS  most questions per image conversation of the generated data (default 10, as data.demo_max_turns)
+#   TURNS      how a conversation's questions are picked: independent (default, as data.demo_turns; no turn can be
+#              answered from the text of the others) or any
+#   SHUFFLED   share of captions that list the objects in random order (default 0.5, as data.demo_shuffled_captions)
 #   STOP_AFTER prealign | pretrain | sft: stop every variant after this stage (a later call goes on from there:
 #              stages whose export and timing exist are skipped)
 # Summarize afterwards with: python experiments/demo_recipe/summarize.py --results $RESULTS
@@ -42,7 +45,8 @@ common=(experiment=demo_recipe "paths.root_dir=$ROOT" ${tok[@]+"${tok[@]}"} ${ex
 data="$ROOT/data/demo_recipe"
 echo "== demo data -> $data"  # kept when made with the same parameters, else generated again
 $PY -m eve_lightning.data.demo --out "$data" --num-pretrain "${SAMPLES:-24000}" --num-sft "${SAMPLES:-24000}" \
-  --num-val 400 --max-turns "${MAX_TURNS:-10}" --reuse | tee -a "$RESULTS/data.log"
+  --num-val 400 --max-turns "${MAX_TURNS:-10}" --turns "${TURNS:-independent}" \
+  --shuffled-captions "${SHUFFLED:-0.5}" --reuse | tee -a "$RESULTS/data.log"
 
 order() { case $1 in prealign) echo 1 ;; pretrain) echo 2 ;; sft) echo 3 ;; *) echo 4 ;; esac; }
 allowed() { [ -z "${STOP_AFTER:-}" ] || [ "$(order "$1")" -le "$(order "$STOP_AFTER")" ]; }

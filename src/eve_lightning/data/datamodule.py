@@ -112,6 +112,9 @@ class EveDataModule(L.LightningDataModule):
         demo_samples: training samples per task when the demo set is generated.
         demo_held_out: held-out samples per task of a generated demo set (None: 5% of ``demo_samples``, >= 50).
         demo_max_turns: most questions per image conversation of a generated demo set.
+        demo_turns: how a generated conversation's questions are picked: ``any``, or ``independent`` (no turn
+            answerable from the text of the others; ``eve_lightning.data.demo.pick_turns``).
+        demo_shuffled_captions: share of a generated set's captions that list the objects in random order.
         max_drop_rate: share of unusable training samples tolerated per worker before the run stops with a clear
             error (None = no limit); drops are always counted and logged as ``data/dropped``.
     """
@@ -151,6 +154,8 @@ class EveDataModule(L.LightningDataModule):
         demo_samples: int = 2000,
         demo_held_out: int | None = None,
         demo_max_turns: int = 3,
+        demo_turns: str = "any",
+        demo_shuffled_captions: float = 0.0,
         max_drop_rate: float | None = 0.1,
     ) -> None:
         super().__init__()
@@ -189,6 +194,8 @@ class EveDataModule(L.LightningDataModule):
         self.demo_samples = demo_samples
         self.demo_held_out = demo_held_out
         self.demo_max_turns = demo_max_turns
+        self.demo_turns = demo_turns
+        self.demo_shuffled_captions = demo_shuffled_captions
         self._tokenizer: TextTokenizer | None = None
         self._train_shards: list[ShardInfo] | None = None
         self._val_shards: list[ShardInfo] | None = None
@@ -223,6 +230,8 @@ class EveDataModule(L.LightningDataModule):
             seed=0,
             max_side=self.sample_cfg.image_size,
             max_turns=self.demo_max_turns,
+            turns=self.demo_turns,
+            shuffled_captions=self.demo_shuffled_captions,
         )
         if (Path(self.train_source) / INDEX_FILE).is_file():  # existing shards are kept; a difference is reported
             wanted, recorded = demo.generation_params(**params), demo.recorded_params(self.demo_root)

@@ -63,6 +63,9 @@ TEXT_ONLY_QA = (
 TEXT_ONLY = 0.1  # default share of text-only SFT samples
 PARAMS_FILE = "generation.json"  # the generator's parameters, written next to the set
 TASK_IDS = {"pretrain": 0, "sft": 1}
+TURNS = ("any", "independent")  # how the questions of one conversation are picked (see pick_turns)
+ALL_OBJECTS = -1  # subject of the description: it names every object
+DESCRIBE_ALONE = 1 / 3  # share of "independent" image conversations that only ask for the description
 SPLIT_IDS = {"train": 0, "val": 1}
 
 
@@ -136,37 +139,83 @@ def render_scene(scene: Scene, rng: np.random.Generator) -> Image.Image:
     return img
 
 
-def caption(scene: Scene) -> str:
-    """Describe a scene in the demo's small vocabulary.
+def caption(scene: Scene, order: Sequence[int] | None = None) -> str:
+    """Describe a scene in the demo's small vocabulary, listing the objects left to right (or in ``order``).
 
     Example: ``two shapes: a small red circle on the left and a large blue square on the right.``
     """
-    parts = [f"a {s.size} {s.colour} {s.shape} {position_phrase(s.slot, scene.portrait)}" for s in scene.shapes]
+    shapes = scene.shapes if order is None else [scene.shapes[int(i)] for i in order]
+    parts = [f"a {s.size} {s.colour} {s.shape} {position_phrase(s.slot, scene.portrait)}" for s in shapes]
     n = len(parts)
     listing = parts[0] if n == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return f"{COUNT_WORDS[n - 1]} shape{'s' if n > 1 else ''}: {listing}."
 
 
-def questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
-    """All question/answer pairs about a scene (one ``Is there`` question, true or false)."""
+def question_items(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str, int | None]]:
+    """All question/answer pairs about a scene, each with its subject.
+
+    The subject is the index of the object whose colour and shape the question or its answer names together (so a
+    later turn could read that pairing from the text), ``ALL_OBJECTS`` for the description and None otherwise. One
+    ``Is there`` question, true or false.
+    """
     count = COUNT_WORDS[len(scene.shapes) - 1]
-    qa = [("Describe the image.", caption(scene)), ("How many shapes are there?", f"{count}.")]
-    for s in scene.shapes:
+    qa: list[tuple[str, str, int | None]] = [
+        ("Describe the image.", caption(scene), ALL_OBJECTS),
+        ("How many shapes are there?", f"{count}.", None),
+    ]
+    for k, s in enumerate(scene.shapes):
         qa += [
-            (f"What colour is the {s.shape}?", f"{s.colour}."),
-            (f"What shape is the {s.colour} object?", f"a {s.shape}."),
-            (f"Where is the {s.colour} {s.shape}?", f"{position_phrase(s.slot, scene.portrait)}."),
-            (f"Is the {s.colour} {s.shape} small or large?", f"{s.size}."),
+            (f"What colour is the {s.shape}?", f"{s.colour}.", k),
+            (f"What shape is the {s.colour} object?", f"a {s.shape}.", k),
+            (f"Where is the {s.colour} {s.shape}?", f"{position_phrase(s.slot, scene.portrait)}.", k),
+            (f"Is the {s.colour} {s.shape} small or large?", f"{s.size}.", k),
         ]
-    present = {(s.colour, s.shape) for s in scene.shapes}
+    present = {(s.colour, s.shape): k for k, s in enumerate(scene.shapes)}
     if rng.random() < 0.5:
         colour, shape = next(iter(sorted(present)))
-        qa.append((f"Is there a {colour} {shape}?", "yes."))
+        qa.append((f"Is there a {colour} {shape}?", "yes.", present[(colour, shape)]))
     else:
         absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
         colour, shape = absent[int(rng.integers(len(absent)))]
-        qa.append((f"Is there a {colour} {shape}?", "no."))
+        qa.append((f"Is there a {colour} {shape}?", "no.", None))
     return qa
+
+
+def questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """All question/answer pairs about a scene (one ``Is there`` question, true or false)."""
+    return [(q, a) for q, a, _ in question_items(scene, rng)]
+
+
+def pick_turns(
+    items: list[tuple[str, str, int | None]], rng: np.random.Generator, max_turns: int, turns: str
+) -> list[int]:
+    """Indices of the questions one conversation asks, in order.
+
+    ``any``: 1 to ``max_turns`` of them at random; an earlier answer may then give a later one away (the caption
+    names every colour-shape pair). ``independent``: no turn can be answered from the text of the others: the
+    description is asked on its own (``DESCRIBE_ALONE`` of the conversations), else each object is the subject of
+    at most one question.
+    """
+    wanted = min(int(rng.integers(1, max_turns + 1)), len(items))
+    if turns == "any":
+        return [int(i) for i in rng.choice(len(items), size=wanted, replace=False)]
+    describe = [i for i, item in enumerate(items) if item[2] == ALL_OBJECTS]
+    if describe and rng.random() < DESCRIBE_ALONE:
+        return describe[:1]
+    picked: list[int] = []
+    used: set[int] = set()
+    for i in (int(i) for i in rng.permutation(len(items))):
+        subject = items[i][2]
+        if subject == ALL_OBJECTS:
+            continue
+        if subject is not None and subject in used:
+            continue
+        picked.append(i)
+        if subject is not None:
+            used.add(subject)
+        if len(picked) == wanted:
+            break
+    return picked
 
 
 def _rng(seed: int, task: str, split: str, index: int) -> np.random.Generator:
@@ -174,11 +223,23 @@ def _rng(seed: int, task: str, split: str, index: int) -> np.random.Generator:
 
 
 def make_record(
-    index: int, *, task: str, split: str, seed: int, images_dir: str, text_only: float, max_turns: int = 3
+    index: int,
+    *,
+    task: str,
+    split: str,
+    seed: int,
+    images_dir: str,
+    text_only: float,
+    max_turns: int = 3,
+    turns: str = "any",
+    shuffled_captions: float = 0.0,
 ) -> dict[str, Any]:
     """Generate sample ``index`` of a split: write its image (if any) and return its annotation record.
 
-    An image conversation asks 1 to ``max_turns`` of the picture's questions (at most all of them), each once.
+    An image conversation asks up to ``max_turns`` of the picture's questions, each once, picked as ``turns`` says
+    (``pick_turns``). A share ``shuffled_captions`` of the captions lists the objects in random order instead of
+    left to right: naming an object's shape after its colour then takes finding the object by its colour, as the
+    questions do, instead of walking the picture in order.
     """
     rng = _rng(seed, task, split, index)
     rid = f"{task}-{split}-{index:06d}"
@@ -195,12 +256,13 @@ def make_record(
     path.parent.mkdir(parents=True, exist_ok=True)
     render_scene(scene, rng).save(path, format="PNG")
     if task == "pretrain":
-        return {"id": rid, "image": rel, "caption": caption(scene)}
-    qa = questions(scene, rng)
-    picked = rng.choice(len(qa), size=min(int(rng.integers(1, max_turns + 1)), len(qa)), replace=False)
+        shuffled = shuffled_captions > 0 and rng.random() < shuffled_captions  # no draw: the default stream stays
+        order = rng.permutation(len(scene.shapes)) if shuffled else None
+        return {"id": rid, "image": rel, "caption": caption(scene, order)}
+    qa = question_items(scene, rng)
     conv = []
-    for turn, i in enumerate(picked):
-        q, a = qa[int(i)]
+    for turn, i in enumerate(pick_turns(qa, rng, max_turns, turns)):
+        q, a, _ = qa[i]
         if turn == 0:  # the image placeholder sits before or after the first question, as in LLaVA data
             q = f"<image>\n{q}" if rng.random() < 0.5 else f"{q}\n<image>"
         conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
@@ -220,12 +282,14 @@ def generate_split(
     text_only: float,
     overwrite: bool,
     max_turns: int = 3,
+    turns: str = "any",
+    shuffled_captions: float = 0.0,
 ) -> BuildSummary:
     """Generate one split's raw files and annotations, then write its shards."""
     images_dir = out / "raw" / "images"
     fn = partial(
         make_record, task=task, split=split, seed=seed, images_dir=str(images_dir), text_only=text_only,
-        max_turns=max_turns,
+        max_turns=max_turns, turns=turns, shuffled_captions=shuffled_captions,
     )  # fmt: skip
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
@@ -253,14 +317,20 @@ def generate(
     text_only: float = TEXT_ONLY,
     overwrite: bool = False,
     max_turns: int = 3,
+    turns: str = "any",
+    shuffled_captions: float = 0.0,
 ) -> dict[str, BuildSummary]:
     """Generate the whole demo set under ``out`` and return the build summary of each ``task/split``."""
     if max_turns < 1:
         raise ValueError(f"max_turns must be at least 1 (questions per image conversation), got {max_turns}")
+    if turns not in TURNS:
+        raise ValueError(f"turns must be one of {', '.join(TURNS)} (how questions are picked), got {turns!r}")
+    if not 0.0 <= shuffled_captions <= 1.0:
+        raise ValueError(f"shuffled_captions is a share of the captions, in [0, 1]; got {shuffled_captions}")
     root = Path(out)
     params = generation_params(
         num_pretrain=num_pretrain, num_sft=num_sft, num_val=num_val, seed=seed, max_side=max_side,
-        max_turns=max_turns, text_only=text_only,
+        max_turns=max_turns, text_only=text_only, turns=turns, shuffled_captions=shuffled_captions,
     )  # fmt: skip
     (root / PARAMS_FILE).unlink(missing_ok=True)  # an interrupted run must not leave the old record behind
     plan = {
@@ -274,7 +344,8 @@ def generate(
         if count > 0:
             summaries[f"{task}/{split}"] = generate_split(
                 root, task, split, count, seed=seed, max_side=max_side, shard_size=shard_size,
-                workers=workers, text_only=text_only, overwrite=overwrite, max_turns=max_turns,
+                workers=workers, text_only=text_only, overwrite=overwrite, max_turns=max_turns, turns=turns,
+                shuffled_captions=shuffled_captions,
             )  # fmt: skip
     tmp = root / (PARAMS_FILE + ".tmp")
     tmp.write_text(json.dumps(params, indent=1) + "\n", encoding="utf-8")
@@ -291,6 +362,8 @@ def generation_params(
     max_side: int | None,
     max_turns: int,
     text_only: float = TEXT_ONLY,
+    turns: str = "any",
+    shuffled_captions: float = 0.0,
 ) -> dict[str, Any]:
     """What decides the contents of a generated set (recorded in ``PARAMS_FILE`` next to it)."""
     return {
@@ -301,6 +374,8 @@ def generation_params(
         "max_side": max_side,
         "text_only": text_only,
         "max_turns": max_turns,
+        "turns": turns,
+        "shuffled_captions": shuffled_captions,
     }
 
 
@@ -311,7 +386,11 @@ def recorded_params(out: str | Path) -> dict[str, Any] | None:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return None
+    record.setdefault("turns", "any")  # sets recorded before these options were added
+    record.setdefault("shuffled_captions", 0.0)
+    return record
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -326,12 +405,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
     p.add_argument("--text-only", type=float, default=TEXT_ONLY, help="share of text-only SFT samples")
     p.add_argument("--max-turns", type=int, default=3, help="most questions per image conversation (>= 1)")
+    p.add_argument(
+        "--turns", choices=TURNS, default="any", help="independent: no turn answerable from the others' text"
+    )
+    p.add_argument(
+        "--shuffled-captions", type=float, default=0.0, help="share of captions listing the objects in random order"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing shards")
     p.add_argument("--reuse", action="store_true", help="keep a set made with the same parameters, else regenerate")
     args = p.parse_args(argv)
     params = generation_params(
         num_pretrain=args.num_pretrain, num_sft=args.num_sft, num_val=args.num_val, seed=args.seed,
-        max_side=args.max_side or None, max_turns=args.max_turns, text_only=args.text_only,
+        max_side=args.max_side or None, max_turns=args.max_turns, text_only=args.text_only, turns=args.turns,
+        shuffled_captions=args.shuffled_captions,
     )  # fmt: skip
     if args.reuse:
         splits = [("pretrain", args.num_pretrain), ("sft", args.num_sft)]
@@ -357,6 +443,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         text_only=args.text_only,
         overwrite=args.overwrite,
         max_turns=args.max_turns,
+        turns=args.turns,
+        shuffled_captions=args.shuffled_captions,
     )
     for name, summary in summaries.items():
         print(f"{name}: {summary.line()}")
