@@ -47,6 +47,7 @@ echo "== demo data -> $data"  # kept when made with the same parameters, else ge
 $PY -m eve_lightning.data.demo --out "$data" --num-pretrain "${SAMPLES:-24000}" --num-sft "${SAMPLES:-24000}" \
   --num-val 400 --max-turns "${MAX_TURNS:-10}" --turns "${TURNS:-independent}" \
   --shuffled-captions "${SHUFFLED:-0.5}" --reuse | tee -a "$RESULTS/data.log"
+cp "$data/generation.json" "$RESULTS/generation.json"
 
 order() { case $1 in prealign) echo 1 ;; pretrain) echo 2 ;; sft) echo 3 ;; *) echo 4 ;; esac; }
 allowed() { [ -z "${STOP_AFTER:-}" ] || [ "$(order "$1")" -le "$(order "$STOP_AFTER")" ]; }

@@ -143,6 +143,7 @@ def main() -> None:
         "versions_torch_transformers_lightning": read("versions.txt"),
         "recipe": "conf/experiment/demo_recipe.yaml (model demo_125m, 672 px, global batch 64)",
         "final_loss_is": f"mean of the last {LAST} logged training losses of the stage",
+        "data_generation": json.loads(read("generation.json") or "null"),  # the demo generator's parameters
         **(full or {}),
         "ablations": variants,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +50,9 @@ def test_variety_and_vocabulary(demo_dir):
     assert sum(1 for _ in (demo_dir / "pretrain" / "val").glob("*.tar")) == 2  # 20 held-out in shards of 10
 
 
-def test_pictures_match_captions(demo_dir):
-    raw = demo_dir / "raw"
-    for rec in json.loads((raw / "pretrain_train.json").read_text())[:30]:
-        img = np.asarray(Image.open(raw / "images" / rec["image"]).convert("RGB"))
+def check_pictures_match_captions(records: list[dict], images: Path) -> None:
+    for rec in records:
+        img = np.asarray(Image.open(images / rec["image"]).convert("RGB"))
         h, w, _ = img.shape
         long_axis = 0 if h > w else 1  # thirds run along the long side
         for colour, rgb in demo.COLOURS.items():
@@ -68,6 +68,66 @@ def test_pictures_match_captions(demo_dir):
             )
             centre = (ys if long_axis == 0 else xs).mean() / (h if long_axis == 0 else w)
             assert slot / 3 < centre < (slot + 1) / 3, (rec["id"], colour, phrase)
+
+
+def test_pictures_match_captions(demo_dir):
+    raw = demo_dir / "raw"
+    check_pictures_match_captions(json.loads((raw / "pretrain_train.json").read_text())[:30], raw / "images")
+
+
+def test_shuffled_captions_list_the_same_objects_in_another_order(tmp_path):
+    make = lambda i, share: demo.make_record(  # noqa: E731
+        i, task="pretrain", split="train", seed=3, images_dir=str(tmp_path), text_only=0.0, shuffled_captions=share
+    )
+    plain = [make(i, 0.0) for i in range(300)]
+    shuffled = [make(i, 0.5) for i in range(300)]
+    assert plain[:50] == [make(i, 0.0) for i in range(50)]  # no share, no draw: the default stream
+    check_pictures_match_captions(shuffled[:60], tmp_path)  # every object still where its phrase says
+    listing = lambda c: [w for w in c.replace(",", "").replace(".", "").split() if w in demo.SHAPES]  # noqa: E731
+    multi = [(p, s) for p, s in zip(plain, shuffled) if len(listing(p["caption"])) > 1]
+    reordered = [s for p, s in multi if listing(s["caption"]) != listing(p["caption"])]
+    assert all(sorted(listing(s["caption"])) == sorted(listing(p["caption"])) for p, s in multi)
+    # half are shuffled; a shuffle keeps the order 1/2 (two objects) or 1/6 (three objects) of the time
+    assert 0.2 < len(reordered) / len(multi) < 0.5
+    with pytest.raises(ValueError, match="shuffled_captions is a share"):
+        demo.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, shuffled_captions=1.5)
+
+
+def answer_given_away(conversation: list[dict]) -> list[bool]:
+    """For each colour or shape question: was its object's colour-shape pair already written in an earlier turn?"""
+    out, before = [], ""
+    for q, a in zip(conversation[::2], conversation[1::2]):
+        q, a = q["value"].replace("<image>", "").strip(), a["value"]
+        colour = re.match(r"What colour is the (\w+)\?", q)
+        shape = re.match(r"What shape is the (\w+) object\?", q)
+        if colour or shape:
+            word = a.rstrip(".").split()[-1]
+            pair = f"{word} {colour.group(1)}" if colour else f"{shape.group(1)} {word}"
+            out.append(pair in before or (f"the {pair.split()[1]}? {pair.split()[0]}" in before)
+                       or (f"{pair.split()[0]} object? a {pair.split()[1]}" in before))  # fmt: skip
+        before += f" {q} {a}"
+    return out
+
+
+def test_independent_turns_never_give_an_answer_away(tmp_path):
+    make = lambda i, turns: demo.make_record(  # noqa: E731
+        i, task="sft", split="train", seed=0, images_dir=str(tmp_path), text_only=0.1, max_turns=10, turns=turns
+    )
+    free = [make(i, "any") for i in range(300)]
+    independent = [make(i, "independent") for i in range(300)]
+    given_away = [x for r in free for x in answer_given_away(r["conversations"])]
+    assert sum(given_away) > len(given_away) / 3  # the check finds the shortcut where it exists
+    asked = [x for r in independent for x in answer_given_away(r["conversations"])]
+    assert len(asked) > 100 and not any(asked)
+    with_image = [r for r in independent if "image" in r]
+    for r in with_image:
+        questions = [t["value"].replace("<image>", "").strip() for t in r["conversations"][::2]]
+        assert "Describe the image." not in questions or questions == ["Describe the image."]
+        assert len(questions) <= r["objects"] + 2  # one question per object, the count and a "no" question
+    alone = sum(1 for r in with_image if len(r["conversations"]) == 2 and "Describe" in r["conversations"][0]["value"])
+    assert 0.2 < alone / len(with_image) < 0.5  # DESCRIBE_ALONE = 1/3
+    with pytest.raises(ValueError, match="turns must be one of any, independent"):
+        demo.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, turns="some")
 
 
 def test_caption_and_questions_of_a_fixed_scene():
