@@ -1,4 +1,5 @@
-"""`compile.enabled=true` through the real entry point: same losses as eager, samples counted per sample."""
+"""`compile.enabled=true` and `torch_varlen` attention through the real entry point: same losses as eager;
+samples counted per sample."""
 
 from __future__ import annotations
 
@@ -17,20 +18,27 @@ def losses(run_dir):
     return [float(r["train/loss"]) for r in rows if r.get("train/loss")]
 
 
-def test_compiled_blocks_train_to_the_eager_losses(tmp_path, demo_data_dir):
+def test_compiled_blocks_and_varlen_attention_train_to_the_eager_losses(tmp_path, demo_data_dir):
     eager = compose_train(PACKED, tmp_path / "eager", demo_data_dir)
-    compiled = compose_train(
-        [*PACKED, "compile.enabled=true", "compile.backend=aot_eager"], tmp_path / "compiled", demo_data_dir
-    )
+    compiled = [*PACKED, "compile.enabled=true", "compile.backend=aot_eager"]
+    variants = {
+        "compiled": compiled,
+        "varlen": [*compiled, "model.llm.attn_implementation=torch_varlen"],  # segment offsets, traced by dynamo
+    }
     train(eager)
-    run = build(compiled)
-    run.module.configure_model()
-    assert all("forward" in block.__dict__ for block in run.module.model.vlm.llm.model.layers)  # really compiled
-    train(compiled)
-    a, b = losses(tmp_path / "eager" / "run"), losses(tmp_path / "compiled" / "run")
-    assert len(a) == len(b) >= 3
-    for x, y in zip(a, b):
-        assert abs(x - y) <= 1e-4 * abs(x), (a, b)
+    a = losses(tmp_path / "eager" / "run")
+    for name, overrides in variants.items():
+        cfg = compose_train(overrides, tmp_path / name, demo_data_dir)
+        run = build(cfg)
+        run.module.configure_model()
+        llm = run.module.model.vlm.llm
+        assert all("forward" in block.__dict__ for block in llm.model.layers)  # really compiled
+        assert llm.config._attn_implementation == ("torch_varlen" if name == "varlen" else "sdpa")
+        train(cfg)
+        b = losses(tmp_path / name / "run")
+        assert len(a) == len(b) >= 3
+        for x, y in zip(a, b):
+            assert abs(x - y) <= 1e-4 * abs(x), (name, a, b)
 
 
 def test_packed_rows_count_samples_not_rows(tmp_path, demo_data_dir):

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from eve_lightning.data.datamodule import EveDataModule
+from eve_lightning.models import varlen_attention
 from repo_paths import CONF
 
 
@@ -31,17 +32,24 @@ def first_batch(data_dir, task, collate):
     return batch, keys
 
 
-@pytest.mark.parametrize("task", ["pretrain", "sft"])
-def test_packed_rows_give_the_padded_losses_and_gradients(demo_data_dir, task):
+@pytest.mark.parametrize(
+    ("task", "attention"),
+    [("pretrain", "sdpa"), ("sft", "sdpa"), ("pretrain", "torch_varlen"), ("sft", "torch_varlen")],
+)
+def test_packed_rows_give_the_padded_losses_and_gradients(demo_data_dir, task, attention):
+    """Padded rows with the dense SDPA mask against packed rows with ``attention`` (torch_varlen: segment offsets)."""
     padded, keys_a = first_batch(demo_data_dir, task, "padded")
     packed, keys_b = first_batch(demo_data_dir, task, "packed")
     assert sorted(keys_a) == sorted(keys_b)
     assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0]  # samples really share rows
     cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "tiny.yaml"), resolve=True)
+    if attention == "torch_varlen":
+        varlen_attention.register()
     torch.manual_seed(0)
     model = instantiate(copy.deepcopy(cfg), _convert_="all").float()
     results = []
-    for batch in (padded, packed):
+    for batch, impl in ((padded, "sdpa"), (packed, attention)):
+        model.vlm.llm.config._attn_implementation = impl
         model.zero_grad()
         out = model(batch)
         out.loss.backward()

@@ -43,6 +43,7 @@ from eve_lightning.models.compile import compile_decoder_layers
 from eve_lightning.models.eve_vlm import EveConfig, EveVLM
 from eve_lightning.models.llm import build_llm
 from eve_lightning.models.losses import cosine_alignment_loss
+from eve_lightning.models.varlen_attention import NAME
 from eve_lightning.utils.flops import samples_flops
 
 PEAK_TFLOPS = 989.0
@@ -398,11 +399,15 @@ def run(args: argparse.Namespace) -> dict:
         "rows_ours": args.rows,
         "paths": {},
     }
+    attention = model.vlm.llm.config._attn_implementation
     paths = args.paths.split(",")
     if args.compile:  # compiling is in place: the eager reference path goes first
         paths.sort(key=lambda name: name != "reference")
     for path in paths:
         model.load_state_dict(init)
+        # the reference path calls the HF decoder as the original does; torch_varlen needs our segment offsets
+        llm_cfg = model.vlm.llm.config
+        llm_cfg._attn_implementation = "sdpa" if path == "reference" and args.attention == NAME else attention
         if path == "ours" and args.compile:
             compile_decoder_layers(model.vlm.llm, mode=None if args.compile == "default" else args.compile)
         if path == "reference":
@@ -442,7 +447,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--micro-batch", type=int, default=16, help="samples per optimizer step (both paths)")
     p.add_argument("--token-budget", type=int, default=16384, help="packed row budget of our path")
     p.add_argument(
-        "--attention", choices=["sdpa", "flex_attention", "flash_attention_2"], help="default: flash or flex"
+        "--attention",
+        choices=["sdpa", "flex_attention", "flash_attention_2", NAME],
+        help=f"default: flash or flex ({NAME}: PyTorch's variable-length flash kernel on our path)",
     )
     p.add_argument("--checkpoint-ours", action="store_true", help="activation checkpointing on our path too")
     p.add_argument(

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, TEACHER_IMAGE_SIZE
+from eve_lightning.models import varlen_attention
 from eve_lightning.models.block_mask import packed_block_mask
 from eve_lightning.models.losses import causal_lm_loss, cosine_alignment_loss
 from eve_lightning.models.patch_aligner import PatchAligner
@@ -305,6 +306,7 @@ class EveVLM(nn.Module):
                 attention_mask=self.decoder_mask(mm),
                 position_ids=mm.position_ids,
                 use_cache=False,
+                **self._segment_kwargs(mm),
             )
         finally:
             for h in handles:
@@ -348,14 +350,15 @@ class EveVLM(nn.Module):
         """Attention mask for the decoder.
 
         Padded rows: the [B, L'] padding mask (the decoder adds causality). Packed rows: with flash-attention the
-        restarting position ids already delimit the samples (variable-length kernels), so no mask; with
+        restarting position ids already delimit the samples (variable-length kernels), and ``torch_varlen`` gets
+        segment offsets instead (``_segment_kwargs``), so no mask; with
         FlexAttention a block mask of the same rule; otherwise a block-diagonal causal [B, 1, L', L'] boolean mask
         keeps attention inside each sample (padding attends to itself only, so no row is empty).
         """
         if mm.seq_ids is None:
             return mm.attention_mask
         impl = getattr(self.llm.config, "_attn_implementation", "")
-        if impl == "flash_attention_2":
+        if impl in ("flash_attention_2", varlen_attention.NAME):
             return None
         seq = mm.seq_ids  # [B, L']
         length = seq.shape[1]
@@ -365,6 +368,13 @@ class EveVLM(nn.Module):
         causal = idx[None, :] <= idx[:, None]  # [L', L'] key <= query
         same = (seq[:, :, None] == seq[:, None, :]) & (seq[:, None, :] >= 0)  # [B, L', L']
         return ((same & causal) | torch.eye(length, dtype=torch.bool, device=seq.device))[:, None]
+
+    def _segment_kwargs(self, mm: MultimodalInputs) -> dict:
+        """Segment offsets for the ``torch_varlen`` attention (packed rows, or padded rows as one sample each)."""
+        if getattr(self.llm.config, "_attn_implementation", "") != varlen_attention.NAME:
+            return {}
+        seq = mm.seq_ids if mm.seq_ids is not None else torch.where(mm.attention_mask.bool(), 0, -1)  # [B, L']
+        return varlen_attention.decoder_kwargs(seq)
 
     def _capture_hooks(self, mm: MultimodalInputs, store: dict[int, torch.Tensor]) -> list:
         """Forward hooks keeping decoder-layer outputs at image cells, for the aligner's middle indices."""

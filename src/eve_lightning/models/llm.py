@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
+from eve_lightning.models import varlen_attention
+
 
 def build_llm(
     path: str | None = None,
@@ -21,8 +23,11 @@ def build_llm(
         config: keyword arguments of the model config, with `model_type` (default "llama"); used when `path`
             is None, giving random weights (tests, debug, small from-scratch runs).
         dtype: torch dtype name for the weights (e.g. "bfloat16"); default float32.
-        attn_implementation: "sdpa", "eager" or "flash_attention_2".
+        attn_implementation: "sdpa", "eager", "flash_attention_2", "flex_attention" or "torch_varlen" (packed rows
+            through PyTorch's variable-length flash kernel, ``models.varlen_attention``).
     """
+    if attn_implementation == varlen_attention.NAME:
+        varlen_attention.register()
     torch_dtype = getattr(torch, dtype) if dtype else torch.float32
     if path is not None:
         if not Path(path).is_dir():

@@ -1,0 +1,124 @@
+"""Attention of packed rows through PyTorch's own variable-length flash kernel (``torch.nn.attention.varlen``).
+
+``attn_implementation: torch_varlen`` (registered with transformers by ``register()``) flattens the [B, L] rows into
+one stream of B*L tokens cut into segments: a new segment starts at every row start and wherever the sample id
+changes. Each segment attends causally to itself only, the rule of the FlexAttention block mask and of the dense
+mask (padding runs are segments of their own; their outputs are never read). No [L, L] mask is built and no empty
+block is visited: the kernel works from the segment offsets alone.
+
+The kernel needs CUDA and half precision; elsewhere the same rule runs as SDPA with a dense block-diagonal mask
+(tests, CPU runs). KV-cache generation uses SDPA (``models.compile.eager_generation``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+NAME = "torch_varlen"
+
+
+def segment_offsets(seq: torch.Tensor) -> torch.Tensor:
+    """Offsets of the segments of flattened packed rows.
+
+    Args:
+        seq: [B, L] sample id of every token (-1 on padding).
+
+    Returns:
+        int32 [N + 1]: segment i is tokens ``offsets[i]:offsets[i + 1]`` of the [B * L] stream.
+    """
+    length = seq.shape[1]
+    flat = seq.reshape(-1)  # [T]
+    starts = torch.ones_like(flat, dtype=torch.bool)
+    starts[1:] = flat[1:] != flat[:-1]
+    starts[::length] = True  # a row always starts a segment
+    first = starts.nonzero().squeeze(1)  # [N]
+    return torch.cat([first, first.new_tensor([flat.numel()])]).to(torch.int32)
+
+
+def decoder_kwargs(seq: torch.Tensor) -> dict[str, Any]:
+    """Keyword arguments for the decoder's forward: transformers hands them to every attention call."""
+    offsets = segment_offsets(seq)
+    length = seq.shape[1]  # an upper bound of every segment's length: no read-back of the offsets needed
+    return {"cu_seq_lens_q": offsets, "cu_seq_lens_k": offsets, "max_length_q": length, "max_length_k": length}
+
+
+def _kernel() -> Any:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def _flash(q, k, v, offsets, max_len: int, scale: float) -> torch.Tensor:
+    """[T, H, D] -> [T, H, D] through ``varlen_attn``, whose keyword arguments differ between torch releases."""
+    varlen_attn = _kernel()
+    params = inspect.signature(varlen_attn).parameters
+    kw: dict[str, Any] = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
+    if "scale" in params:
+        kw["scale"] = scale
+    elif not math.isclose(scale, q.shape[-1] ** -0.5):
+        raise ValueError(f"this torch's varlen_attn has no scale argument; the model needs scale {scale}")
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in params:
+            kw["enable_gqa"] = True
+        else:
+            k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+    return varlen_attn(q, k, v, offsets, offsets, max_len, max_len, **kw)
+
+
+def _reference(query, key, value, offsets, scale: float) -> torch.Tensor:
+    """The same rule as SDPA with a dense per-row mask: [B, H, L, D] inputs -> [B, L, H, D].
+
+    Segments never cross rows, so the mask is [B, 1, L, L], as large as the dense packed mask of SDPA.
+    """
+    b, h, length, _ = query.shape
+    pos = torch.arange(b * length, device=query.device)
+    segment = torch.searchsorted(offsets[1:].to(torch.long), pos, right=True).view(b, length)  # [B, L]
+    idx = torch.arange(length, device=query.device)
+    mask = (segment[:, :, None] == segment[:, None, :]) & (idx[None, :] <= idx[:, None])  # [B, L, L]
+    key, value = (x.repeat_interleave(h // x.shape[1], dim=1) for x in (key, value))
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask[:, None], scale=scale)  # [B, H, L, D]
+    return out.transpose(1, 2)
+
+
+def varlen_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention function for transformers: query [B, H, L, D], key/value [B, H_kv, L, D] -> ([B, L, H, D], None)."""
+    offsets = kwargs.get("cu_seq_lens_q")
+    if offsets is None:
+        raise ValueError(
+            f"attn_implementation {NAME!r} needs the segment offsets of the rows (EveVLM passes them); for "
+            "generation or a bare decoder use 'sdpa'"
+        )
+    if dropout:
+        raise ValueError(f"attn_implementation {NAME!r} has no attention dropout; set attention_dropout=0")
+    b, h, length, d = query.shape
+    scale = scaling if scaling is not None else d**-0.5
+    if not (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _kernel() is not None):
+        return _reference(query, key, value, offsets, scale), None
+    q = query.transpose(1, 2).reshape(b * length, h, d)  # [T, H, D]
+    k = key.transpose(1, 2).reshape(b * length, key.shape[1], d)  # [T, H_kv, D]
+    v = value.transpose(1, 2).reshape(b * length, value.shape[1], d)
+    out = _flash(q, k, v, offsets, int(kwargs.get("max_length_q") or length), scale)  # [T, H, D]
+    return out.view(b, length, h, d), None
+
+
+def register() -> None:
+    """Make ``attn_implementation="torch_varlen"`` known to transformers (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NAME, varlen_attention_forward)

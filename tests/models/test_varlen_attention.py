@@ -1,0 +1,78 @@
+"""``torch_varlen`` attention: segment offsets of packed rows, the same numbers as the dense block-diagonal mask,
+and the flash kernel against that rule on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eve_lightning.models import varlen_attention as va
+
+
+def rows(lengths_per_row: list[list[int]], length: int) -> torch.Tensor:
+    seq = torch.full((len(lengths_per_row), length), -1, dtype=torch.long)
+    for r, lengths in enumerate(lengths_per_row):
+        pos = 0
+        for s, n in enumerate(lengths):
+            seq[r, pos : pos + n] = s
+            pos += n
+    return seq
+
+
+def dense_attention(q, k, v, seq):
+    """The decoder's dense packed-row rule: causal inside each sample, padding to itself. [B, H, L, D] inputs."""
+    length = seq.shape[1]
+    idx = torch.arange(length, device=seq.device)
+    same = (seq[:, :, None] == seq[:, None, :]) & (seq[:, None, :] >= 0)
+    eye = torch.eye(length, dtype=torch.bool, device=seq.device)
+    mask = ((same & (idx[None, :] <= idx[:, None])) | eye)[:, None]
+    k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)  # [B, L, H, D]
+
+
+def test_segment_offsets_cut_at_every_sample_and_row():
+    seq = torch.tensor([[0, 0, 1, 1, 1, -1], [0, 0, 0, 0, 1, 1], [0, 1, 2, -1, -1, -1]])
+    assert va.segment_offsets(seq).tolist() == [0, 2, 5, 6, 10, 12, 13, 14, 15, 18]
+    same_id_across_rows = torch.tensor([[0, 0, 0], [0, 0, 0]])  # row 2 is a new segment though its id is equal
+    assert va.segment_offsets(same_id_across_rows).tolist() == [0, 3, 6]
+    kw = va.decoder_kwargs(seq)
+    assert kw["cu_seq_lens_q"] is kw["cu_seq_lens_k"] and kw["max_length_q"] == 6
+
+
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (4, 2)])
+def test_matches_the_dense_packed_mask_on_every_real_token(heads, kv_heads):
+    torch.manual_seed(0)
+    seq = rows([[5, 9, 3], [17], [1, 6, 4, 2]], 17)
+    b, length, d = seq.shape[0], seq.shape[1], 8
+    q = torch.randn(b, heads, length, d)
+    k, v = torch.randn(2, b, kv_heads, length, d)
+    out, weights = va.varlen_attention_forward(None, q, k, v, None, **va.decoder_kwargs(seq))
+    assert weights is None and out.shape == (b, length, heads, d)
+    real = seq >= 0  # padding outputs are never read
+    torch.testing.assert_close(out[real], dense_attention(q, k, v, seq)[real])
+
+
+def test_needs_the_offsets_and_refuses_dropout():
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="needs the segment offsets"):
+        va.varlen_attention_forward(None, q, q, q, None)
+    with pytest.raises(ValueError, match="no attention dropout"):
+        va.varlen_attention_forward(None, q, q, q, None, dropout=0.1, **va.decoder_kwargs(torch.zeros(1, 4)))
+
+
+@pytest.mark.gpu
+def test_flash_kernel_matches_the_rule_in_bf16():
+    if not torch.cuda.is_available() or va._kernel() is None:
+        pytest.skip("needs CUDA and torch.nn.attention.varlen")
+    torch.manual_seed(0)
+    seq = rows([[700, 600, 300], [1500, 90], [8]], 1600).cuda()
+    b, length, heads, kv_heads, d = 3, 1600, 8, 2, 64
+    q = torch.randn(b, heads, length, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(b, kv_heads, length, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in "kv")
+    out, _ = va.varlen_attention_forward(None, q, k, v, None, **va.decoder_kwargs(seq))
+    ref = dense_attention(q.float(), k.float(), v.float(), seq)
+    real = seq >= 0
+    torch.testing.assert_close(out[real].float(), ref[real], rtol=2e-2, atol=2e-2)
+    out[real].float().square().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
