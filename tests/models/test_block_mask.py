@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from packed_rows import packed_rows
 from torch.nn.attention.flex_attention import create_block_mask
 
 from eve_lightning.models.block_mask import packed_block_mask, same_sample_causal_mod
-
-
-def packed_rows(lengths_per_row: list[list[int]], length: int) -> torch.Tensor:
-    seq = torch.full((len(lengths_per_row), length), -1, dtype=torch.long)
-    for r, lengths in enumerate(lengths_per_row):
-        pos = 0
-        for s, n in enumerate(lengths):
-            seq[r, pos : pos + n] = s
-            pos += n
-    return seq
 
 
 def block_lists(num: torch.Tensor, idx: torch.Tensor) -> list[list[int]]:

@@ -6,18 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from packed_rows import packed_rows
 
 from eve_lightning.models import varlen_attention as va
-
-
-def rows(lengths_per_row: list[list[int]], length: int) -> torch.Tensor:
-    seq = torch.full((len(lengths_per_row), length), -1, dtype=torch.long)
-    for r, lengths in enumerate(lengths_per_row):
-        pos = 0
-        for s, n in enumerate(lengths):
-            seq[r, pos : pos + n] = s
-            pos += n
-    return seq
 
 
 def dense_attention(q, k, v, seq):
@@ -43,7 +34,7 @@ def test_segment_offsets_cut_at_every_sample_and_row():
 @pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (4, 2)])
 def test_matches_the_dense_packed_mask_on_every_real_token(heads, kv_heads):
     torch.manual_seed(0)
-    seq = rows([[5, 9, 3], [17], [1, 6, 4, 2]], 17)
+    seq = packed_rows([[5, 9, 3], [17], [1, 6, 4, 2]], 17)
     b, length, d = seq.shape[0], seq.shape[1], 8
     q = torch.randn(b, heads, length, d)
     k, v = torch.randn(2, b, kv_heads, length, d)
@@ -63,10 +54,10 @@ def test_needs_the_offsets_and_refuses_dropout():
 
 @pytest.mark.gpu
 def test_flash_kernel_matches_the_rule_in_bf16():
-    if not torch.cuda.is_available() or va._kernel() is None:
+    if not torch.cuda.is_available() or not va.kernel_available():
         pytest.skip("needs CUDA and torch.nn.attention.varlen")
     torch.manual_seed(0)
-    seq = rows([[700, 600, 300], [1500, 90], [8]], 1600).cuda()
+    seq = packed_rows([[700, 600, 300], [1500, 90], [8]], 1600).cuda()
     b, length, heads, kv_heads, d = 3, 1600, 8, 2, 64
     q = torch.randn(b, heads, length, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     k, v = (torch.randn(b, kv_heads, length, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in "kv")

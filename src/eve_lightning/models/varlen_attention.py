@@ -30,6 +30,9 @@ def segment_offsets(seq: torch.Tensor) -> torch.Tensor:
 
     Returns:
         int32 [N + 1]: segment i is tokens ``offsets[i]:offsets[i + 1]`` of the [B * L] stream.
+
+    The number of segments depends on the data, so this reads one count back from the GPU: once per forward,
+    before the decoder, not per layer.
     """
     length = seq.shape[1]
     flat = seq.reshape(-1)  # [T]
@@ -47,29 +50,35 @@ def decoder_kwargs(seq: torch.Tensor) -> dict[str, Any]:
     return {"cu_seq_lens_q": offsets, "cu_seq_lens_k": offsets, "max_length_q": length, "max_length_k": length}
 
 
-def _kernel() -> Any:
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None
-    return varlen_attn
+try:
+    from torch.nn.attention.varlen import varlen_attn as _VARLEN_ATTN
+
+    _VARLEN_PARAMS = frozenset(inspect.signature(_VARLEN_ATTN).parameters)
+except ImportError:  # torch before 2.10
+    _VARLEN_ATTN, _VARLEN_PARAMS = None, frozenset()
+
+
+def kernel_available() -> bool:
+    """Whether this torch has ``torch.nn.attention.varlen`` (the kernel itself needs CUDA and half precision)."""
+    return _VARLEN_ATTN is not None
 
 
 def _flash(q, k, v, offsets, max_len: int, scale: float) -> torch.Tensor:
-    """[T, H, D] -> [T, H, D] through ``varlen_attn``, whose keyword arguments differ between torch releases."""
-    varlen_attn = _kernel()
-    params = inspect.signature(varlen_attn).parameters
-    kw: dict[str, Any] = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
-    if "scale" in params:
+    """[T, H, D] -> [T, H, D] through ``varlen_attn``, whose keyword arguments differ between torch releases.
+
+    The signature is read once at import, so nothing is inspected inside a compiled block.
+    """
+    kw: dict[str, Any] = {"is_causal": True} if "is_causal" in _VARLEN_PARAMS else {"window_size": (-1, 0)}
+    if "scale" in _VARLEN_PARAMS:
         kw["scale"] = scale
     elif not math.isclose(scale, q.shape[-1] ** -0.5):
         raise ValueError(f"this torch's varlen_attn has no scale argument; the model needs scale {scale}")
     if k.shape[1] != q.shape[1]:
-        if "enable_gqa" in params:
+        if "enable_gqa" in _VARLEN_PARAMS:
             kw["enable_gqa"] = True
         else:
             k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
-    return varlen_attn(q, k, v, offsets, offsets, max_len, max_len, **kw)
+    return _VARLEN_ATTN(q, k, v, offsets, offsets, max_len, max_len, **kw)
 
 
 def _reference(query, key, value, offsets, scale: float) -> torch.Tensor:
@@ -108,7 +117,7 @@ def varlen_attention_forward(
         raise ValueError(f"attn_implementation {NAME!r} has no attention dropout; set attention_dropout=0")
     b, h, length, d = query.shape
     scale = scaling if scaling is not None else d**-0.5
-    if not (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _kernel() is not None):
+    if not (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and kernel_available()):
         return _reference(query, key, value, offsets, scale), None
     q = query.transpose(1, 2).reshape(b * length, h, d)  # [T, H, D]
     k = key.transpose(1, 2).reshape(b * length, key.shape[1], d)  # [T, H_kv, D]
