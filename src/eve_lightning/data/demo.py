@@ -279,18 +279,16 @@ def generate_split(
     max_side: int | None,
     shard_size: int,
     workers: int,
-    text_only: float,
     overwrite: bool,
-    max_turns: int = 3,
-    turns: str = "any",
-    shuffled_captions: float = 0.0,
+    **content: Any,
 ) -> BuildSummary:
-    """Generate one split's raw files and annotations, then write its shards."""
+    """Generate one split's raw files and annotations, then write its shards.
+
+    ``content``: what the records hold, as ``make_record``'s keyword arguments (``text_only``, ``max_turns``,
+    ``turns``, ``shuffled_captions``).
+    """
     images_dir = out / "raw" / "images"
-    fn = partial(
-        make_record, task=task, split=split, seed=seed, images_dir=str(images_dir), text_only=text_only,
-        max_turns=max_turns, turns=turns, shuffled_captions=shuffled_captions,
-    )  # fmt: skip
+    fn = partial(make_record, task=task, split=split, seed=seed, images_dir=str(images_dir), **content)
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             records = pool.map(fn, range(count), chunksize=16)
@@ -344,7 +342,7 @@ def generate(
         if count > 0:
             summaries[f"{task}/{split}"] = generate_split(
                 root, task, split, count, seed=seed, max_side=max_side, shard_size=shard_size,
-                workers=workers, text_only=text_only, overwrite=overwrite, max_turns=max_turns, turns=turns,
+                workers=workers, overwrite=overwrite, text_only=text_only, max_turns=max_turns, turns=turns,
                 shuffled_captions=shuffled_captions,
             )  # fmt: skip
     tmp = root / (PARAMS_FILE + ".tmp")
