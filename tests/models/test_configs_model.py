@@ -28,7 +28,8 @@ def test_eve_7b_config_builds_parts_of_the_published_sizes():
     assert 29.5e6 < pel_and_projector < 30.5e6  # "~30M params incl. projector"
     assert 42.5e6 < count(vlm.aligner) < 43.5e6  # "~43M"
     assert 6.73e9 < count(vlm.llm) < 6.75e9  # LLaMA-7B
-    assert 0.30e9 < count(model.teacher) < 0.31e9  # CLIP-L/14-336 vision tower
+    assert len(model.teacher.layers) == 23  # the distilled penultimate layer is the last one kept
+    assert 0.30e9 < count(model.teacher) + count(model.teacher.layers[-1]) < 0.31e9  # CLIP-L/14-336 tower
     assert vlm.patch_embed.local_attn.scale == 1024**-0.5
 
 

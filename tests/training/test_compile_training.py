@@ -1,5 +1,5 @@
-"""`compile.enabled=true` and `torch_varlen` attention through the real entry point: same losses as eager;
-samples counted per sample."""
+"""`compile.enabled=true` (decoder and teacher blocks) and `torch_varlen` attention through the real entry point:
+same losses as eager; samples counted per sample."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def test_compiled_blocks_and_varlen_attention_train_to_the_eager_losses(tmp_path
         run.module.configure_model()
         llm = run.module.model.vlm.llm
         assert all("forward" in block.__dict__ for block in llm.model.layers)  # really compiled
+        assert all("forward" in block.__dict__ for block in run.module.model.teacher.layers)  # compile.teacher
         assert llm.config._attn_implementation == ("torch_varlen" if name == "varlen" else "sdpa")
         train(cfg)
         b = losses(tmp_path / name / "run")

@@ -13,6 +13,9 @@ steps of each path in the same process on the same GPU:
   captured only at the aligner's layers and image cells, logits only at supervised positions, no checkpointing.
 
 Both paths see the same samples per step and start from the same weights; the first step's losses are compared.
+Both share the teacher, which runs CLIP only up to the distilled layer (the original also computes the last of
+CLIP ViT-L's 24 layers and discards it: the reference path is spared that 1/24 of the teacher). With ``--compile``
+our path also compiles the teacher's encoder blocks (``--no-compile-teacher``: the decoder blocks only).
 Decoder MFU counts 6 x decoder parameters (without the input embedding) x real tokens, plus causal attention
 6 x layers x width x sum(len^2) per sample (4x parameters and 4x attention for a frozen decoder, whose weights get
 no gradient), over 989 TFLOP/s (H100 SXM dense bf16). Teacher and patch embedding are not counted in the MFU;
@@ -39,7 +42,7 @@ from eve_lightning.data.collate import pack_balanced, pack_first_fit
 from eve_lightning.data.geometry import band_geometry
 from eve_lightning.models.build import EveWithTeacher, build_eve_model, teacher_cell_mask
 from eve_lightning.models.clip_teacher import build_teacher
-from eve_lightning.models.compile import compile_decoder_layers
+from eve_lightning.models.compile import compile_decoder_layers, compile_layers
 from eve_lightning.models.eve_vlm import EveConfig, EveVLM
 from eve_lightning.models.llm import build_llm
 from eve_lightning.models.losses import cosine_alignment_loss
@@ -396,6 +399,7 @@ def run(args: argparse.Namespace) -> dict:
         "checkpointing_ours": args.checkpoint_ours,
         "token_budget": args.token_budget,
         "compile_ours": args.compile,
+        "compile_teacher_ours": bool(args.compile and args.compile_teacher),
         "rows_ours": args.rows,
         "paths": {},
     }
@@ -409,7 +413,10 @@ def run(args: argparse.Namespace) -> dict:
         llm_cfg = model.vlm.llm.config
         llm_cfg._attn_implementation = "sdpa" if path == "reference" and args.attention == NAME else attention
         if path == "ours" and args.compile:
-            compile_decoder_layers(model.vlm.llm, mode=None if args.compile == "default" else args.compile)
+            mode = None if args.compile == "default" else args.compile
+            compile_decoder_layers(model.vlm.llm, mode=mode)
+            if args.compile_teacher and model.teacher is not None:
+                compile_layers(model.teacher.layers, mode=mode)
         if path == "reference":
             batches = [_to(padded_batch(d), device) for d in draws]
         else:
@@ -464,6 +471,12 @@ def main(argv: list[str] | None = None) -> dict:
         const="default",
         choices=["default", "max-autotune-no-cudagraphs"],
         help="torch.compile the decoder blocks on our path (after the reference path, if both run)",
+    )
+    p.add_argument(
+        "--compile-teacher",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --compile: also the teacher's encoder blocks, as training's compile.teacher (default: yes)",
     )
     p.add_argument("--steps", type=int, default=8, help="timed steps (>= 1)")
     p.add_argument("--warmup", type=int, default=3)

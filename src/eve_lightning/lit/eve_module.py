@@ -12,7 +12,7 @@ from eve_lightning.lit.freezing import apply_freezing, format_freezing_table, fr
 from eve_lightning.lit.optim import build_optimizer
 from eve_lightning.models.build import EveWithTeacher
 from eve_lightning.models.checkpointing import enable_checkpointing
-from eve_lightning.models.compile import compile_decoder_layers
+from eve_lightning.models.compile import compile_decoder_layers, compile_layers
 from eve_lightning.models.export_format import load_export_weights
 from eve_lightning.utils.config_checks import ZERO3_COMPILE
 from eve_lightning.utils.logging import get_logger
@@ -48,7 +48,8 @@ class EveLitModule(pl.LightningModule):
         tokenizer: the tokenizer's path, recorded in checkpoints so they load on their own.
         max_consecutive_nonfinite: steps in a row with a non-finite loss or gradient norm before the run stops
             (each such step is skipped on every rank and its sample keys are logged).
-        compile: `compile_decoder_layers` keyword arguments plus `enabled`; None or enabled false = eager.
+        compile: `compile_decoder_layers` keyword arguments plus `enabled` and `teacher` (also compile the teacher's
+            encoder blocks, default true); None or enabled false = eager.
     """
 
     def __init__(
@@ -87,8 +88,12 @@ class EveLitModule(pl.LightningModule):
             n = enable_checkpointing(self.model.vlm.llm, self.hparams.gradient_checkpointing_layers)
             log.info("activation checkpointing on %d decoder blocks", n)
         options = dict(self.hparams.compile or {})
+        teacher = options.pop("teacher", True)
         if options.pop("enabled", False):
             compile_decoder_layers(self.model.vlm.llm, **options)
+            if teacher and self.model.teacher is not None:
+                n = compile_layers(self.model.teacher.layers, **options)
+                log.info("compiled the forward of %d teacher encoder blocks", n)
 
     def on_fit_start(self) -> None:
         if self.trainer.is_global_zero:

@@ -1,11 +1,15 @@
-"""Frozen CLIP vision teacher: uint8 336-px views -> penultimate-layer patch features (CLS dropped).
+"""Frozen CLIP vision teacher: uint8 336-px views -> patch features of one encoder layer (CLS dropped).
 
-Always in eval mode and without gradients, whatever `.train()` is called on the tree around it.
+Always in eval mode and without gradients, whatever `.train()` is called on the tree around it. Only the encoder
+layers up to the distilled one are kept and run (the penultimate layer: 23 of CLIP ViT-L's 24): the layers above it
+would be computed and thrown away. Loading a full CLIP state dict drops their tensors.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,16 +17,42 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from eve_lightning.models.patch_embedding import normalize_pixels
 
+_LAYER_KEY = re.compile(r"encoder\.layers\.(\d+)\.")
+
+
+def encoder_layers(clip: CLIPVisionModel) -> nn.ModuleList:
+    """The encoder blocks of an HF CLIPVisionModel.
+
+    ``vision_model.encoder.layers``, or ``encoder.layers`` in transformers releases without the inner module.
+    """
+    return getattr(clip, "vision_model", clip).encoder.layers
+
 
 class ClipTeacher(nn.Module):
-    """Wraps an HF CLIPVisionModel; returns hidden_states[select_layer] without the CLS token."""
+    """Wraps an HF CLIPVisionModel cut after the distilled layer; returns that layer's output without the CLS token.
+
+    Args:
+        clip: the vision model (all its layers; the ones above ``select_layer`` are removed here).
+        select_layer: index into HF's ``hidden_states`` (0 = embeddings, i = output of layer i; negative counts
+            from the top: -1 = last layer, -2 = penultimate, as EVE and LLaVA use).
+    """
 
     def __init__(self, clip: CLIPVisionModel, select_layer: int = -2) -> None:
         super().__init__()
+        total = len(encoder_layers(clip))
+        kept = select_layer if select_layer >= 0 else total + 1 + select_layer
+        if not 0 <= kept <= total:
+            raise ValueError(
+                f"teacher select_layer {select_layer} is outside the {total}-layer CLIP encoder "
+                f"(use {-total - 1}..{total}; -2 = penultimate)"
+            )
+        getattr(clip, "vision_model", clip).encoder.layers = encoder_layers(clip)[:kept]
         self.clip = clip
         self.select_layer = select_layer
+        self.kept_layers = kept
         self.clip.requires_grad_(False)
         self.clip.eval()
+        self.register_load_state_dict_pre_hook(ClipTeacher._drop_unused_layers)
 
     @property
     def hidden_size(self) -> int:
@@ -33,10 +63,23 @@ class ClipTeacher(nn.Module):
         cfg = self.clip.config
         return cfg.image_size // cfg.patch_size
 
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The encoder blocks that run (up to the distilled layer)."""
+        return encoder_layers(self.clip)
+
     def train(self, mode: bool = True) -> ClipTeacher:
         """Stay in eval mode: the teacher is never trained (dropout off, no statistics updates)."""
         del mode
         return super().train(False)
+
+    @staticmethod
+    def _drop_unused_layers(module: ClipTeacher, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Load-time hook: tensors of the layers above the distilled one (a full CLIP checkpoint) are not needed."""
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            match = _LAYER_KEY.search(key, len(prefix))
+            if match and int(match.group(1)) >= module.kept_layers:
+                del state_dict[key]
 
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -46,13 +89,13 @@ class ClipTeacher(nn.Module):
             pixel_values: uint8 [N, 3, 336, 336] (or normalized floats).
 
         Returns:
-            [N, grid*grid, C] patch features, row-major, detached.
+            [N, grid*grid, C] patch features of the distilled layer, row-major, detached.
         """
         x = pixel_values
         dtype = next(self.clip.parameters()).dtype
         x = normalize_pixels(x, dtype) if x.dtype == torch.uint8 else x.to(dtype)
-        out = self.clip(pixel_values=x, output_hidden_states=True)
-        return out.hidden_states[self.select_layer][:, 1:]  # [N, g*g, C]
+        out = self.clip(pixel_values=x)  # the cut encoder's last output is the distilled layer's
+        return out.last_hidden_state[:, 1:]  # [N, g*g, C]
 
 
 def build_teacher(

@@ -1,4 +1,4 @@
-"""torch.compile of the decoder blocks: each block's forward compiled in place, one graph shared by all blocks.
+"""torch.compile of the decoder blocks and the teacher's encoder blocks, one graph shared by the blocks of a stack.
 
 Only ``forward`` is compiled, not the module call: the forward hooks that capture the aligner's hidden states
 (registered anew every step) stay outside the compiled code, so they cause no recompiles. The blocks share their
@@ -54,11 +54,31 @@ def compile_decoder_layers(
     Raises:
         ValueError: an unknown or CUDA-graph mode, or a recompile limit below 1.
     """
+    n = compile_layers(
+        decoder_layers(llm), mode=mode, dynamic=dynamic, backend=backend, recompile_limit=recompile_limit
+    )
+    log.info("compiled the forward of %d decoder blocks (backend %s, mode %s)", n, backend, mode)
+    return n
+
+
+def compile_layers(
+    layers: nn.ModuleList,
+    *,
+    mode: str | None = None,
+    dynamic: bool | None = None,
+    backend: str = "inductor",
+    recompile_limit: int = 16,
+) -> int:
+    """Compile the forward of every block of a stack in place (one graph shared by the blocks); returns the count.
+
+    Used for the decoder blocks (``compile_decoder_layers``) and the teacher's encoder blocks, whose batch (the
+    images of a step) changes size: the second size switches to a dynamic-shape graph. Arguments as
+    ``compile_decoder_layers``; a block compiled already is left as it is.
+    """
     if mode not in MODES:
         raise ValueError(f"compile mode {mode!r} is not supported here: use one of {sorted(map(str, MODES))}")
     if recompile_limit < 1:
         raise ValueError(f"compile recompile_limit must be at least 1, got {recompile_limit}")
-    layers = decoder_layers(llm)
     torch._dynamo.config.recompile_limit = recompile_limit
     torch._dynamo.config.accumulated_recompile_limit = max(
         torch._dynamo.config.accumulated_recompile_limit, 4 * recompile_limit
@@ -68,7 +88,6 @@ def compile_decoder_layers(
         if "forward" in layer.__dict__:  # compiled already: the instance holds its compiled forward
             continue
         layer.forward = torch.compile(layer.forward, mode=mode, dynamic=dynamic, backend=backend)
-    log.info("compiled the forward of %d decoder blocks (backend %s, mode %s)", len(layers), backend, mode)
     return len(layers)
 
 
