@@ -52,6 +52,31 @@ def test_needs_the_offsets_and_refuses_dropout():
         va.varlen_attention_forward(None, q, q, q, None, dropout=0.1, **va.decoder_kwargs(torch.zeros(1, 4)))
 
 
+def test_float32_inputs_under_autocast_run_the_kernel_in_the_autocast_dtype():
+    # the rotary embedding turns autocast's bf16 query and key back into float32: they must still reach the kernel
+    assert va.kernel_dtype(torch.bfloat16, "cpu") is torch.bfloat16
+    assert va.kernel_dtype(torch.float32, "cpu") is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert va.kernel_dtype(torch.float32, "cpu") is torch.bfloat16
+
+
+@pytest.mark.gpu
+def test_the_model_under_autocast_calls_the_kernel_in_every_layer(monkeypatch):
+    if not torch.cuda.is_available() or not va.kernel_available():
+        pytest.skip("needs CUDA and torch.nn.attention.varlen")
+    from tiny_llm import tiny_llm
+
+    calls = []
+    kernel = va._VARLEN_ATTN
+    monkeypatch.setattr(va, "_VARLEN_ATTN", lambda *a, **k: calls.append(a[0].dtype) or kernel(*a, **k))
+    llm = tiny_llm(va.NAME).cuda()  # float32 weights, as trained under autocast
+    seq = packed_rows([[20, 12], [30]], 32).cuda()
+    ids = torch.randint(0, 128, seq.shape, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        llm.model(input_ids=ids, position_ids=torch.zeros_like(ids), use_cache=False, **va.decoder_kwargs(seq))
+    assert calls == [torch.bfloat16] * llm.config.num_hidden_layers
+
+
 @pytest.mark.gpu
 def test_flash_kernel_matches_the_rule_in_bf16():
     if not torch.cuda.is_available() or not va.kernel_available():

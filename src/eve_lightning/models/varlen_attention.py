@@ -6,8 +6,8 @@ changes. Each segment attends causally to itself only, the rule of the FlexAtten
 mask (padding runs are segments of their own; their outputs are never read). No [L, L] mask is built and no empty
 block is visited: the kernel works from the segment offsets alone.
 
-The kernel needs CUDA and half precision; elsewhere the same rule runs as SDPA with a dense block-diagonal mask
-(tests, CPU runs). KV-cache generation uses SDPA (``models.compile.eager_generation``).
+The kernel needs CUDA and half precision (float32 inputs under autocast are cast to its dtype, as SDPA does);
+elsewhere the same rule runs as SDPA with a dense block-diagonal mask (tests, CPU runs). KV-cache generation uses SDPA (``models.compile.eager_generation``).
 """
 
 from __future__ import annotations
@@ -81,6 +81,22 @@ def _flash(q, k, v, offsets, max_len: int, scale: float) -> torch.Tensor:
     return _VARLEN_ATTN(q, k, v, offsets, offsets, max_len, max_len, **kw)
 
 
+def kernel_dtype(dtype: torch.dtype, device_type: str) -> torch.dtype | None:
+    """The half precision the kernel runs in for inputs of ``dtype``, or None when it cannot run.
+
+    Under autocast the projections give half precision but the rotary embedding (float32 cos/sin of float32 input
+    embeddings) promotes query and key back to float32; SDPA and FlexAttention cast them to the autocast dtype
+    themselves, so this kernel does too.
+    """
+    if dtype in (torch.float16, torch.bfloat16):
+        return dtype
+    if torch.is_autocast_enabled(device_type):
+        wanted = torch.get_autocast_dtype(device_type)
+        if wanted in (torch.float16, torch.bfloat16):
+            return wanted
+    return None
+
+
 def _reference(query, key, value, offsets, scale: float) -> torch.Tensor:
     """The same rule as SDPA with a dense per-row mask: [B, H, L, D] inputs -> [B, L, H, D].
 
@@ -117,11 +133,12 @@ def varlen_attention_forward(
         raise ValueError(f"attn_implementation {NAME!r} has no attention dropout; set attention_dropout=0")
     b, h, length, d = query.shape
     scale = scaling if scaling is not None else d**-0.5
-    if not (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and kernel_available()):
+    half = kernel_dtype(query.dtype, query.device.type) if query.is_cuda and kernel_available() else None
+    if half is None:
         return _reference(query, key, value, offsets, scale), None
-    q = query.transpose(1, 2).reshape(b * length, h, d)  # [T, H, D]
-    k = key.transpose(1, 2).reshape(b * length, key.shape[1], d)  # [T, H_kv, D]
-    v = value.transpose(1, 2).reshape(b * length, value.shape[1], d)
+    q = query.transpose(1, 2).reshape(b * length, h, d).to(half)  # [T, H, D]
+    k = key.transpose(1, 2).reshape(b * length, key.shape[1], d).to(half)  # [T, H_kv, D]
+    v = value.transpose(1, 2).reshape(b * length, value.shape[1], d).to(half)
     out = _flash(q, k, v, offsets, int(kwargs.get("max_length_q") or length), scale)  # [T, H, D]
     return out.view(b, length, h, d), None
 
