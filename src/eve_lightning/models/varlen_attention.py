@@ -7,7 +7,8 @@ mask (padding runs are segments of their own; their outputs are never read). No 
 block is visited: the kernel works from the segment offsets alone.
 
 The kernel needs CUDA and half precision (float32 inputs under autocast are cast to its dtype, as SDPA does);
-elsewhere the same rule runs as SDPA with a dense block-diagonal mask (tests, CPU runs). KV-cache generation uses SDPA (``models.compile.eager_generation``).
+elsewhere the same rule runs as SDPA with a dense block-diagonal mask (tests, CPU runs). KV-cache generation uses
+SDPA (``models.compile.eager_generation``).
 """
 
 from __future__ import annotations
