@@ -74,11 +74,8 @@ def _flash(q, k, v, offsets, max_len: int, scale: float) -> torch.Tensor:
         kw["scale"] = scale
     elif not math.isclose(scale, q.shape[-1] ** -0.5):
         raise ValueError(f"this torch's varlen_attn has no scale argument; the model needs scale {scale}")
-    if k.shape[1] != q.shape[1]:
-        if "enable_gqa" in _VARLEN_PARAMS:
-            kw["enable_gqa"] = True
-        else:
-            k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+    if k.shape[1] != q.shape[1] and "enable_gqa" in _VARLEN_PARAMS:
+        kw["enable_gqa"] = True  # releases that ask; the flash kernel itself takes fewer key/value heads as they are
     return _VARLEN_ATTN(q, k, v, offsets, offsets, max_len, max_len, **kw)
 
 
