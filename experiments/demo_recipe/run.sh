@@ -13,7 +13,7 @@
 #   PARALLEL   1: run the given variants side by side on the one GPU (wall times are then shared-GPU times)
 #   TOKENIZER  tokenizer.model file (default: the one shipped by mistral-common)
 #   EXTRA      extra Hydra overrides for every training command (e.g. "model=tiny cluster=cpu" for a smoke run)
-#   SAMPLES    training samples per task of the generated data (default 24000; 400 held out per task)
+#   SAMPLES    training samples per task of the generated data (default 36000; 400 held out per task)
 #   MAX_TURNS  most questions per image conversation of the generated data (default 10, as data.demo_max_turns)
 #   TURNS      how a conversation's questions are picked: independent (default, as data.demo_turns; no turn can be
 #              answered from the text of the others) or any
@@ -44,7 +44,7 @@ common=(experiment=demo_recipe "paths.root_dir=$ROOT" ${tok[@]+"${tok[@]}"} ${ex
 
 data="$ROOT/data/demo_recipe"
 echo "== demo data -> $data"  # kept when made with the same parameters, else generated again
-$PY -m eve_lightning.data.demo --out "$data" --num-pretrain "${SAMPLES:-24000}" --num-sft "${SAMPLES:-24000}" \
+$PY -m eve_lightning.data.demo --out "$data" --num-pretrain "${SAMPLES:-36000}" --num-sft "${SAMPLES:-36000}" \
   --num-val 400 --max-turns "${MAX_TURNS:-10}" --turns "${TURNS:-independent}" \
   --shuffled-captions "${SHUFFLED:-0.5}" --reuse | tee -a "$RESULTS/data.log"
 cp "$data/generation.json" "$RESULTS/generation.json"

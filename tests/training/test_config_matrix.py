@@ -65,7 +65,7 @@ def test_demo_recipe_model_has_a_125m_decoder_and_a_small_teacher(tmp_path):
     cfg = compose_train(["experiment=demo_recipe", "+stage=prealign"], tmp_path, tmp_path / "data", fast=False)
     OmegaConf.resolve(cfg)
     assert cfg.model.llm.config.hidden_size == 768 and cfg.trainer.max_steps == 100
-    assert cfg.compile.enabled and cfg.model.llm.attn_implementation == "flex_attention"
+    assert cfg.compile.enabled and cfg.compile.teacher and cfg.model.llm.attn_implementation == "torch_varlen"
     assert cfg.data.collate == "packed" and cfg.data.batch_size == cfg.global_batch_size == 64
     model = instantiate(cfg.model, _convert_="all")
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
