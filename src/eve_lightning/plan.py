@@ -51,11 +51,15 @@ VICUNA_7B = dict(model_type="llama", vocab_size=32000, max_position_embeddings=4
 # Decoder MFU of our path measured on one H100 (benchmarks/results), packed rows, FlexAttention, no activation
 # checkpointing. Eager blocks: 7B frozen decoder 32.8 % (prealign, micro-batch 8); trained decoders only measured at
 # 1.1B: 13.5 % (pretrain), 13.9 % (SFT). Compiled blocks (compile.enabled): 46.2 % (7B prealign, micro-batch 10),
-# 31.5 % (1.1B pretrain, micro-batch 40), 20.7 % (1.1B SFT, micro-batch 16, rows not yet filled).
+# 31.5 % (1.1B pretrain, micro-batch 40), 20.7 % (1.1B SFT, micro-batch 16, rows not yet filled). Compiled blocks
+# and teacher with a variable-length flash kernel (torch_varlen or flash_attention_2), balanced rows: 48.1 % (7B
+# prealign, micro-batch 12), 35.6 % (1.1B pretrain, micro-batch 32), 32.6 % (1.1B SFT, micro-batch 16).
 MEASURED_MFU = {
     "eager": {"prealign": 0.328, "pretrain": 0.135, "sft": 0.139, "sft_hd": 0.139},
     "compiled": {"prealign": 0.462, "pretrain": 0.315, "sft": 0.207, "sft_hd": 0.207},
+    "compiled_varlen": {"prealign": 0.481, "pretrain": 0.356, "sft": 0.326, "sft_hd": 0.326},
 }
+VARLEN_ATTENTION = ("torch_varlen", "flash_attention_2")  # packed rows through a variable-length flash kernel
 TOKENS_PER_SAMPLE = {  # expanded tokens: image tokens of a square image + text (LLaVA-like means)
     ("pretrain", 672): 601 + 130,
     ("sft", 672): 0.95 * 601 + 150,
@@ -206,6 +210,8 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
     flops = samples_flops(counts["decoder_no_embed"], shape.layers, shape.hidden, [tps], trained_llm)
     mfu_option = options.get("mfu", {})
     blocks = "compiled" if (cfg.get("compile") or {}).get("enabled") else "eager"
+    if blocks == "compiled" and cfg.model.llm.get("attn_implementation") in VARLEN_ATTENTION:
+        blocks = "compiled_varlen"
     measured = MEASURED_MFU[blocks][stage]
     mfu = float(mfu_option if isinstance(mfu_option, float) else mfu_option.get(stage, measured))
     if cfg.perf.get("peak_tflops") is None:
@@ -334,7 +340,9 @@ ASSUMPTIONS = [
     "teacher and patch embedding time not counted separately (they are inside the measured MFU's step time)",
     "MFU: measured on one H100 by eve_lightning.bench.train (packed rows, FlexAttention, no checkpointing); "
     "eager blocks: prealign 32.8 % with the 7B decoder, pretrain 13.5 % and SFT 13.9 % only measured at 1.1B; "
-    "compiled blocks (compile.enabled=true): 46.2 %, 31.5 % and 20.7 %; the 1.1B figures stand in for 7B, whose "
+    "compiled blocks (compile.enabled=true): 46.2 %, 31.5 % and 20.7 %; compiled with a variable-length flash kernel "
+    "(model.llm.attn_implementation=torch_varlen or flash_attention_2): 48.1 %, 35.6 % and 32.6 %; "
+    "the 1.1B figures stand in for 7B, whose "
     "larger matrices usually run at a higher MFU; assumed to carry to A100 (312 TFLOP/s dense bf16)",
     "checkpointing: a stage with it on recomputes the forward, so its time is x4/3 (trained decoder) or x3/2 "
     "(frozen decoder) of the measured no-checkpointing step; with N of L layers checkpointed, N/L of that extra",

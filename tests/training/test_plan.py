@@ -104,6 +104,11 @@ def test_compiled_blocks_use_their_own_mfu_and_what_training_refuses_is_not_plan
         plan.MEASURED_MFU["compiled"]["pretrain"],
     )
     assert compiled.seconds == pytest.approx(eager.seconds * eager.mfu / compiled.mfu)
+    varlen = plan.plan_stage(
+        plan.compose_stage([*base, "compile.enabled=true", "model.llm.attn_implementation=torch_varlen"]), "x", {}
+    )
+    assert varlen.mfu == plan.MEASURED_MFU["compiled_varlen"]["pretrain"] > compiled.mfu
+    assert "compiled_varlen blocks" in " ".join(varlen.notes)
     fsdp_ckpt = plan.plan_stage(
         plan.compose_stage([*base, "gradient_checkpointing=false", "trainer.strategy.checkpoint_layers=true"]), "x", {}
     )
