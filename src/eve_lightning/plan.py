@@ -59,7 +59,9 @@ MEASURED_MFU = {
     "compiled": {"prealign": 0.462, "pretrain": 0.315, "sft": 0.207, "sft_hd": 0.207},
     "compiled_varlen": {"prealign": 0.481, "pretrain": 0.356, "sft": 0.326, "sft_hd": 0.326},
 }
-VARLEN_ATTENTION = ("torch_varlen", "flash_attention_2")  # packed rows through a variable-length flash kernel
+# packed rows through a variable-length flash kernel; flash_attention_2 (the flash-attn package, the same kernel
+# family) is assumed to run like the measured torch_varlen
+VARLEN_ATTENTION = ("torch_varlen", "flash_attention_2")
 TOKENS_PER_SAMPLE = {  # expanded tokens: image tokens of a square image + text (LLaVA-like means)
     ("pretrain", 672): 601 + 130,
     ("sft", 672): 0.95 * 601 + 150,
@@ -180,6 +182,7 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
         checkpointing=bool(cfg.get("gradient_checkpointing", False))
         or bool(OmegaConf.select(cfg, "trainer.strategy.checkpoint_layers", default=False)),
         checkpoint_layers=cfg.get("gradient_checkpointing_layers"),
+        compiled=bool((cfg.get("compile") or {}).get("enabled")),
     )
     layers = int(counts["shape"].layers)
     if work.checkpoint_layers is not None and work.checkpoint_layers > layers:
@@ -210,7 +213,8 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
     flops = samples_flops(counts["decoder_no_embed"], shape.layers, shape.hidden, [tps], trained_llm)
     mfu_option = options.get("mfu", {})
     blocks = "compiled" if (cfg.get("compile") or {}).get("enabled") else "eager"
-    if blocks == "compiled" and cfg.model.llm.get("attn_implementation") in VARLEN_ATTENTION:
+    varlen = cfg.model.llm.get("attn_implementation") in VARLEN_ATTENTION
+    if blocks == "compiled" and varlen and cfg.compile.get("teacher", True):
         blocks = "compiled_varlen"
     measured = MEASURED_MFU[blocks][stage]
     mfu = float(mfu_option if isinstance(mfu_option, float) else mfu_option.get(stage, measured))
@@ -234,7 +238,8 @@ def bench_step_memory(result: dict[str, Any]) -> MemoryPlan:
 
     That benchmark keeps float32 trained weights under bf16 autocast, a bf16 frozen decoder for prealign, a bf16
     teacher, fused AdamW, and a copy of the initial state dict on the GPU (to restart each path from the same
-    weights); its rows are packed, without checkpointing.
+    weights); its rows are packed, without checkpointing. ``compile_ours`` selects the compiled blocks' activation
+    factors.
     """
     with torch.device("meta"):
         model = build_model(result["model"], result["workload"], torch.device("meta"), "sdpa")
@@ -252,6 +257,7 @@ def bench_step_memory(result: dict[str, Any]) -> MemoryPlan:
         patches_per_image=48 * 48,
         image_tokens_per_image=601,
         vision_width=model.vlm.config.vision_hidden,
+        compiled=bool(result.get("compile_ours")),
     )
     parts = model_states(
         trained, frozen, weight_bytes=4, frozen_weight_bytes=2, strategy="ddp", n_gpus=1, autocast_copies=True
@@ -341,7 +347,8 @@ ASSUMPTIONS = [
     "MFU: measured on one H100 by eve_lightning.bench.train (packed rows, FlexAttention, no checkpointing); "
     "eager blocks: prealign 32.8 % with the 7B decoder, pretrain 13.5 % and SFT 13.9 % only measured at 1.1B; "
     "compiled blocks (compile.enabled=true): 46.2 %, 31.5 % and 20.7 %; compiled with a variable-length flash kernel "
-    "(model.llm.attn_implementation=torch_varlen or flash_attention_2): 48.1 %, 35.6 % and 32.6 %; "
+    "and teacher (model.llm.attn_implementation=torch_varlen; flash_attention_2 assumed alike): 48.1 %, 35.6 % "
+    "and 32.6 %; "
     "the 1.1B figures stand in for 7B, whose "
     "larger matrices usually run at a higher MFU; assumed to carry to A100 (312 TFLOP/s dense bf16)",
     "checkpointing: a stage with it on recomputes the forward, so its time is x4/3 (trained decoder) or x3/2 "

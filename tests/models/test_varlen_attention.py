@@ -87,8 +87,13 @@ def test_flash_kernel_matches_the_rule_in_bf16():
     q = torch.randn(b, heads, length, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     k, v = (torch.randn(b, kv_heads, length, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in "kv")
     out, _ = va.varlen_attention_forward(None, q, k, v, None, **va.decoder_kwargs(seq))
-    ref = dense_attention(q.float(), k.float(), v.float(), seq)
+    leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    ref = dense_attention(*leaves, seq)
     real = seq >= 0
     torch.testing.assert_close(out[real].float(), ref[real], rtol=2e-2, atol=2e-2)
-    out[real].float().square().sum().backward()
-    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    weights = torch.randn_like(ref[real])
+    (out[real].float() * weights).sum().backward()
+    (ref[real] * weights).sum().backward()
+    for got, want in zip((q, k, v), leaves):  # the 2 key/value heads' gradients sum over their 4 query heads each
+        want = want.grad
+        torch.testing.assert_close(got.grad.float(), want, rtol=5e-2, atol=5e-2 * float(want.abs().max()))

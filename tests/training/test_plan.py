@@ -16,6 +16,11 @@ MEASURED = {  # benchmark JSON -> role of the measurement for the memory model
     "2026-11-25_h100_eve_7b_prealign_mb8_flex.json": "calibration (frozen decoder)",
     "2026-11-25_h100_eve_1b_sft_flex.json": "check",
     "2026-11-25_h100_eve_7b_prealign_mb14_flex_ours.json": "check",
+    # compiled blocks, balanced rows
+    "2026-11-25_h100_eve_1b_pretrain_mb32_varlen_compile_balanced.json": "calibration (trained decoder, compiled)",
+    "2026-11-25_h100_eve_7b_prealign_mb12_varlen_compile_ours.json": "calibration (frozen decoder, compiled)",
+    "2026-11-25_h100_eve_1b_sft_mb16_varlen_repeatkv_compile_balanced.json": "check",
+    "2026-11-25_h100_eve_1b_pretrain_mb32_flex_compile_teacher_balanced_ours.json": "check",
 }
 
 

@@ -47,6 +47,7 @@ class ClipTeacher(nn.Module):
                 f"(use {-total - 1}..{total}; -2 = penultimate)"
             )
         getattr(clip, "vision_model", clip).encoder.layers = encoder_layers(clip)[:kept]
+        clip.config.num_hidden_layers = kept  # the config describes the model that runs
         self.clip = clip
         self.select_layer = select_layer
         self.kept_layers = kept
@@ -73,13 +74,20 @@ class ClipTeacher(nn.Module):
         del mode
         return super().train(False)
 
+    def unused_keys(self, keys: list[str], prefix: str = "") -> list[str]:
+        """Keys (under ``prefix``) of a full CLIP state dict that belong to the layers above the distilled one."""
+        out = []
+        for key in keys:
+            match = _LAYER_KEY.search(key, len(prefix)) if key.startswith(prefix) else None
+            if match and int(match.group(1)) >= self.kept_layers:
+                out.append(key)
+        return out
+
     @staticmethod
     def _drop_unused_layers(module: ClipTeacher, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         """Load-time hook: tensors of the layers above the distilled one (a full CLIP checkpoint) are not needed."""
-        for key in [k for k in state_dict if k.startswith(prefix)]:
-            match = _LAYER_KEY.search(key, len(prefix))
-            if match and int(match.group(1)) >= module.kept_layers:
-                del state_dict[key]
+        for key in module.unused_keys(list(state_dict), prefix):
+            del state_dict[key]
 
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

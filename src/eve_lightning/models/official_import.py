@@ -147,6 +147,11 @@ def load_official_weights(
         if teacher_sd:
             report.dropped["teacher (not built)"] = len(teacher_sd)
     else:
+        unused = teacher.unused_keys(list(teacher_sd)) if hasattr(teacher, "unused_keys") else []
+        for key in unused:
+            del teacher_sd[key]
+        if unused:
+            report.dropped["teacher layers above the distilled one"] = len(unused)
         result = teacher.load_state_dict(teacher_sd, strict=False)
         report.missing += [f"teacher.{k}" for k in result.missing_keys]
         report.unexpected += [f"teacher.{k}" for k in result.unexpected_keys]

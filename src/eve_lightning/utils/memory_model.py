@@ -20,11 +20,14 @@ bf16 compute, float32 residual stream; counted from the tensors HF's LLaMA layer
 times an empirical factor for what that count misses (allocator rounding, autocast copies, hooks, temporaries at
 the forward/backward turn): ``ALPHA_TRAINED`` and ``ALPHA_FROZEN``, calibrated on one H100 measurement each
 (``benchmarks/results``: eve_1b pretrain and eve_7b prealign, micro-batch 8) and checked against the others in
-``tests/training/test_plan.py``. With activation checkpointing each checkpointed layer keeps only its input
-(``residual_bytes x h`` per token) and one layer's activations are alive during recomputation; with only the first
-N of L layers checkpointed (selective), the other L - N keep their full activations, and the recomputation starts
-only after the backward has freed those. The calibration
-runs had float32 weights; bf16-weight plans (EVE-7B) reuse the factors.
+``tests/training/test_plan.py``. Compiled decoder blocks (``compile.enabled``) keep far less: inductor recomputes
+the cheap elementwise results in the backward instead of saving them. They have their own factors,
+``ALPHA_TRAINED_COMPILED`` and ``ALPHA_FROZEN_COMPILED``, calibrated on compiled H100 runs with balanced rows
+(eve_1b pretrain micro-batch 32, eve_7b prealign micro-batch 12). With activation checkpointing each checkpointed
+layer keeps only its input (``residual_bytes x h`` per token) and one layer's activations are alive during
+recomputation; with only the first N of L layers checkpointed (selective), the other L - N keep their full
+activations, and the recomputation starts only after the backward has freed those. The calibration runs had
+float32 weights; bf16-weight plans (EVE-7B) reuse the factors.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from typing import Any
 GIB = 2**30
 ALPHA_TRAINED = 1.66  # measured / counted activation bytes, eve_1b pretrain (H100, flex attention, no checkpointing)
 ALPHA_FROZEN = 1.15  # the same for a frozen decoder, eve_7b prealign micro-batch 8
+ALPHA_TRAINED_COMPILED = 0.57  # compiled blocks: eve_1b pretrain, micro-batch 32, balanced rows, torch_varlen
+ALPHA_FROZEN_COMPILED = 0.81  # compiled blocks, frozen decoder: eve_7b prealign, micro-batch 12, torch_varlen
 GATHERED_LAYERS = 2  # ZeRO-3 / FSDP: decoder layers whose full weights are gathered at a time (current + prefetch)
 PEL_BYTES_PER_PATCH_WIDTH = 24  # patch embedding activations per 14-px patch and PEL channel (bf16, ~12 tensors)
 SHARDED = {"ddp": (1, 1, 1), "deepspeed_zero2": (1, 0, 0), "deepspeed_zero3": (0, 0, 0), "fsdp": (0, 0, 0)}
@@ -56,11 +61,11 @@ class DecoderShape:
         kv = config.num_key_value_heads * head_dim
         return cls(config.hidden_size, kv, config.intermediate_size, config.num_hidden_layers)
 
-    def bytes_per_token_layer(self, trained: bool) -> float:
+    def bytes_per_token_layer(self, trained: bool, compiled: bool = False) -> float:
         h, kv, i = self.hidden, self.kv_width, self.intermediate
         if trained:
-            return ALPHA_TRAINED * (30 * h + 4 * kv + 8 * i)
-        return ALPHA_FROZEN * (12 * h + 4 * kv + 6 * i)
+            return (ALPHA_TRAINED_COMPILED if compiled else ALPHA_TRAINED) * (30 * h + 4 * kv + 8 * i)
+        return (ALPHA_FROZEN_COMPILED if compiled else ALPHA_FROZEN) * (12 * h + 4 * kv + 6 * i)
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class Workload:
     vision_width: int = 1024  # PEL channels
     checkpointing: bool = False
     checkpoint_layers: int | None = None  # with checkpointing: the first N decoder layers only (None: all)
+    compiled: bool = False  # compiled decoder blocks (their own activation factors)
 
     def checkpointed(self, layers: int) -> int:
         """How many of ``layers`` decoder layers are checkpointed."""
@@ -151,7 +157,7 @@ def activations(
     ``residual_bytes``: bytes per element of the residual stream (the weights' dtype: 4 for float32 weights under
     autocast, 2 for bf16 weights); it sizes the checkpointed layer inputs and the aligner's captured states.
     """
-    per_layer = shape.bytes_per_token_layer(trained) * work.tokens
+    per_layer = shape.bytes_per_token_layer(trained, work.compiled) * work.tokens
     n = work.checkpointed(shape.layers)
     kept = shape.layers - n if n < shape.layers else 1  # all checkpointed: one layer recomputing at a time
     decoder = n * work.tokens * residual_bytes * shape.hidden + kept * per_layer
