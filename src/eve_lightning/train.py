@@ -133,7 +133,7 @@ def build(cfg: DictConfig) -> Run:
         cfg.data.teacher_view = False  # no teacher: do not build its view
 
     pl.seed_everything(cfg.seed, workers=True)
-    data_module = instantiate(cfg.data, _convert_="all")
+    data_module = instantiate(cfg.data, _convert_="all", accumulation=accumulate)
     model_factory = instantiate(cfg.model, _partial_=True, _convert_="all")
     module = EveLitModule(
         model_factory=model_factory,
@@ -146,6 +146,7 @@ def build(cfg: DictConfig) -> Run:
         tokenizer=getattr(data_module, "tokenizer_source", None),
         max_consecutive_nonfinite=int(cfg.guards.max_consecutive_nonfinite),
         compile=OmegaConf.to_container(cfg.compile) if cfg.get("compile") else None,
+        loss_normalization=str(cfg.get("loss_normalization", "global")),
     )
     trainer_kwargs = OmegaConf.to_container(cfg.trainer)
     strategy = trainer_kwargs.pop("strategy", "auto")

@@ -38,3 +38,14 @@ def test_align_weight_zero_builds_no_teacher_and_no_aligner(tiny_model_cfg):
     tiny_model_cfg["teacher"]["path"] = "/nonexistent"  # never touched
     model = instantiate(tiny_model_cfg, _convert_="all")
     assert model.teacher is None and model.vlm.aligner is None
+
+
+def test_eve_1b_config_is_the_benchmark_model():
+    cfg = OmegaConf.load(CONF / "model" / "eve_1b.yaml")
+    assert {k: cfg.llm.config[k] for k in DECODERS["eve_1b"]} == DECODERS["eve_1b"]
+    assert {k: cfg.teacher.config[k] for k in CLIP_L14_336} == CLIP_L14_336
+    with torch.device("meta"):
+        model = instantiate(cfg, _convert_="all")
+    assert 1.09e9 < count(model.vlm.llm) < 1.11e9  # TinyLlama-1.1B
+    assert model.vlm.aligner.layer_indices == [22, 18, 14, 10, 6, 2]
+    assert len(model.teacher.layers) == 23 and next(model.teacher.parameters()).dtype == torch.bfloat16

@@ -117,6 +117,11 @@ class EveDataModule(L.LightningDataModule):
         demo_shuffled_captions: share of a generated set's captions that list the objects in random order.
         max_drop_rate: share of unusable training samples tolerated per worker before the run stops with a clear
             error (None = no limit); drops are always counted and logged as ``data/dropped``.
+        order: ``rank`` (each rank streams its own share of the data), or ``global``: every optimizer step trains
+            on the same samples whatever the number of GPUs, workers and accumulation steps, to compare cluster
+            layouts step by step (one pass per epoch in a fixed order; no resampling, no modality grouping).
+        accumulation: micro-batches per optimizer step and rank; the training entry point sets it from
+            ``global_batch_size`` (used by ``order=global``).
     """
 
     def __init__(
@@ -157,6 +162,8 @@ class EveDataModule(L.LightningDataModule):
         demo_turns: str = "any",
         demo_shuffled_captions: float = 0.0,
         max_drop_rate: float | None = 0.1,
+        order: str = "rank",
+        accumulation: int = 1,
     ) -> None:
         super().__init__()
         if task not in _TASK_DEFAULTS:
@@ -166,9 +173,16 @@ class EveDataModule(L.LightningDataModule):
         self.val_source = _plain(val_shards) if val_shards else None
         self.task = task
         self.template = template or defaults["template"]
-        self.resampled = defaults["resampled"] if resampled is None else bool(resampled)
+        if order not in ("rank", "global"):
+            raise ValueError(f"data.order must be 'rank' or 'global', got {order!r}")
+        self.order = order
+        self.accumulation = accumulation
+        global_order = order == "global"  # a fixed pass: the task's resampling and grouping defaults do not apply
+        self.resampled = (defaults["resampled"] and not global_order) if resampled is None else bool(resampled)
         self.group = (
-            defaults["group_by_modality_length"] if group_by_modality_length is None else group_by_modality_length
+            (defaults["group_by_modality_length"] and not global_order)
+            if group_by_modality_length is None
+            else group_by_modality_length
         )
         self.tokenizer_path = tokenizer
         self.tokenizer_backend = tokenizer_backend
@@ -292,6 +306,8 @@ class EveDataModule(L.LightningDataModule):
             shuffle_buffer=self.shuffle_buffer,
             num_workers=self.num_workers,
             max_drop_rate=self.max_drop_rate,
+            order=self.order,
+            accumulation=self.accumulation,
         )
 
     def val_stream(self) -> ShardStream | None:

@@ -9,6 +9,9 @@ window. Finally every rank gets the same number of batches, ``exact_batches_per_
 on the slot sizes (not on the epoch's shuffle), reached by splitting the largest batches in two; no sample is
 repeated or dropped, no rank waits for another at the end, and every epoch has the same length.
 
+Global order (``plan_global_order``): the same global batches whatever the number of ranks, workers and
+accumulation steps, for runs that must be compared step by step across cluster layouts.
+
 Resampled streams (pre-training) have no plan; their per-worker batch quotas come from ``split_quota``, and
 ``WindowBatcher`` applies the same window grouping online.
 """
@@ -231,6 +234,69 @@ def plan_exact_pass(
     for row in slots:
         _equalize(row, target)
     return ExactPlan(slots, target)
+
+
+def plan_global_order(
+    counts: Sequence[int],
+    *,
+    world_size: int,
+    num_workers: int,
+    batch_size: int,
+    accumulation: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+) -> ExactPlan:
+    """Plan a pass whose optimizer steps see the same samples whatever the number of ranks and workers.
+
+    The shards (in a seeded per-epoch order when ``shuffle``) are one global sample sequence, cut into global
+    batches of ``G = batch_size x world_size x accumulation`` samples. Micro-batch ``a`` of rank ``r`` in step ``k``
+    is ``[kG + (a x world_size + r) x batch_size, ... + batch_size)``, so a run on one rank with micro-batch ``G``
+    and a run on N ranks with micro-batch ``G / N`` train on the same samples, step by step. A rank's micro-batches
+    go round-robin to its workers, the order in which the DataLoader returns them. The last ``total mod G``
+    samples are not used (every rank takes the same number of steps). Modality grouping and shuffling inside
+    shards are not available in this order.
+
+    Raises:
+        ValueError: fewer samples than one global batch.
+    """
+    total = int(sum(counts))
+    per_step = batch_size * world_size * accumulation
+    steps = total // per_step
+    if steps == 0:
+        raise ValueError(
+            f"{total} samples cannot fill one global batch of {per_step} (micro-batch {batch_size} x {world_size} "
+            f"ranks x {accumulation} accumulation): use a smaller global_batch_size or more data"
+        )
+    order = list(range(len(counts)))
+    if shuffle:
+        order = [int(i) for i in np.random.default_rng([seed, epoch]).permutation(len(counts))]
+    starts = np.cumsum([0] + [int(counts[i]) for i in order])  # global position of each ordered shard's first sample
+
+    def pieces_of(begin: int, end: int) -> list[Piece]:
+        out = []
+        while begin < end:
+            j = int(np.searchsorted(starts, begin, side="right")) - 1  # ordered shard holding `begin`
+            stop = min(end, int(starts[j + 1]))
+            out.append(Piece(order[j], begin - int(starts[j]), stop - int(starts[j])))
+            begin = stop
+        return out
+
+    slots = [[SlotPlan([]) for _ in range(num_workers)] for _ in range(world_size)]
+    for rank in range(world_size):
+        for j in range(steps * accumulation):  # the rank's micro-batches in training order
+            step, micro = divmod(j, accumulation)
+            begin = step * per_step + (micro * world_size + rank) * batch_size
+            slot = slots[rank][j % num_workers]
+            first = slot.num_samples
+            for piece in pieces_of(begin, begin + batch_size):
+                last = slot.pieces[-1] if slot.pieces else None
+                if last is not None and last.shard == piece.shard and last.stop == piece.start:
+                    slot.pieces[-1] = Piece(last.shard, last.start, piece.stop)  # contiguous: one read
+                else:
+                    slot.pieces.append(piece)
+            slot.batches.append(np.arange(first, first + batch_size, dtype=np.int64))
+    return ExactPlan(slots, steps * accumulation)
 
 
 def split_quota(total: int, num_workers: int, worker: int) -> int:

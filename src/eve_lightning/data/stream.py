@@ -35,6 +35,7 @@ from eve_lightning.data.plan import (
     WindowBatcher,
     exact_batches_per_rank,
     plan_exact_pass,
+    plan_global_order,
     split_quota,
 )
 from eve_lightning.data.shards import (
@@ -174,6 +175,10 @@ class ShardStream(IterableDataset):
         num_workers: DataLoader workers per rank (0 and 1 both mean one stream in the loading process).
         max_drop_rate: share of unusable samples (corrupt image, too long, nothing supervised) a worker tolerates
             before the run stops with `DropRateError`; None = no limit.
+        order: ``rank`` (each rank streams its own share) or ``global``: every optimizer step sees the same samples
+            whatever the number of ranks, workers and accumulation steps (``plan.plan_global_order``; one pass per
+            epoch, no resampling, no modality grouping).
+        accumulation: micro-batches per optimizer step on each rank (``global`` order only).
     """
 
     def __init__(
@@ -197,8 +202,21 @@ class ShardStream(IterableDataset):
         world_size: int = 1,
         num_workers: int = 0,
         max_drop_rate: float | None = None,
+        order: Literal["rank", "global"] = "rank",
+        accumulation: int = 1,
     ) -> None:
         super().__init__()
+        if order not in ("rank", "global"):
+            raise ValueError(f"order must be 'rank' or 'global', got {order!r}")
+        if order == "global" and (resampled or group_by_modality):
+            raise ValueError(
+                "data.order=global plans one pass of fixed global batches: set data.resampled=false and "
+                "data.group_by_modality_length=false"
+            )
+        if accumulation < 1:
+            raise ValueError(f"accumulation must be >= 1, got {accumulation}")
+        self.order = order
+        self.accumulation = accumulation
         self.max_drop_rate = max_drop_rate
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
@@ -265,31 +283,33 @@ class ShardStream(IterableDataset):
         return sum(1 for w in order[: self.skip_batches] if w == worker)
 
     def plan(self, epoch: int | None = None) -> ExactPlan:
-        """Return the exact-pass plan of ``epoch`` (default: the current epoch)."""
+        """Return the pass plan of ``epoch`` (default: the current epoch): exact per-rank, or global order."""
         epoch = self.epoch if epoch is None else epoch
         if self._plan is None or self._plan[0] != epoch:
             counts = [s.num_samples for s in self.shards]
-            is_image = [s.has_image if s.has_image is not None else np.ones(s.num_samples, bool) for s in self.shards]
-            words = [s.words if s.words is not None else np.zeros(s.num_samples, np.int64) for s in self.shards]
-            plan = plan_exact_pass(
-                counts,
-                is_image,
-                words,
-                world_size=self.world_size,
-                num_workers=self.num_workers,
-                batch_size=self.batch_size,
-                seed=self.seed,
-                epoch=epoch,
-                shuffle=self.shuffle,
-                group=self.group,
-                window=self.window,
-            )
+            layout = {
+                "world_size": self.world_size,
+                "num_workers": self.num_workers,
+                "batch_size": self.batch_size,
+                "seed": self.seed,
+                "epoch": epoch,
+                "shuffle": self.shuffle,
+            }
+            if self.order == "global":
+                plan = plan_global_order(counts, accumulation=self.accumulation, **layout)
+            else:
+                shards = self.shards
+                is_image = [s.has_image if s.has_image is not None else np.ones(s.num_samples, bool) for s in shards]
+                words = [s.words if s.words is not None else np.zeros(s.num_samples, np.int64) for s in shards]
+                plan = plan_exact_pass(counts, is_image, words, group=self.group, window=self.window, **layout)
             self._plan = (epoch, plan)
         return self._plan[1]
 
     def __len__(self) -> int:
         if self.resampled:
             return self.batches_per_rank
+        if self.order == "global":
+            return self.plan().batches_per_rank  # planning reads no data: sizes only
         total = sum(s.num_samples for s in self.shards)
         return exact_batches_per_rank(total, self.world_size, self.num_workers, self.batch_size, self.group)
 

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 
 from eve_lightning.lit.freezing import apply_freezing, format_freezing_table, freezing_table
+from eve_lightning.lit.loss_reduction import global_mean_terms
 from eve_lightning.lit.optim import build_optimizer
 from eve_lightning.models.build import EveWithTeacher
 from eve_lightning.models.checkpointing import enable_checkpointing
@@ -50,6 +51,9 @@ class EveLitModule(pl.LightningModule):
             (each such step is skipped on every rank and its sample keys are logged).
         compile: `compile_decoder_layers` keyword arguments plus `enabled` and `teacher` (also compile the teacher's
             encoder blocks, default true); None or enabled false = eager.
+        loss_normalization: ``global`` (several ranks: every supervised token and aligned image of a step weighs
+            the same, as on one GPU; ``lit.loss_reduction``) or ``per_rank`` (each rank's micro-batch means,
+            averaged over ranks, as the original code does).
     """
 
     def __init__(
@@ -64,8 +68,11 @@ class EveLitModule(pl.LightningModule):
         tokenizer: str | None = None,
         max_consecutive_nonfinite: int = 3,
         compile: dict[str, Any] | None = None,
+        loss_normalization: str = "global",
     ) -> None:
         super().__init__()
+        if loss_normalization not in ("global", "per_rank"):
+            raise ValueError(f"loss_normalization must be 'global' or 'per_rank', got {loss_normalization!r}")
         self.save_hyperparameters(ignore=["model_factory"], logger=False)
         self.model_factory = model_factory
         self.model: EveWithTeacher | None = None
@@ -114,16 +121,31 @@ class EveLitModule(pl.LightningModule):
                 self.log(
                     f"data/{key}", float(stats[key]), batch_size=bsz, reduce_fx="mean" if "share" in key else "sum"
                 )
-        self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=bsz)
-        self.log("train/loss_ce", out.loss_ce, batch_size=bsz)
-        self.log("train/loss_align", out.loss_align, prog_bar=True, batch_size=bsz)
+        loss, logged = out.loss, (out.loss.detach(), out.loss_ce, out.loss_align)
+        world = self.trainer.world_size
+        if world > 1 and self.hparams.loss_normalization == "global" and out.terms is not None:
+            strategy = self.trainer.strategy
+            norm = global_mean_terms(
+                *out.terms,
+                out.n_ce_tokens,
+                out.n_align_images,
+                world_size=world,
+                all_reduce_sum=lambda t: strategy.reduce(t, reduce_op="sum"),
+            )
+            weight = self.model.vlm.config.align_weight or 1.0  # the alignment term comes weighted
+            loss = norm.loss
+            logged = (norm.loss_ce + norm.loss_align, norm.loss_ce, norm.loss_align / weight)
+        # several ranks, global normalization: the step's means over all ranks; otherwise this rank's micro-batch
+        self.log("train/loss", logged[0], prog_bar=True, batch_size=bsz)
+        self.log("train/loss_ce", logged[1], batch_size=bsz)
+        self.log("train/loss_align", logged[2], prog_bar=True, batch_size=bsz)
         self.last_stats = {
             "samples": len(meta.get("keys") or []) or bsz,  # packed rows hold several samples each
             "tokens": out.stats["n_tokens"],
             "seq_len": out.stats["seq_len"],
             "truncated": out.n_truncated,
         }
-        return out.loss
+        return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         batch.pop("meta", None)

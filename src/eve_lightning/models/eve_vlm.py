@@ -112,6 +112,7 @@ class EveOutput:
     n_align_images: int
     n_truncated: int
     stats: dict = field(default_factory=dict)
+    terms: tuple[torch.Tensor, torch.Tensor] | None = None  # (CE, weighted alignment), with their graphs
 
 
 class EveVLM(nn.Module):
@@ -330,8 +331,8 @@ class EveVLM(nn.Module):
                 self._check_cells(cells, images, teacher_cell_mask)
             loss_align = cosine_alignment_loss(pred, target.to(pred.dtype), image_index, n_align)
 
-        loss = loss_ce + self.config.align_weight * loss_align
-        loss = loss + self._touch_unused(mm, use_align and n_align > 0)
+        align_term = self.config.align_weight * loss_align + self._touch_unused(mm, use_align and n_align > 0)
+        loss = loss_ce + align_term
         return EveOutput(
             loss=loss,
             loss_ce=loss_ce.detach(),
@@ -344,6 +345,7 @@ class EveVLM(nn.Module):
                 "n_tokens": int(mm.attention_mask.sum()),
                 "n_images": int(mm.image_rows.numel()),
             },
+            terms=(loss_ce, align_term),
         )
 
     def decoder_mask(self, mm: MultimodalInputs) -> torch.Tensor | None:
