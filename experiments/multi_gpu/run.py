@@ -134,6 +134,20 @@ class Runner:
         found = sorted((run_dir / "checkpoints").glob(f"step-{step:07d}*"))
         return found[0] if found else None
 
+    def universal(self, ckpt: Path) -> Path | None:
+        """A ZeRO checkpoint folder converted to DeepSpeed's universal format (None if the conversion failed)."""
+        out = ckpt.with_name(ckpt.name + ".universal")
+        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt / "checkpoint"),
+               "--output_folder", str(out / "checkpoint"), "--inject_missing_state"]  # fmt: skip
+        log = self.logs / f"universal_{ckpt.name}.log"
+        with open(log, "w") as fh:
+            proc = subprocess.run(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, timeout=1800)
+        self.summary.setdefault("universal_conversions", {})[str(ckpt)] = proc.returncode
+        if proc.returncode != 0:
+            return None
+        (out / "latest").write_text("checkpoint")  # the tag the Lightning strategy saves and loads
+        return out
+
     def sharded(self) -> list[str]:
         """The sharded strategies to resume and prealign with (the CPU dry run: DDP, to exercise the same steps)."""
         return ["ddp"] if self.args.cpu else [s for s in self.args.strategies if s in SHARDED]
@@ -178,7 +192,16 @@ class Runner:
                 if ckpt is None:
                     self.summary["runs"][name] = {"error": f"no step-{half} checkpoint in {full['run_dir']}"}
                     continue
-                run = self.train(name, [*self.common(n, strategy), f"ckpt_path={ckpt}"])
+                over = [*self.common(n, strategy), f"ckpt_path={ckpt}"]
+                run = self.train(name, over)
+                if run is None and strategy == "deepspeed_zero3" and n != a.gpus:
+                    # a ZeRO-3 folder of N ranks does not load on another number of ranks as it is: convert it to
+                    # DeepSpeed's universal format (its shards merged per parameter) and load that
+                    universal = self.universal(ckpt)
+                    if universal is not None:
+                        over = [*self.common(n, strategy), f"ckpt_path={universal}"]
+                        run = self.train(name, [*over, "+trainer.strategy.config.checkpoint.load_universal=true"])
+                        ckpt = universal
                 entry = self.record(name, run, n_gpus=n, strategy=strategy, resumed_from=str(ckpt))
                 entry["loss_vs_uninterrupted"] = self.loss_diff(entry.get("_losses", {}), full["_losses"])
                 entry["first_step_after_resume"] = min(entry.get("_losses", {}) or [None])
