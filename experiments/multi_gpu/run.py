@@ -75,6 +75,10 @@ class Runner:
         ]
         if args.tokenizer:
             self.base.append(f"data.tokenizer={args.tokenizer}")
+        for done in sorted((self.results / "runs").glob("*.json")):  # runs of an earlier call: parts build on them
+            entry = json.loads(done.read_text())
+            entry["_losses"] = {int(k): v for k, v in entry.pop("losses", {}).items()}
+            self.summary["runs"][done.stem] = entry
 
     def train(self, name: str, overrides: list[str], timeout: int = 1800) -> Path | None:
         """Run one training command; returns its run dir (None if it failed: the log tail goes to the summary)."""
@@ -126,7 +130,7 @@ class Runner:
             entry["_losses"] = m["losses"]
         entry |= fields
         out = {k: v for k, v in entry.items() if not k.startswith("_")}
-        out = {"card": self.summary["card"], **out}
+        out = {"card": self.summary["card"], **out, "losses": entry.get("_losses", {})}
         (self.results / "runs" / f"{name}.json").write_text(json.dumps(out, indent=1) + "\n")
         return entry
 
