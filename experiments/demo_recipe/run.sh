@@ -18,6 +18,8 @@
 #   TURNS      how a conversation's questions are picked: independent (default, as data.demo_turns; no turn can be
 #              answered from the text of the others) or any
 #   SHUFFLED   share of captions that list the objects in random order (default 0.5, as data.demo_shuffled_captions)
+#   ANSWERS    short ("red.", default, as data.demo_answers) or restated ("the circle is red.")
+#   SHAPE_FIRST share of training captions that name each shape first (default 0, as data.demo_shape_first_captions)
 #   STOP_AFTER prealign | pretrain | sft: stop every variant after this stage (a later call goes on from there:
 #              stages whose export and timing exist are skipped)
 # Summarize afterwards with: python experiments/demo_recipe/summarize.py --results $RESULTS
@@ -40,13 +42,17 @@ extra=()
 [ -n "${EXTRA:-}" ] && read -r -a extra <<< "$EXTRA"
 tok=()
 [ -n "${TOKENIZER:-}" ] && tok=("data.tokenizer=$TOKENIZER")
-common=(experiment=demo_recipe "paths.root_dir=$ROOT" ${tok[@]+"${tok[@]}"} ${extra[@]+"${extra[@]}"})
+gen=("data.demo_samples=${SAMPLES:-36000}" "data.demo_max_turns=${MAX_TURNS:-10}" "data.demo_turns=${TURNS:-independent}"
+     "data.demo_shuffled_captions=${SHUFFLED:-0.5}" "data.demo_answers=${ANSWERS:-short}"
+     "data.demo_shape_first_captions=${SHAPE_FIRST:-0}")  # the data's settings, as generated below
+common=(experiment=demo_recipe "paths.root_dir=$ROOT" "${gen[@]}" ${tok[@]+"${tok[@]}"} ${extra[@]+"${extra[@]}"})
 
 data="$ROOT/data/demo_recipe"
 echo "== demo data -> $data"  # kept when made with the same parameters, else generated again
 $PY -m eve_lightning.data.demo --out "$data" --num-pretrain "${SAMPLES:-36000}" --num-sft "${SAMPLES:-36000}" \
   --num-val 400 --max-turns "${MAX_TURNS:-10}" --turns "${TURNS:-independent}" \
-  --shuffled-captions "${SHUFFLED:-0.5}" --reuse | tee -a "$RESULTS/data.log"
+  --shuffled-captions "${SHUFFLED:-0.5}" --answers "${ANSWERS:-short}" --shape-first-captions "${SHAPE_FIRST:-0}" \
+  --reuse | tee -a "$RESULTS/data.log"
 cp "$data/generation.json" "$RESULTS/generation.json"
 
 order() { case $1 in prealign) echo 1 ;; pretrain) echo 2 ;; sft) echo 3 ;; *) echo 4 ;; esac; }

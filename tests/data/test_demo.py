@@ -93,6 +93,53 @@ def test_shuffled_captions_list_the_same_objects_in_another_order(tmp_path):
         demo.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, shuffled_captions=1.5)
 
 
+def test_restated_answers_name_their_object_and_keep_the_conversations(tmp_path):
+    scene = demo.Scene(
+        800, 400, (250, 250, 250),
+        (demo.ShapeSpec("circle", "red", "small", 0), demo.ShapeSpec("square", "blue", "large", 2)),
+    )  # fmt: skip
+    qa = dict(demo.questions(scene, np.random.default_rng(0)))
+    restated = {q: a for q, a, _ in demo.question_items(scene, np.random.default_rng(0), answers="restated")}
+    assert restated["What colour is the circle?"] == "the circle is red."
+    assert restated["What shape is the blue object?"] == "the blue object is a square."
+    assert restated["Where is the blue square?"] == "the blue square is on the right."
+    assert restated["Is the red circle small or large?"] == "the red circle is small."
+    assert restated["How many shapes are there?"] == qa["How many shapes are there?"] == "two."
+    make = lambda i, answers: demo.make_record(  # noqa: E731
+        i, task="sft", split="val", seed=0, images_dir=str(tmp_path), text_only=0.1, max_turns=10,
+        turns="independent", answers=answers,
+    )  # fmt: skip
+    for i in range(60):  # the same questions in the same order; only the object answers grow a subject
+        short, long = make(i, "short")["conversations"], make(i, "restated")["conversations"]
+        assert [t["value"] for t in short[::2]] == [t["value"] for t in long[::2]]
+        assert all(b == a or b.endswith(f" is {a}") for a, b in zip(
+            [t["value"] for t in short[1::2]], [t["value"] for t in long[1::2]]))  # fmt: skip
+    with pytest.raises(ValueError, match="answers must be one of short, restated"):
+        demo.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, answers="long")
+
+
+def test_shape_first_captions_name_the_same_objects_and_only_in_training(tmp_path):
+    make = lambda i, split, share: demo.make_record(  # noqa: E731
+        i, task="pretrain", split=split, seed=3, images_dir=str(tmp_path), text_only=0.0, shuffled_captions=0.5,
+        shape_first_captions=share,
+    )  # fmt: skip
+    objects = re.compile(r"a (\w+) that is (\w+) and (\w+) (on the \w+|in the middle|at the \w+)")
+    canonical = re.compile(r"a (\w+) (\w+) (\w+) (on the \w+|in the middle|at the \w+)")
+    plain = [make(i, "train", 0.0)["caption"] for i in range(200)]
+    assert plain[:40] == [make(i, "train", 0.0)["caption"] for i in range(40)]  # no share, no draw
+    mixed = [make(i, "train", 0.5)["caption"] for i in range(200)]
+    flipped = [(p, m) for p, m in zip(plain, mixed) if m != p]
+    assert 0.35 < len(flipped) / len(plain) < 0.65
+    for p, m in flipped:  # shape, size, colour and position of every object, in the same order
+        assert [(sh, z, c, w) for sh, z, c, w in objects.findall(m)] == [
+            (sh, z, c, w) for z, c, sh, w in canonical.findall(p)
+        ]
+    held_out = [make(i, "val", 1.0)["caption"] for i in range(20)]  # the evaluation reads the canonical form
+    assert held_out == [make(i, "val", 0.0)["caption"] for i in range(20)]
+    with pytest.raises(ValueError, match="shape_first_captions is a share"):
+        demo.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, shape_first_captions=-0.1)
+
+
 def answer_given_away(conversation: list[dict]) -> list[bool]:
     """For each colour or shape question: was its object's colour-shape pair already written in an earlier turn?"""
     out, before = [], ""

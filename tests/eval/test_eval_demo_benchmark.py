@@ -101,6 +101,8 @@ CAPTION = "two shapes: a small red circle on the left and a large blue square on
         ("blue squares and red circles.", (True, True)),  # plurals and any order
         ("a blue circle and a red square", (True, False)),  # right words, wrong pairs
         ("red blue circle square", (True, False)),
+        ("a circle that is small and red and a square that is large and blue", (True, True)),  # shape first
+        ("a circle that is small and blue and a square that is large and red", (True, False)),
         ("a red circle", (False, False)),  # a colour and a shape missing
         ("a red circle, a blue square and a green triangle", (False, False)),  # something not drawn
         ("a red circle and a blue square and a blue triangle", (False, False)),

@@ -115,6 +115,9 @@ class EveDataModule(L.LightningDataModule):
         demo_turns: how a generated conversation's questions are picked: ``any``, or ``independent`` (no turn
             answerable from the text of the others; ``eve_lightning.data.demo.pick_turns``).
         demo_shuffled_captions: share of a generated set's captions that list the objects in random order.
+        demo_answers: answer form of a generated set's object questions: ``short`` (``red.``) or ``restated``
+            (``the circle is red.``).
+        demo_shape_first_captions: share of a generated set's training captions that name each shape first.
         max_drop_rate: share of unusable training samples tolerated per worker before the run stops with a clear
             error (None = no limit); drops are always counted and logged as ``data/dropped``.
         order: ``rank`` (each rank streams its own share of the data), or ``global``: every optimizer step trains
@@ -161,6 +164,8 @@ class EveDataModule(L.LightningDataModule):
         demo_max_turns: int = 3,
         demo_turns: str = "any",
         demo_shuffled_captions: float = 0.0,
+        demo_answers: str = "short",
+        demo_shape_first_captions: float = 0.0,
         max_drop_rate: float | None = 0.1,
         order: str = "rank",
         accumulation: int = 1,
@@ -210,6 +215,8 @@ class EveDataModule(L.LightningDataModule):
         self.demo_max_turns = demo_max_turns
         self.demo_turns = demo_turns
         self.demo_shuffled_captions = demo_shuffled_captions
+        self.demo_answers = demo_answers
+        self.demo_shape_first_captions = demo_shape_first_captions
         self._tokenizer: TextTokenizer | None = None
         self._train_shards: list[ShardInfo] | None = None
         self._val_shards: list[ShardInfo] | None = None
@@ -246,6 +253,8 @@ class EveDataModule(L.LightningDataModule):
             max_turns=self.demo_max_turns,
             turns=self.demo_turns,
             shuffled_captions=self.demo_shuffled_captions,
+            answers=self.demo_answers,
+            shape_first_captions=self.demo_shape_first_captions,
         )
         if (Path(self.train_source) / INDEX_FILE).is_file():  # existing shards are kept; a difference is reported
             wanted, recorded = demo.generation_params(**params), demo.recorded_params(self.demo_root)

@@ -64,6 +64,7 @@ TEXT_ONLY = 0.1  # default share of text-only SFT samples
 PARAMS_FILE = "generation.json"  # the generator's parameters, written next to the set
 TASK_IDS = {"pretrain": 0, "sft": 1}
 TURNS = ("any", "independent")  # how the questions of one conversation are picked (see pick_turns)
+ANSWERS = ("short", "restated")  # answer forms: "red." or "the circle is red." (see question_items)
 ALL_OBJECTS = -1  # subject of the description: it names every object
 DESCRIBE_ALONE = 1 / 3  # share of "independent" image conversations that only ask for the description
 SPLIT_IDS = {"train": 0, "val": 1}
@@ -139,36 +140,48 @@ def render_scene(scene: Scene, rng: np.random.Generator) -> Image.Image:
     return img
 
 
-def caption(scene: Scene, order: Sequence[int] | None = None) -> str:
+def caption(scene: Scene, order: Sequence[int] | None = None, shape_first: bool = False) -> str:
     """Describe a scene in the demo's small vocabulary, listing the objects left to right (or in ``order``).
 
-    Example: ``two shapes: a small red circle on the left and a large blue square on the right.``
+    Example: ``two shapes: a small red circle on the left and a large blue square on the right.`` With
+    ``shape_first`` each object is named by its shape first: ``a circle that is small and red on the left``.
     """
     shapes = scene.shapes if order is None else [scene.shapes[int(i)] for i in order]
-    parts = [f"a {s.size} {s.colour} {s.shape} {position_phrase(s.slot, scene.portrait)}" for s in shapes]
+    if shape_first:
+        parts = [
+            f"a {s.shape} that is {s.size} and {s.colour} {position_phrase(s.slot, scene.portrait)}" for s in shapes
+        ]
+    else:
+        parts = [f"a {s.size} {s.colour} {s.shape} {position_phrase(s.slot, scene.portrait)}" for s in shapes]
     n = len(parts)
     listing = parts[0] if n == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return f"{COUNT_WORDS[n - 1]} shape{'s' if n > 1 else ''}: {listing}."
 
 
-def question_items(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str, int | None]]:
+def question_items(scene: Scene, rng: np.random.Generator, answers: str = "short") -> list[tuple[str, str, int | None]]:
     """All question/answer pairs about a scene, each with its subject.
 
     The subject is the index of the object whose colour and shape the question or its answer names together (so a
     later turn could read that pairing from the text), ``ALL_OBJECTS`` for the description and None otherwise. One
-    ``Is there`` question, true or false.
+    ``Is there`` question, true or false. ``answers="restated"`` answers the object questions in a sentence that
+    names the object first, as a caption does (``the circle is red.`` instead of ``red.``).
     """
     count = COUNT_WORDS[len(scene.shapes) - 1]
     qa: list[tuple[str, str, int | None]] = [
         ("Describe the image.", caption(scene), ALL_OBJECTS),
         ("How many shapes are there?", f"{count}.", None),
     ]
+
+    def say(subject: str, answer: str) -> str:
+        return f"{subject} is {answer}" if answers == "restated" else answer
+
     for k, s in enumerate(scene.shapes):
+        where = position_phrase(s.slot, scene.portrait)
         qa += [
-            (f"What colour is the {s.shape}?", f"{s.colour}.", k),
-            (f"What shape is the {s.colour} object?", f"a {s.shape}.", k),
-            (f"Where is the {s.colour} {s.shape}?", f"{position_phrase(s.slot, scene.portrait)}.", k),
-            (f"Is the {s.colour} {s.shape} small or large?", f"{s.size}.", k),
+            (f"What colour is the {s.shape}?", say(f"the {s.shape}", f"{s.colour}."), k),
+            (f"What shape is the {s.colour} object?", say(f"the {s.colour} object", f"a {s.shape}."), k),
+            (f"Where is the {s.colour} {s.shape}?", say(f"the {s.colour} {s.shape}", f"{where}."), k),
+            (f"Is the {s.colour} {s.shape} small or large?", say(f"the {s.colour} {s.shape}", f"{s.size}."), k),
         ]
     present = {(s.colour, s.shape): k for k, s in enumerate(scene.shapes)}
     if rng.random() < 0.5:
@@ -233,13 +246,17 @@ def make_record(
     max_turns: int = 3,
     turns: str = "any",
     shuffled_captions: float = 0.0,
+    answers: str = "short",
+    shape_first_captions: float = 0.0,
 ) -> dict[str, Any]:
     """Generate sample ``index`` of a split: write its image (if any) and return its annotation record.
 
     An image conversation asks up to ``max_turns`` of the picture's questions, each once, picked as ``turns`` says
     (``pick_turns``). A share ``shuffled_captions`` of the captions lists the objects in random order instead of
     left to right: naming an object's shape after its colour then takes finding the object by its colour, as the
-    questions do, instead of walking the picture in order.
+    questions do, instead of walking the picture in order. A share ``shape_first_captions`` of the training
+    captions names each object by its shape first, so that naming its colour takes finding it by its shape;
+    held-out captions keep the form the evaluation reads. ``answers``: see ``question_items``.
     """
     rng = _rng(seed, task, split, index)
     rid = f"{task}-{split}-{index:06d}"
@@ -258,8 +275,9 @@ def make_record(
     if task == "pretrain":
         shuffled = shuffled_captions > 0 and rng.random() < shuffled_captions  # no draw: the default stream stays
         order = rng.permutation(len(scene.shapes)) if shuffled else None
-        return {"id": rid, "image": rel, "caption": caption(scene, order)}
-    qa = question_items(scene, rng)
+        shape_first = shape_first_captions > 0 and split == "train" and rng.random() < shape_first_captions
+        return {"id": rid, "image": rel, "caption": caption(scene, order, shape_first)}
+    qa = question_items(scene, rng, answers)
     conv = []
     for turn, i in enumerate(pick_turns(qa, rng, max_turns, turns)):
         q, a, _ = qa[i]
@@ -317,6 +335,8 @@ def generate(
     max_turns: int = 3,
     turns: str = "any",
     shuffled_captions: float = 0.0,
+    answers: str = "short",
+    shape_first_captions: float = 0.0,
 ) -> dict[str, BuildSummary]:
     """Generate the whole demo set under ``out`` and return the build summary of each ``task/split``."""
     if max_turns < 1:
@@ -325,10 +345,15 @@ def generate(
         raise ValueError(f"turns must be one of {', '.join(TURNS)} (how questions are picked), got {turns!r}")
     if not 0.0 <= shuffled_captions <= 1.0:
         raise ValueError(f"shuffled_captions is a share of the captions, in [0, 1]; got {shuffled_captions}")
+    if not 0.0 <= shape_first_captions <= 1.0:
+        raise ValueError(f"shape_first_captions is a share of the captions, in [0, 1]; got {shape_first_captions}")
+    if answers not in ANSWERS:
+        raise ValueError(f"answers must be one of {', '.join(ANSWERS)} (the answer form), got {answers!r}")
     root = Path(out)
     params = generation_params(
         num_pretrain=num_pretrain, num_sft=num_sft, num_val=num_val, seed=seed, max_side=max_side,
         max_turns=max_turns, text_only=text_only, turns=turns, shuffled_captions=shuffled_captions,
+        answers=answers, shape_first_captions=shape_first_captions,
     )  # fmt: skip
     (root / PARAMS_FILE).unlink(missing_ok=True)  # an interrupted run must not leave the old record behind
     plan = {
@@ -343,7 +368,7 @@ def generate(
             summaries[f"{task}/{split}"] = generate_split(
                 root, task, split, count, seed=seed, max_side=max_side, shard_size=shard_size,
                 workers=workers, overwrite=overwrite, text_only=text_only, max_turns=max_turns, turns=turns,
-                shuffled_captions=shuffled_captions,
+                shuffled_captions=shuffled_captions, answers=answers, shape_first_captions=shape_first_captions,
             )  # fmt: skip
     tmp = root / (PARAMS_FILE + ".tmp")
     tmp.write_text(json.dumps(params, indent=1) + "\n", encoding="utf-8")
@@ -362,6 +387,8 @@ def generation_params(
     text_only: float = TEXT_ONLY,
     turns: str = "any",
     shuffled_captions: float = 0.0,
+    answers: str = "short",
+    shape_first_captions: float = 0.0,
 ) -> dict[str, Any]:
     """What decides the contents of a generated set (recorded in ``PARAMS_FILE`` next to it)."""
     return {
@@ -374,6 +401,8 @@ def generation_params(
         "max_turns": max_turns,
         "turns": turns,
         "shuffled_captions": shuffled_captions,
+        "answers": answers,
+        "shape_first_captions": shape_first_captions,
     }
 
 
@@ -388,6 +417,8 @@ def recorded_params(out: str | Path) -> dict[str, Any] | None:
         return None
     record.setdefault("turns", "any")  # sets recorded before these options were added
     record.setdefault("shuffled_captions", 0.0)
+    record.setdefault("answers", "short")
+    record.setdefault("shape_first_captions", 0.0)
     return record
 
 
@@ -409,13 +440,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument(
         "--shuffled-captions", type=float, default=0.0, help="share of captions listing the objects in random order"
     )
+    p.add_argument("--answers", choices=ANSWERS, default="short", help="restated: 'the circle is red.', not 'red.'")
+    p.add_argument(
+        "--shape-first-captions", type=float, default=0.0, help="share of training captions naming shapes first"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing shards")
     p.add_argument("--reuse", action="store_true", help="keep a set made with the same parameters, else regenerate")
     args = p.parse_args(argv)
     params = generation_params(
         num_pretrain=args.num_pretrain, num_sft=args.num_sft, num_val=args.num_val, seed=args.seed,
         max_side=args.max_side or None, max_turns=args.max_turns, text_only=args.text_only, turns=args.turns,
-        shuffled_captions=args.shuffled_captions,
+        shuffled_captions=args.shuffled_captions, answers=args.answers, shape_first_captions=args.shape_first_captions,
     )  # fmt: skip
     if args.reuse:
         splits = [("pretrain", args.num_pretrain), ("sft", args.num_sft)]
@@ -443,6 +478,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_turns=args.max_turns,
         turns=args.turns,
         shuffled_captions=args.shuffled_captions,
+        answers=args.answers,
+        shape_first_captions=args.shape_first_captions,
     )
     for name, summary in summaries.items():
         print(f"{name}: {summary.line()}")

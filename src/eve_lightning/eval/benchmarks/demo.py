@@ -55,6 +55,9 @@ _DRAWN = re.compile(
     rf"\b({'|'.join(generator.SIZES)}) ({'|'.join(generator.COLOURS)}) ({'|'.join(generator.SHAPES)})\b"
 )
 _WORD = re.compile(r"[a-z]+")
+_SHAPE_FIRST = re.compile(
+    rf"\b({'|'.join(generator.SHAPES)}) that is ({'|'.join(generator.SIZES)}) and ({'|'.join(generator.COLOURS)})\b"
+)
 
 
 def question_kind(question: str, has_image: bool) -> str:
@@ -81,13 +84,17 @@ def drawn_objects(caption: str) -> list[tuple[str, str]]:
 
 
 def named_objects(text: str) -> tuple[set[str], set[str], set[tuple[str, str]]]:
-    """Colour words, shape words (plurals folded) and adjacent "<colour> <shape>" pairs named in a text."""
+    """Colour words, shape words (plurals folded) and the (colour, shape) pairs a text names.
+
+    Pairs: adjacent "<colour> <shape>", or "<shape> that is <size> and <colour>" (the shape-first caption form).
+    """
     words = []
     for w in _WORD.findall(text.lower()):
         words.append(w[:-1] if w.endswith("s") and w[:-1] in generator.SHAPES else w)
     colours = {w for w in words if w in generator.COLOURS}
     shapes = {w for w in words if w in generator.SHAPES}
     pairs = {(a, b) for a, b in itertools.pairwise(words) if a in generator.COLOURS and b in generator.SHAPES}
+    pairs |= {(m.group(3), m.group(1)) for m in _SHAPE_FIRST.finditer(" ".join(words))}
     return colours, shapes, pairs
 
 
