@@ -121,3 +121,21 @@ def test_kill9_then_resume_from_last_matches_an_uninterrupted_run(tmp_path, demo
     for step in range(start, 10):
         assert resumed[step]["keys"] == ref[step]["keys"], step
         assert resumed[step]["loss"] == pytest.approx(ref[step]["loss"], abs=1e-6), step
+
+
+def test_global_order_resumes_at_the_same_step_when_the_accumulation_changes(demo_data_dir):
+    def module(batch_size, accumulation):
+        return EveDataModule(
+            train_shards=str(demo_data_dir / "demo" / "pretrain" / "train"), task="pretrain", order="global",
+            batch_size=batch_size, accumulation=accumulation, num_workers=2, pin_memory=False,
+        )  # fmt: skip
+
+    def steps(dm, accumulation):
+        flat = keys_of(dm.train_dataloader())
+        return [sorted(k for b in flat[i : i + accumulation] for k in b) for i in range(0, len(flat), accumulation)]
+
+    one = steps(module(4, 1), 1)  # micro-batch 4, one micro-batch per step
+    assert len(one) >= 6
+    resumed = module(2, 2)  # micro-batch 2, two per step: the state was saved after 3 steps of the first layout
+    resumed.load_state_dict({"epoch": 0, "batches": 3, "accumulation": 1})
+    assert steps(resumed, 2) == one[3:]

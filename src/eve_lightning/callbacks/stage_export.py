@@ -10,11 +10,42 @@ import shutil
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 
 from eve_lightning.models.export_format import save_export
 from eve_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
+
+
+def full_state_dict(trainer: pl.Trainer, module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The module's whole state dict on global rank 0, None on the other ranks; every rank must call it.
+
+    FSDP (full state dict type) and DDP give it through the strategy. Under DeepSpeed ZeRO-3 the module's own
+    ``state_dict()`` holds empty partitions, so each parameter is gathered in turn (one at a time: no rank ever
+    holds the whole model twice).
+    """
+    if getattr(trainer.strategy, "zero_stage_3", False):
+        return zero3_state_dict(module, keep=trainer.is_global_zero)
+    full = trainer.strategy.lightning_module_state_dict()
+    return full if trainer.is_global_zero else None
+
+
+def zero3_state_dict(module: torch.nn.Module, keep: bool = True) -> dict[str, torch.Tensor] | None:
+    """Full CPU copies of a ZeRO-3-partitioned module's state (None unless ``keep``); collective over all ranks."""
+    import deepspeed
+
+    params = dict(module.named_parameters(remove_duplicate=False))
+    out: dict[str, torch.Tensor] = {}
+    for key, value in module.state_dict().items():
+        param = params.get(key)
+        if param is not None and hasattr(param, "ds_id"):  # partitioned: gather, copy, let go
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                if keep:
+                    out[key] = param.detach().cpu().clone()
+        elif keep:
+            out[key] = value.detach().cpu().clone()
+    return out if keep else None
 
 
 class StageExport(pl.Callback):
@@ -42,9 +73,8 @@ class StageExport(pl.Callback):
         self.written: Path | None = None
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # every rank takes part: sharded strategies gather the full state dict collectively
-        full = trainer.strategy.lightning_module_state_dict()
-        if not trainer.is_global_zero:
+        full = full_state_dict(trainer, pl_module)  # every rank takes part: sharded weights are gathered
+        if full is None:  # not global rank 0
             return
         vlm_state = {k.removeprefix("model.vlm."): v for k, v in full.items() if k.startswith("model.vlm.")}
         teacher_state = None

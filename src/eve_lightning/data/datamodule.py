@@ -343,7 +343,8 @@ class EveDataModule(L.LightningDataModule):
         if trainer is None:
             return {}
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": int(trainer.current_epoch), "batches": int(progress.processed)}
+        processed = int(progress.processed)
+        return {"epoch": int(trainer.current_epoch), "batches": processed, "accumulation": self.accumulation}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = dict(state) if state else None
@@ -352,8 +353,13 @@ class EveDataModule(L.LightningDataModule):
         """Batches to skip in this pass: those trained on before the checkpoint, once, in its epoch."""
         resume, self._resume = getattr(self, "_resume", None), None
         if resume and resume.get("epoch") == epoch:
-            log.info("resuming the data stream at batch %d of epoch %d", resume["batches"], epoch)
-            return int(resume["batches"])
+            batches = int(resume["batches"])
+            saved = int(resume.get("accumulation") or self.accumulation)
+            if self.order == "global" and saved != self.accumulation:
+                # the global order counts optimizer steps: the same steps are other micro-batches now
+                batches = batches // saved * self.accumulation
+            log.info("resuming the data stream at batch %d of epoch %d", batches, epoch)
+            return batches
         return 0
 
     def _loader(

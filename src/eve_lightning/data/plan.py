@@ -255,7 +255,8 @@ def plan_global_order(
     and a run on N ranks with micro-batch ``G / N`` train on the same samples, step by step. A rank's micro-batches
     go round-robin to its workers, the order in which the DataLoader returns them. The last ``total mod G``
     samples are not used (every rank takes the same number of steps). Modality grouping and shuffling inside
-    shards are not available in this order.
+    shards are not available in this order. A micro-batch whose samples are all unusable is replaced by the
+    worker's last good sample (as in the exact pass), which does depend on the layout.
 
     Raises:
         ValueError: fewer samples than one global batch.
@@ -284,11 +285,13 @@ def plan_global_order(
 
     slots = [[SlotPlan([]) for _ in range(num_workers)] for _ in range(world_size)]
     for rank in range(world_size):
+        filled = [0] * num_workers  # samples planned so far per worker (a running count: no re-summing)
         for j in range(steps * accumulation):  # the rank's micro-batches in training order
             step, micro = divmod(j, accumulation)
             begin = step * per_step + (micro * world_size + rank) * batch_size
             slot = slots[rank][j % num_workers]
-            first = slot.num_samples
+            first = filled[j % num_workers]
+            filled[j % num_workers] += batch_size
             for piece in pieces_of(begin, begin + batch_size):
                 last = slot.pieces[-1] if slot.pieces else None
                 if last is not None and last.shard == piece.shard and last.stop == piece.start:

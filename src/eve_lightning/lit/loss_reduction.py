@@ -4,7 +4,9 @@ With per-rank means, a step on N ranks averages N micro-batch means (what DDP's 
 a rank with few supervised tokens weighs as much as one with many, and the step differs from the same samples
 trained on one GPU. ``global_mean_terms`` rescales each rank's terms by its share of the step's tokens and images,
 so that the gradient DDP, ZeRO and FSDP average over ranks is the gradient of the global means. One all-reduce of
-four numbers per micro-batch; a single rank is left untouched.
+four numbers per micro-batch; a single rank is left untouched. With gradient accumulation the means are taken per
+round of micro-batches (one per rank), and the rounds are averaged: a run on 1 GPU and one on N GPUs then match
+when both accumulate the same number of rounds.
 """
 
 from __future__ import annotations
