@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from eve_lightning.lit.loss_reduction import global_mean_terms
+from eve_lightning.lit.loss_reduction import global_mean_terms, undo_deepspeed_gas_scaling
 
 
 def test_the_rank_average_of_the_gradients_is_the_global_mean_gradient():
@@ -42,3 +42,12 @@ def test_a_step_without_images_keeps_the_alignment_graph_at_zero_weight():
     assert torch.isfinite(out.loss) and float(out.loss_align) == 0.0
     out.loss.backward()
     assert torch.equal(w.grad, torch.full((2,), 4.0))  # 2 x (4 tokens x 2 ranks / 4 tokens)
+
+
+def test_deepspeed_gets_the_loss_times_the_accumulation_because_its_engine_divides_again():
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+
+    loss = torch.tensor(2.0)
+    assert float(undo_deepspeed_gas_scaling(loss, DeepSpeedStrategy(stage=3), 4)) == 8.0  # / 4 twice -> / 4 once
+    assert float(undo_deepspeed_gas_scaling(loss, DeepSpeedStrategy(stage=3), 1)) == 2.0
+    assert float(undo_deepspeed_gas_scaling(loss, DDPStrategy(), 4)) == 2.0  # DDP and FSDP divide only once

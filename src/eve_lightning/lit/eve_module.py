@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 
 from eve_lightning.lit.freezing import apply_freezing, format_freezing_table, freezing_table
-from eve_lightning.lit.loss_reduction import global_mean_terms
+from eve_lightning.lit.loss_reduction import global_mean_terms, undo_deepspeed_gas_scaling
 from eve_lightning.lit.optim import build_optimizer
 from eve_lightning.models.build import EveWithTeacher
 from eve_lightning.models.checkpointing import enable_checkpointing
@@ -145,7 +145,7 @@ class EveLitModule(pl.LightningModule):
             "seq_len": out.stats["seq_len"],
             "truncated": out.n_truncated,
         }
-        return loss
+        return undo_deepspeed_gas_scaling(loss, self.trainer.strategy, self.trainer.accumulate_grad_batches)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         batch.pop("meta", None)

@@ -61,3 +61,18 @@ def global_mean_terms(
     tokens, images = total[0].clamp(min=1), total[1].clamp(min=1)
     loss = ce * (n_tokens * world_size / tokens) + align * (n_images * world_size / images)
     return GlobalLoss(loss, total[2] / tokens, total[3] / images)
+
+
+def undo_deepspeed_gas_scaling(loss: torch.Tensor, strategy: object, accumulate: int) -> torch.Tensor:
+    """Compensate DeepSpeed dividing the loss by the accumulation steps a second time.
+
+    Lightning divides each micro-batch's loss by ``accumulate_grad_batches``; DeepSpeed's ``engine.backward`` divides
+    it again by the same number (its ``gradient_accumulation_steps``, which Lightning sets). Without this the
+    gradients would be ``1 / accumulate`` too small: the gradient norm, its clipping and Adam's epsilon would see
+    another step than under DDP or FSDP.
+    """
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    if accumulate > 1 and isinstance(strategy, DeepSpeedStrategy):
+        return loss * accumulate
+    return loss
