@@ -101,22 +101,3 @@ def test_two_point_multirun_gives_separate_runs(tmp_path, demo_data_dir):
         lrs.append(max(float(r["lr/base"]) for r in rows if r.get("lr/base")))
         assert (job / "export" / "model.safetensors").is_file()
     assert lrs[1] == pytest.approx(2 * lrs[0])
-
-
-@pytest.mark.slow
-def test_two_cpu_ranks_with_global_order_reproduce_the_one_rank_losses(tmp_path, demo_data_dir):
-    common = ["+stage=pretrain", *FAST, f"paths.data_dir={demo_data_dir}", "data.order=global", "global_batch_size=4"]
-    losses = {}
-    for name, layout in {
-        "one": ["trainer.devices=1", "data.batch_size=4"],
-        "two": ["trainer.devices=2", "strategy=ddp", "data.batch_size=2"],
-    }.items():
-        (tmp_path / name).mkdir()
-        proc = run_cli([*common, *layout], tmp_path / name, timeout=400)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        (run,) = (tmp_path / name / "logs" / "train" / "demo" / "pretrain").iterdir()
-        rows = read_csv(run / "csv" / "metrics.csv")
-        losses[name] = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
-    assert len(losses["one"]) == 3
-    # the same samples per step, every token weighted alike on both layouts: equal up to summation order
-    assert losses["two"] == pytest.approx(losses["one"], rel=1e-5)
