@@ -121,13 +121,18 @@ class Runner:
         rel = [abs(a[s] - b[s]) / max(abs(b[s]), 1e-12) for s in common]
         return {"steps_compared": len(common), "max_abs_diff": max(diffs), "max_rel_diff": max(rel)}
 
-    def record(self, name: str, run_dir: Path | None, **fields: Any) -> dict[str, Any]:
+    def record(
+        self, name: str, run_dir: Path | None, compare: tuple[str, dict[int, float]] | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Store a run's figures (and ``fields``) in the summary and its JSON; ``compare``: (key, losses) to diff."""
         entry = self.summary["runs"][name]
         if run_dir is not None:
             m = self.metrics(run_dir)
             entry |= {"run_dir": str(run_dir), "steps": len(m["losses"]), "samples_per_s": m["samples_per_s"]}
             entry |= {"peak_mem_gib_rank0": m["peak_mem_gib"], "export": (run_dir / "export").is_dir()}
             entry["_losses"] = m["losses"]
+        if compare is not None:
+            entry[compare[0]] = self.loss_diff(entry.get("_losses", {}), compare[1])
         entry |= fields
         out = {k: v for k, v in entry.items() if not k.startswith("_")}
         out = {"card": self.summary["card"], **out, "losses": entry.get("_losses", {})}
@@ -179,9 +184,7 @@ class Runner:
         for strategy in a.strategies:
             name = f"pretrain_{a.gpus}gpu_{strategy}"
             run = self.train(name, self.common(a.gpus, strategy))
-            entry = self.record(name, run, n_gpus=a.gpus, strategy=strategy)
-            entry["loss_vs_1gpu"] = self.loss_diff(entry.get("_losses", {}), reference)
-            self.record(name, None)
+            self.record(name, run, ("loss_vs_1gpu", reference), n_gpus=a.gpus, strategy=strategy)
 
     def resume(self) -> None:
         a = self.args
@@ -206,10 +209,10 @@ class Runner:
                         over = [*self.common(n, strategy), f"ckpt_path={universal}"]
                         run = self.train(name, [*over, "+trainer.strategy.config.checkpoint.load_universal=true"])
                         ckpt = universal
-                entry = self.record(name, run, n_gpus=n, strategy=strategy, resumed_from=str(ckpt))
-                entry["loss_vs_uninterrupted"] = self.loss_diff(entry.get("_losses", {}), full["_losses"])
-                entry["first_step_after_resume"] = min(entry.get("_losses", {}) or [None])
-                self.record(name, None)
+                self.record(
+                    name, run, ("loss_vs_uninterrupted", full["_losses"]), n_gpus=n, strategy=strategy,
+                    resumed_from=str(ckpt),
+                )  # fmt: skip
 
     def prealign(self) -> None:
         a = self.args

@@ -49,14 +49,8 @@ def global_mean_terms(
         ``loss`` = ce x n x W / N + align x m x W / M (N, M: the step's tokens and images over all ranks), whose
         average over ranks has the gradient of the global means; ``loss_ce`` and ``loss_align``: those means.
     """
-    local = torch.stack(
-        [
-            torch.tensor(float(n_tokens), device=ce.device),
-            torch.tensor(float(n_images), device=ce.device),
-            ce.detach().float() * n_tokens,
-            align.detach().float() * n_images,
-        ]
-    )
+    counts = ce.new_tensor([n_tokens, n_images], dtype=torch.float32)  # [N, M] of this rank
+    local = torch.cat([counts, torch.stack([ce.detach().float(), align.detach().float()]) * counts])
     total = all_reduce_sum(local)  # [N, M, CE sum, alignment sum] over ranks
     tokens, images = total[0].clamp(min=1), total[1].clamp(min=1)
     loss = ce * (n_tokens * world_size / tokens) + align * (n_images * world_size / images)

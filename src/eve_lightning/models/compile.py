@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,31 +34,18 @@ def decoder_layers(llm: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def compile_decoder_layers(
-    llm: nn.Module,
-    *,
-    mode: str | None = None,
-    dynamic: bool | None = None,
-    backend: str = "inductor",
-    recompile_limit: int = 16,
-) -> int:
-    """Compile the forward of every decoder block in place; returns how many were compiled.
+def compile_decoder_layers(llm: nn.Module, **options: Any) -> int:
+    """Compile the forward of every decoder block of an HF causal LM in place; returns how many were compiled.
 
-    Args:
-        llm: an HF causal LM.
-        mode: torch.compile mode: None/"default", or "max-autotune-no-cudagraphs" (tunes matmuls longer). Modes
-            with CUDA graphs ("reduce-overhead", "max-autotune") are refused: the rows change shape every step.
-        dynamic: torch.compile's dynamic-shape setting (None: static first, dynamic after a new shape).
-        backend: torch.compile backend ("inductor"; "aot_eager" checks tracing without generating kernels).
-        recompile_limit: most compiled variants per code object (all layers share one); set process-wide.
-
-    Raises:
-        ValueError: an unknown or CUDA-graph mode, or a recompile limit below 1.
+    ``options``: ``compile_layers``'s keyword arguments.
     """
-    n = compile_layers(
-        decoder_layers(llm), mode=mode, dynamic=dynamic, backend=backend, recompile_limit=recompile_limit
+    n = compile_layers(decoder_layers(llm), **options)
+    log.info(
+        "compiled the forward of %d decoder blocks (backend %s, mode %s)",
+        n,
+        options.get("backend", "inductor"),
+        options.get("mode"),
     )
-    log.info("compiled the forward of %d decoder blocks (backend %s, mode %s)", n, backend, mode)
     return n
 
 
@@ -72,8 +60,19 @@ def compile_layers(
     """Compile the forward of every block of a stack in place (one graph shared by the blocks); returns the count.
 
     Used for the decoder blocks (``compile_decoder_layers``) and the teacher's encoder blocks, whose batch (the
-    images of a step) changes size: the second size switches to a dynamic-shape graph. Arguments as
-    ``compile_decoder_layers``; a block compiled already is left as it is.
+    images of a step) changes size: the second size switches to a dynamic-shape graph. A block compiled already
+    is left as it is.
+
+    Args:
+        layers: the blocks.
+        mode: torch.compile mode: None/"default", or "max-autotune-no-cudagraphs" (tunes matmuls longer). Modes
+            with CUDA graphs ("reduce-overhead", "max-autotune") are refused: the rows change shape every step.
+        dynamic: torch.compile's dynamic-shape setting (None: static first, dynamic after a new shape).
+        backend: torch.compile backend ("inductor"; "aot_eager" checks tracing without generating kernels).
+        recompile_limit: most compiled variants per code object (all blocks share one); set process-wide.
+
+    Raises:
+        ValueError: an unknown or CUDA-graph mode, or a recompile limit below 1.
     """
     if mode not in MODES:
         raise ValueError(f"compile mode {mode!r} is not supported here: use one of {sorted(map(str, MODES))}")
