@@ -2,7 +2,8 @@
 
 Always in eval mode and without gradients, whatever `.train()` is called on the tree around it. Only the encoder
 layers up to the distilled one are kept and run (the penultimate layer: 23 of CLIP ViT-L's 24): the layers above it
-would be computed and thrown away. Loading a full CLIP state dict drops their tensors.
+would be computed and thrown away. Loading a full CLIP state dict drops their tensors. The 14-px patch convolution
+runs as one matrix product (``models.patchify``), with the same weights.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from eve_lightning.models.patch_embedding import normalize_pixels
+from eve_lightning.models.patchify import PatchConv2d
 
 _LAYER_KEY = re.compile(r"encoder\.layers\.(\d+)\.")
 
@@ -48,6 +50,8 @@ class ClipTeacher(nn.Module):
             )
         getattr(clip, "vision_model", clip).encoder.layers = encoder_layers(clip)[:kept]
         clip.config.num_hidden_layers = kept  # the config describes the model that runs
+        embeddings = getattr(clip, "vision_model", clip).embeddings
+        embeddings.patch_embedding = PatchConv2d.from_conv(embeddings.patch_embedding)  # one GEMM, same weights
         self.clip = clip
         self.select_layer = select_layer
         self.kept_layers = kept

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, TEACHER_IMAGE_SIZE
 from eve_lightning.models import varlen_attention
 from eve_lightning.models.block_mask import packed_block_mask
-from eve_lightning.models.losses import causal_lm_loss, cosine_alignment_loss
+from eve_lightning.models.losses import causal_lm_loss, cosine_alignment_loss, supervised_positions
 from eve_lightning.models.patch_aligner import PatchAligner
 from eve_lightning.models.patch_embedding import PatchEmbedding, token_layout
 from eve_lightning.models.projector import Projector
@@ -298,8 +298,27 @@ class EveVLM(nn.Module):
             input_ids, attention_mask, pixel_values, pixel_mask, labels, position_ids=position_ids, seq_ids=seq_ids
         )
         use_align = self.aligner is not None and teacher_features is not None
+        # Everything that reads a count back from the device happens here, before the decoder is queued: after
+        # it, each read-back would hold the host until the whole decoder forward has run, and the GPU would then
+        # wait for the host to queue the losses and the backward.
+        ce_positions = supervised_positions(mm.labels)
+        align = None
+        if use_align and mm.cell_rows.numel():
+            groups = self.aligner.group_cells(mm.cell_teacher)  # (cells [P], inverse [M])
+            images, image_index = torch.unique(groups[0] // self.config.teacher_grid**2, return_inverse=True)
+            if self.config.check_alignment and teacher_cell_mask is not None:
+                self._check_cells(groups[0], images, teacher_cell_mask)
+            align = (groups, image_index, int(images.numel()))
+        stats = {
+            "seq_len": mm.inputs_embeds.shape[1],
+            "n_tokens": int(mm.attention_mask.sum()),
+            "n_images": int(mm.image_rows.numel()),
+        }
+        n_truncated = int(mm.n_truncated.sum())
+        segments = self._segment_kwargs(mm)
+
         captured: dict[int, torch.Tensor] = {}
-        handles = self._capture_hooks(mm, captured) if use_align else []
+        handles = self._capture_hooks(mm, captured) if align is not None else []
         try:
             decoder = self.llm.get_decoder()
             out = decoder(
@@ -307,31 +326,27 @@ class EveVLM(nn.Module):
                 attention_mask=self.decoder_mask(mm),
                 position_ids=mm.position_ids,
                 use_cache=False,
-                **self._segment_kwargs(mm),
+                **segments,
             )
         finally:
             for h in handles:
                 h.remove()
         last = out.last_hidden_state  # [B, L', H], final-norm output
-        loss_ce, n_tok = causal_lm_loss(last, mm.labels, self.llm.get_output_embeddings())
+        loss_ce, n_tok = causal_lm_loss(last, mm.labels, self.llm.get_output_embeddings(), positions=ce_positions)
 
         loss_align = last.new_zeros((), dtype=torch.float32)
         n_align = 0
-        if use_align and mm.cell_rows.numel():
+        if align is not None:
+            groups, image_index, n_align = align
             top = self.aligner.layer_indices[0]
             captured[top] = last[mm.cell_rows, mm.cell_pos]
             captured[0] = mm.inputs_embeds[mm.cell_rows, mm.cell_pos]
             layers = [captured[i] for i in self.aligner.layer_indices]
-            pred, cells = self.aligner(layers, mm.cell_teacher)  # [P, C], [P]
-            gt2 = self.config.teacher_grid**2
+            pred, cells = self.aligner(layers, mm.cell_teacher, groups)  # [P, C], [P]
             target = teacher_features.reshape(-1, teacher_features.shape[-1])[cells]  # [P, C]
-            images, image_index = torch.unique(cells // gt2, return_inverse=True)
-            n_align = int(images.numel())
-            if self.config.check_alignment and teacher_cell_mask is not None:
-                self._check_cells(cells, images, teacher_cell_mask)
             loss_align = cosine_alignment_loss(pred, target.to(pred.dtype), image_index, n_align)
 
-        align_term = self.config.align_weight * loss_align + self._touch_unused(mm, use_align and n_align > 0)
+        align_term = self.config.align_weight * loss_align + self._touch_unused(mm, n_align > 0)
         loss = loss_ce + align_term
         return EveOutput(
             loss=loss,
@@ -339,12 +354,8 @@ class EveVLM(nn.Module):
             loss_align=loss_align.detach(),
             n_ce_tokens=n_tok,
             n_align_images=n_align,
-            n_truncated=int(mm.n_truncated.sum()),
-            stats={
-                "seq_len": mm.inputs_embeds.shape[1],
-                "n_tokens": int(mm.attention_mask.sum()),
-                "n_images": int(mm.image_rows.numel()),
-            },
+            n_truncated=n_truncated,
+            stats=stats,
             terms=(loss_ce, align_term),
         )
 

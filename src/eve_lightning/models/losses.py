@@ -24,7 +24,11 @@ def supervised_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def causal_lm_loss(
-    hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module, chunk_size: int = 4096
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    lm_head: nn.Module,
+    chunk_size: int = 4096,
+    positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Mean next-token cross entropy, computing logits only where a label is supervised.
 
@@ -33,12 +37,14 @@ def causal_lm_loss(
         labels: [B, L] token labels aligned with `hidden` (shifted inside).
         lm_head: the output projection H -> V.
         chunk_size: supervised positions per logits chunk (bounds the [chunk, V] float32 buffer).
+        positions: `supervised_positions(labels)` when already known (finding them reads a count back from the
+            device, which is cheaper before the decoder is queued than after).
 
     Returns:
         (loss, n_tokens). With no supervised token the loss is an exact 0 that still keeps the graph
         (never NaN).
     """
-    rows, cols, targets = supervised_positions(labels)
+    rows, cols, targets = positions if positions is not None else supervised_positions(labels)
     n = int(targets.numel())
     if n == 0:
         return hidden.sum() * 0.0, 0

@@ -51,7 +51,17 @@ class PatchAligner(nn.Module):
         self.top_proj = nn.Linear(llm_hidden, teacher_hidden)
         self.fused_proj = nn.Linear(teacher_hidden, teacher_hidden)
 
-    def forward(self, layers: list[torch.Tensor], target_cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def group_cells(target_cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[M] teacher cell ids -> (cells [P] distinct ids, sorted; inverse [M] index of each id in `cells`)."""
+        return torch.unique(target_cell, sorted=True, return_inverse=True)
+
+    def forward(
+        self,
+        layers: list[torch.Tensor],
+        target_cell: torch.Tensor,
+        groups: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict teacher features.
 
         Args:
@@ -59,11 +69,12 @@ class PatchAligner(nn.Module):
                 cells of the LLM token grid.
             target_cell: [M] id of the teacher cell each LLM cell falls in (image * 576 + row * 24 + col);
                 cells sharing an id are averaged (2x2 pooling at 1344 px).
+            groups: `group_cells(target_cell)` when already known (it reads a count back from the device).
 
         Returns:
             (pred [P, C], cells [P]): predictions for the P distinct teacher cells, sorted by id.
         """
-        cells, inverse = torch.unique(target_cell, sorted=True, return_inverse=True)  # [P], [M]
+        cells, inverse = groups if groups is not None else self.group_cells(target_cell)  # [P], [M]
         p = cells.shape[0]
         counts = torch.zeros(p, device=target_cell.device, dtype=layers[0].dtype)
         counts = counts.index_add(0, inverse, torch.ones_like(inverse, dtype=counts.dtype))[:, None]  # [P, 1]
@@ -73,7 +84,8 @@ class PatchAligner(nn.Module):
         )  # [P, J, C]
         heads = feats.unflatten(-1, (self.num_heads, -1))  # [P, J, heads, C/heads]
         q, kv = heads[:, 0], heads[:, 1:]  # [P, heads, c], [P, J-1, heads, c]
-        attn = (torch.einsum("phc,pjhc->phj", q, kv) * self.scale).softmax(-1)  # [P, heads, J-1]
-        fused = torch.einsum("phj,pjhc->phc", attn, kv).flatten(1)  # [P, C]
+        # J-1 keys per query: broadcast products, not batched matrix products of tiny tiles
+        attn = ((q[:, None] * kv).sum(-1) * self.scale).softmax(1)  # [P, J-1, heads]
+        fused = (attn[..., None] * kv).sum(1).flatten(1)  # [P, C]
         pred = self.top_proj(pooled[0]) + self.fused_proj(fused)  # [P, C]
         return pred, cells

@@ -1,7 +1,7 @@
 """Patch Embedding Layer (PEL): raw pixels of any aspect ratio -> EVE image tokens, batched without loops.
 
 Function (spec section 1.2), for every image of the batch:
-  1. a 14-px convolution (no bias) over the whole padded canvas;
+  1. a 14-px convolution (no bias) over the whole padded canvas, computed as one matrix product (`patchify`);
   2. crop to the bounding box of the image band given by the pixel mask;
   3. 2x2 local attention pooling: each 28-px cell's average is the query, its four 14-px sub-patches are the
      keys/values (attention scale hidden^-0.5, not head_dim^-0.5), residual onto the average;
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eve_lightning.constants import CLIP_MEAN, CLIP_STD
+from eve_lightning.models.patchify import PatchConv2d
 
 # Text-only rows carry an all-zero mask; the reference function then reads the top-left 16x16 patches.
 EMPTY_MASK_PATCHES = 16
@@ -125,7 +126,7 @@ class PatchEmbedding(nn.Module):
         self.hidden = hidden
         self.patch_size = patch_size
         self.pool_stride = pool_stride
-        self.conv = nn.Conv2d(3, hidden, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.conv = PatchConv2d(3, hidden, kernel_size=patch_size, stride=patch_size, bias=False)  # one GEMM
         self.cls_token = nn.Parameter(torch.randn(hidden))
         self.split_token = nn.Parameter(torch.randn(hidden))
         self.local_attn = PoolingAttention(hidden, num_heads)
@@ -205,8 +206,9 @@ class PatchEmbedding(nn.Module):
         pooled = win.mean(1)  # [M, D]
         q = self.local_attn.queries(pooled)  # [M, H, d_h]
         k, v = self.local_attn.keys_values(win)  # [M, 4, H, d_h]
-        attn = (torch.einsum("mhc,mwhc->mhw", q, k) * self.local_attn.scale).softmax(-1)  # [M, H, 4]
-        agg = torch.einsum("mhw,mwhc->mhc", attn, v).flatten(1)  # [M, D]
+        # 4 keys per query: broadcast products, not batched matrix products of 1x4 tiles
+        attn = ((q[:, None] * k).sum(-1) * self.local_attn.scale).softmax(1)  # [M, 4, H]
+        agg = (attn[..., None] * v).sum(1).flatten(1)  # [M, D]
         cells = pooled + self.local_attn.out_proj(agg)  # [M, D]
 
         canvas = feat.new_zeros(n, g * g, d)  # [N, g*g, D]
