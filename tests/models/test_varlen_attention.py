@@ -28,7 +28,19 @@ def test_segment_offsets_cut_at_every_sample_and_row():
     same_id_across_rows = torch.tensor([[0, 0, 0], [0, 0, 0]])  # row 2 is a new segment though its id is equal
     assert va.segment_offsets(same_id_across_rows).tolist() == [0, 3, 6]
     kw = va.decoder_kwargs(seq)
-    assert kw["cu_seq_lens_q"] is kw["cu_seq_lens_k"] and kw["max_length_q"] == 6
+    assert kw["cu_seq_lens_q"] is kw["cu_seq_lens_k"] and kw["max_length_q"] == kw["max_length_k"] == 6  # the row
+
+
+def test_padding_is_cut_short_so_the_kernel_bound_is_the_longest_sample_not_the_row():
+    seq = packed_rows([[300, 100], [50]], 1024)  # 624 and 974 padding tokens
+    offsets = va.segment_offsets(seq)
+    lengths = (offsets[1:] - offsets[:-1]).tolist()
+    assert offsets[-1] == 2048 and lengths[:2] == [300, 100] and lengths[lengths.index(50, 2)] == 50
+    assert max(lengths[2:]) <= va.PAD_SEGMENT  # every padding piece
+    starts = set(offsets.tolist())
+    assert {0, 300, 400, 1024, 1074} <= starts  # samples and rows still start segments
+    kw = va.decoder_kwargs(seq)
+    assert kw["max_length_q"] == kw["max_length_k"] == 384  # 300, rounded up to whole 128-token blocks
 
 
 @pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (4, 2)])
@@ -97,3 +109,29 @@ def test_flash_kernel_matches_the_rule_in_bf16():
     for got, want in zip((q, k, v), leaves):  # the 2 key/value heads' gradients sum over their 4 query heads each
         want = want.grad
         torch.testing.assert_close(got.grad.float(), want, rtol=5e-2, atol=5e-2 * float(want.abs().max()))
+
+
+@pytest.mark.gpu
+def test_compiled_blocks_take_a_new_kernel_bound_every_step_without_recompiling_each_time():
+    if not torch.cuda.is_available() or not va.kernel_available():
+        pytest.skip("needs CUDA and torch.nn.attention.varlen")
+    from tiny_llm import tiny_llm
+
+    from eve_lightning.models.compile import compile_decoder_layers
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    llm = tiny_llm(va.NAME).cuda()
+    compile_decoder_layers(llm, backend="aot_eager")
+    frames, bounds = [], []
+    for length, longest in ((160, 100), (200, 150), (300, 260), (400, 140), (520, 390)):
+        seq = packed_rows([[longest, 40], [30]], length).cuda()
+        kw = va.decoder_kwargs(seq)
+        ids = torch.randint(0, 128, seq.shape, device="cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = llm(input_ids=ids, position_ids=torch.zeros_like(ids), use_cache=False, **kw)
+        out.logits.float().sum().backward()
+        frames.append(torch._dynamo.utils.counters["frames"]["ok"])
+        bounds.append(kw["max_length_q"])
+    assert bounds == [128, 200, 300, 256, 512]
+    assert frames[-1] <= 2  # the first bound statically, then one graph with the bound as a symbol
