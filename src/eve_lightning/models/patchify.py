@@ -2,9 +2,9 @@
 
 EVE's patch embedding and the CLIP teacher both open with a convolution whose stride equals its kernel (14 px):
 every output pixel reads one patch, and no patch is shared. With three input channels, cuDNN runs such a layer far
-below the matrix-multiply rate (on an H100, 2.5 ms per call on average for 32 canvases, 89 GFLOP at 672 px). Cutting the
-image into patches and multiplying by the flattened kernel gives the same numbers in one GEMM, forward and
-backward.
+below the matrix-multiply rate (on an H100, 2.5 ms per call on average for 32 canvases, 89 GFLOP at 672 px).
+Cutting the image into patches and multiplying by the flattened kernel gives the same numbers in one GEMM, forward
+and backward.
 
 ``PatchConv2d`` is a drop-in ``nn.Conv2d``: same parameters and state-dict keys, same [N, C_out, H', W'] output
 (a channels-last view), so checkpoints and callers do not change.
