@@ -10,7 +10,10 @@
 # Environment:
 #   ROOT       working folder: data, logs, exports (default: ./demo_recipe_run)
 #   RESULTS    where per-variant logs, stage timings and eval results go (default: $ROOT/results)
-#   PARALLEL   1: run the given variants side by side on the one GPU (wall times are then shared-GPU times)
+#   PARALLEL   1: run the given variants side by side on the one GPU (wall times are then shared-GPU times). Each
+#              stage's max_time is then lifted (trainer.max_time=null), so that every variant takes the recipe's
+#              steps: the caps are sized for one process alone on an H100
+#   TIME_CAPS  on | off: keep or lift the stages' max_time (default: on alone, off with PARALLEL=1)
 #   TOKENIZER  tokenizer.model file (default: the one shipped by mistral-common)
 #   EXTRA      extra Hydra overrides for every training command (e.g. "model=tiny cluster=cpu" for a smoke run)
 #   SAMPLES    training samples per task of the generated data (default 36000; 400 held out per task)
@@ -45,7 +48,14 @@ tok=()
 gen=("data.demo_samples=${SAMPLES:-36000}" "data.demo_max_turns=${MAX_TURNS:-10}" "data.demo_turns=${TURNS:-independent}"
      "data.demo_shuffled_captions=${SHUFFLED:-0.5}" "data.demo_answers=${ANSWERS:-short}"
      "data.demo_shape_first_captions=${SHAPE_FIRST:-0}")  # the data's settings, as generated below
-common=(experiment=demo_recipe "paths.root_dir=$ROOT" "${gen[@]}" ${tok[@]+"${tok[@]}"} ${extra[@]+"${extra[@]}"})
+caps=()
+[ "${TIME_CAPS:-$([ "${PARALLEL:-0}" = 1 ] && echo off || echo on)}" = off ] && caps=(trainer.max_time=null)
+logger=()
+if ! $PY -c "import wandb" 2> /dev/null; then  # W&B asked for by the experiment, but not installed here
+  echo "!! wandb is not installed: logging to CSV alone (pip install wandb for W&B offline logs)"; logger=(logger=csv)
+fi
+common=(experiment=demo_recipe "paths.root_dir=$ROOT" "${gen[@]}" ${tok[@]+"${tok[@]}"} ${caps[@]+"${caps[@]}"}
+        ${logger[@]+"${logger[@]}"} ${extra[@]+"${extra[@]}"})
 
 data="$ROOT/data/demo_recipe"
 echo "== demo data -> $data"  # kept when made with the same parameters, else generated again

@@ -75,6 +75,17 @@ def wandb_offline_if_no_key() -> str | None:
     return "offline"
 
 
+def require_wandb() -> None:
+    """Fail before any work starts when ``logger=wandb`` is asked for and the package is missing."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError(
+            "logger=wandb needs the wandb package, which is not installed in this environment: pip install wandb, "
+            "or log to CSV alone with logger=csv"
+        ) from err
+
+
 def tokenizer_files(source: str | None) -> list[str]:
     """Files that make up a tokenizer (a SentencePiece file or a folder's tokenizer files), for exports."""
     if not source:
@@ -91,6 +102,7 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     for name, spec in (cfg.get("logger") or {}).items():
         kwargs = {}
         if name == "wandb":
+            require_wandb()
             wandb_offline_if_no_key()
             if spec.get("id") is None and os.environ.get("SLURM_JOB_ID"):
                 kwargs["id"] = f"{cfg.run_name}".replace("/", "-")  # stable across SLURM requeues

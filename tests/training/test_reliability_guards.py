@@ -17,7 +17,7 @@ from runs import FAST, compose_train
 
 from eve_lightning.inference.loading import load_model
 from eve_lightning.lit.checkpoint_io import AtomicCheckpointIO
-from eve_lightning.train import build, train
+from eve_lightning.train import build, build_loggers, train
 from eve_lightning.utils.config_checks import ConfigError
 from repo_paths import REPO
 
@@ -116,6 +116,15 @@ def test_targets_outside_the_allowlist_are_refused(tmp_path, demo_data_dir):
     )
     with pytest.raises(ConfigError, match=r"callbacks.evil._target_=os.system is not in the instantiation allowlist"):
         build(cfg)
+
+
+def test_a_missing_wandb_package_fails_before_training_and_names_the_csv_logger(tmp_path, demo_data_dir, monkeypatch):
+    cfg = compose_train(["+stage=prealign", "logger=wandb"], tmp_path, demo_data_dir)
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb now raises ImportError
+    with pytest.raises(RuntimeError, match=r"logger=wandb needs the wandb package.*pip install wandb.*logger=csv"):
+        build_loggers(cfg)
+    cfg_csv = compose_train(["+stage=prealign", "logger=csv"], tmp_path, demo_data_dir)
+    assert [type(x).__name__ for x in build_loggers(cfg_csv)] == ["CSVLogger"]
 
 
 @pytest.mark.slow
