@@ -48,8 +48,10 @@ tok=()
 gen=("data.demo_samples=${SAMPLES:-36000}" "data.demo_max_turns=${MAX_TURNS:-10}" "data.demo_turns=${TURNS:-independent}"
      "data.demo_shuffled_captions=${SHUFFLED:-0.5}" "data.demo_answers=${ANSWERS:-short}"
      "data.demo_shape_first_captions=${SHAPE_FIRST:-0}")  # the data's settings, as generated below
+caps_default=on
+[ "${PARALLEL:-0}" = 1 ] && caps_default=off  # side by side, the caps sized for one process would cut steps
 caps=()
-[ "${TIME_CAPS:-$([ "${PARALLEL:-0}" = 1 ] && echo off || echo on)}" = off ] && caps=(trainer.max_time=null)
+[ "${TIME_CAPS:-$caps_default}" = off ] && caps=(trainer.max_time=null)
 logger=()
 if ! $PY -c "import wandb" 2> /dev/null; then  # W&B asked for by the experiment, but not installed here
   echo "!! wandb is not installed: logging to CSV alone (pip install wandb for W&B offline logs)"; logger=(logger=csv)
