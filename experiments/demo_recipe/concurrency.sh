@@ -19,13 +19,13 @@ export WANDB_MODE=${WANDB_MODE:-offline} PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_C
 mkdir -p "$R"
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -1) || card=cpu
 $PY -m eve_lightning.data.demo --out "$R/data/demo_recipe" --num-pretrain "$SAMPLES" --num-sft "$SAMPLES" \
-  --num-val 400 --max-turns 10 --turns independent --shuffled-captions 0.5 --answers "${ANSWERS:-short}" \
-  --shape-first-captions "${SHAPE_FIRST:-0}" --reuse | tail -1
+  --num-val 400 --max-turns 10 --turns independent --shuffled-captions 0.5 --answers "${ANSWERS:-restated}" \
+  --shape-first-captions "${SHAPE_FIRST:-0.5}" --reuse | tail -1
 extra=()
 [ -n "${EXTRA:-}" ] && read -r -a extra <<< "$EXTRA"
 [ -n "${TOKENIZER:-}" ] && extra+=("data.tokenizer=$TOKENIZER")
 common=(experiment=demo_recipe +stage=pretrain "paths.root_dir=$R" "data.demo_samples=$SAMPLES" logger=csv
-        "data.demo_answers=${ANSWERS:-short}" "data.demo_shape_first_captions=${SHAPE_FIRST:-0}"
+        "data.demo_answers=${ANSWERS:-restated}" "data.demo_shape_first_captions=${SHAPE_FIRST:-0.5}"
         "recipe.steps.pretrain=$STEPS" trainer.max_time=null trainer.limit_val_batches=0 "~callbacks.benchmark_val"
         ${extra[@]+"${extra[@]}"})
 one() {  # NAME [overrides...]: one pretraining process; its wall seconds go to $R/NAME.seconds

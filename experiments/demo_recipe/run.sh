@@ -16,13 +16,15 @@
 #   TIME_CAPS  on | off: keep or lift the stages' max_time (default: on alone, off with PARALLEL=1)
 #   TOKENIZER  tokenizer.model file (default: the one shipped by mistral-common)
 #   EXTRA      extra Hydra overrides for every training command (e.g. "model=tiny cluster=cpu" for a smoke run)
-#   SAMPLES    training samples per task of the generated data (default 36000; 400 held out per task)
+#   SAMPLES    training samples per task of the generated data (default 153600, as data.demo_samples: SFT sees
+#              each sample once; 400 held out per task)
 #   MAX_TURNS  most questions per image conversation of the generated data (default 10, as data.demo_max_turns)
 #   TURNS      how a conversation's questions are picked: independent (default, as data.demo_turns; no turn can be
 #              answered from the text of the others) or any
 #   SHUFFLED   share of captions that list the objects in random order (default 0.5, as data.demo_shuffled_captions)
-#   ANSWERS    short ("red.", default, as data.demo_answers) or restated ("the circle is red.")
-#   SHAPE_FIRST share of training captions that name each shape first (default 0, as data.demo_shape_first_captions)
+#   ANSWERS    short ("red.") or restated ("the circle is red.", default, as data.demo_answers)
+#   SHAPE_FIRST share of training captions that name each shape first (default 0.5, as
+#              data.demo_shape_first_captions)
 #   STOP_AFTER prealign | pretrain | sft: stop every variant after this stage (a later call goes on from there:
 #              stages whose export and timing exist are skipped)
 # Summarize afterwards with: python experiments/demo_recipe/summarize.py --results $RESULTS
@@ -45,9 +47,9 @@ extra=()
 [ -n "${EXTRA:-}" ] && read -r -a extra <<< "$EXTRA"
 tok=()
 [ -n "${TOKENIZER:-}" ] && tok=("data.tokenizer=$TOKENIZER")
-gen=("data.demo_samples=${SAMPLES:-36000}" "data.demo_max_turns=${MAX_TURNS:-10}" "data.demo_turns=${TURNS:-independent}"
-     "data.demo_shuffled_captions=${SHUFFLED:-0.5}" "data.demo_answers=${ANSWERS:-short}"
-     "data.demo_shape_first_captions=${SHAPE_FIRST:-0}")  # the data's settings, as generated below
+gen=("data.demo_samples=${SAMPLES:-153600}" "data.demo_max_turns=${MAX_TURNS:-10}" "data.demo_turns=${TURNS:-independent}"
+     "data.demo_shuffled_captions=${SHUFFLED:-0.5}" "data.demo_answers=${ANSWERS:-restated}"
+     "data.demo_shape_first_captions=${SHAPE_FIRST:-0.5}")  # the data's settings, as generated below
 caps_default=on
 [ "${PARALLEL:-0}" = 1 ] && caps_default=off  # side by side, the caps sized for one process would cut steps
 caps=()
@@ -61,11 +63,14 @@ common=(experiment=demo_recipe "paths.root_dir=$ROOT" "${gen[@]}" ${tok[@]+"${to
 
 data="$ROOT/data/demo_recipe"
 echo "== demo data -> $data"  # kept when made with the same parameters, else generated again
-$PY -m eve_lightning.data.demo --out "$data" --num-pretrain "${SAMPLES:-36000}" --num-sft "${SAMPLES:-36000}" \
+data_start=$(date +%s)
+$PY -m eve_lightning.data.demo --out "$data" --num-pretrain "${SAMPLES:-153600}" --num-sft "${SAMPLES:-153600}" \
   --num-val 400 --max-turns "${MAX_TURNS:-10}" --turns "${TURNS:-independent}" \
-  --shuffled-captions "${SHUFFLED:-0.5}" --answers "${ANSWERS:-short}" --shape-first-captions "${SHAPE_FIRST:-0}" \
+  --shuffled-captions "${SHUFFLED:-0.5}" --answers "${ANSWERS:-restated}" --shape-first-captions "${SHAPE_FIRST:-0.5}" \
   --reuse | tee -a "$RESULTS/data.log"
 cp "$data/generation.json" "$RESULTS/generation.json"
+echo $(( $(date +%s) - data_start )) > "$RESULTS/data.seconds"
+echo "   data: $(cat "$RESULTS/data.seconds") s"
 
 order() { case $1 in prealign) echo 1 ;; pretrain) echo 2 ;; sft) echo 3 ;; *) echo 4 ;; esac; }
 allowed() { [ -z "${STOP_AFTER:-}" ] || [ "$(order "$1")" -le "$(order "$STOP_AFTER")" ]; }

@@ -271,7 +271,7 @@ def make_record(
     rel = f"{task}/{split}/{index // 1000:03d}/{index:06d}.png"  # nested folders, like real data sets
     path = Path(images_dir) / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    render_scene(scene, rng).save(path, format="PNG")
+    render_scene(scene, rng).save(path, format="PNG", compress_level=1)  # fast: re-encoded into the shards
     if task == "pretrain":
         shuffled = shuffled_captions > 0 and rng.random() < shuffled_captions  # no draw: the default stream stays
         order = rng.permutation(len(scene.shapes)) if shuffled else None
