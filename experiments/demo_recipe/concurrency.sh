@@ -5,7 +5,7 @@
 #   bash experiments/demo_recipe/concurrency.sh [OUT_DIR]      (default: ./demo_recipe_concurrency)
 #
 # Environment: STEPS (pretraining steps per process, default 400), SAMPLES (generated samples per task, default
-# 6000), ANSWERS and SHAPE_FIRST (the data's options, as in run.sh), TOKENIZER (tokenizer.model file; default:
+# 6000), the data's other options as in run.sh (data_options.sh), TOKENIZER (tokenizer.model file; default:
 # mistral-common's), EXTRA (more Hydra overrides).
 # Writes OUT_DIR/concurrency.json: card, per-process median samples/s (the first quarter of logged steps skipped:
 # start-up and compilation) and wall seconds, and the aggregate speed-up of three processes over one.
@@ -18,14 +18,12 @@ STEPS=${STEPS:-400} SAMPLES=${SAMPLES:-6000}
 export WANDB_MODE=${WANDB_MODE:-offline} PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 mkdir -p "$R"
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -1) || card=cpu
-$PY -m eve_lightning.data.demo --out "$R/data/demo_recipe" --num-pretrain "$SAMPLES" --num-sft "$SAMPLES" \
-  --num-val 400 --max-turns 10 --turns independent --shuffled-captions 0.5 --answers "${ANSWERS:-restated}" \
-  --shape-first-captions "${SHAPE_FIRST:-0.5}" --reuse | tail -1
+source experiments/demo_recipe/data_options.sh  # the data's settings, as in run.sh
+$PY -m eve_lightning.data.demo --out "$R/data/demo_recipe" "${gen_flags[@]}" --reuse | tail -1
 extra=()
 [ -n "${EXTRA:-}" ] && read -r -a extra <<< "$EXTRA"
 [ -n "${TOKENIZER:-}" ] && extra+=("data.tokenizer=$TOKENIZER")
-common=(experiment=demo_recipe +stage=pretrain "paths.root_dir=$R" "data.demo_samples=$SAMPLES" logger=csv
-        "data.demo_answers=${ANSWERS:-restated}" "data.demo_shape_first_captions=${SHAPE_FIRST:-0.5}"
+common=(experiment=demo_recipe +stage=pretrain "paths.root_dir=$R" "${gen_overrides[@]}" logger=csv
         "recipe.steps.pretrain=$STEPS" trainer.max_time=null trainer.limit_val_batches=0 "~callbacks.benchmark_val"
         ${extra[@]+"${extra[@]}"})
 one() {  # NAME [overrides...]: one pretraining process; its wall seconds go to $R/NAME.seconds
@@ -35,7 +33,7 @@ one() {  # NAME [overrides...]: one pretraining process; its wall seconds go to 
   echo "$1 done in $(cat "$R/$1.seconds") s"
 }
 one alone
-one shared_full & one shared_no_prealign & one shared_no_align model.eve.align_weight=0 data.teacher_view=false &
+one shared_full & one shared_no_prealign & one shared_no_align "${no_align_overrides[@]}" &
 wait
 $PY - "$R" "$card" "$STEPS" > "$OUT_DIR/concurrency.json" <<'PY'
 import csv, json, re, statistics, sys

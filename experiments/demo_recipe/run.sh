@@ -47,9 +47,7 @@ extra=()
 [ -n "${EXTRA:-}" ] && read -r -a extra <<< "$EXTRA"
 tok=()
 [ -n "${TOKENIZER:-}" ] && tok=("data.tokenizer=$TOKENIZER")
-gen=("data.demo_samples=${SAMPLES:-153600}" "data.demo_max_turns=${MAX_TURNS:-10}" "data.demo_turns=${TURNS:-independent}"
-     "data.demo_shuffled_captions=${SHUFFLED:-0.5}" "data.demo_answers=${ANSWERS:-restated}"
-     "data.demo_shape_first_captions=${SHAPE_FIRST:-0.5}")  # the data's settings, as generated below
+source experiments/demo_recipe/data_options.sh  # gen_flags, gen_overrides, no_align_overrides
 caps_default=on
 [ "${PARALLEL:-0}" = 1 ] && caps_default=off  # side by side, the caps sized for one process would cut steps
 caps=()
@@ -58,16 +56,13 @@ logger=()
 if ! $PY -c "import wandb" 2> /dev/null; then  # W&B asked for by the experiment, but not installed here
   echo "!! wandb is not installed: logging to CSV alone (pip install wandb for W&B offline logs)"; logger=(logger=csv)
 fi
-common=(experiment=demo_recipe "paths.root_dir=$ROOT" "${gen[@]}" ${tok[@]+"${tok[@]}"} ${caps[@]+"${caps[@]}"}
+common=(experiment=demo_recipe "paths.root_dir=$ROOT" "${gen_overrides[@]}" ${tok[@]+"${tok[@]}"} ${caps[@]+"${caps[@]}"}
         ${logger[@]+"${logger[@]}"} ${extra[@]+"${extra[@]}"})
 
 data="$ROOT/data/demo_recipe"
 echo "== demo data -> $data"  # kept when made with the same parameters, else generated again
 data_start=$(date +%s)
-$PY -m eve_lightning.data.demo --out "$data" --num-pretrain "${SAMPLES:-153600}" --num-sft "${SAMPLES:-153600}" \
-  --num-val 400 --max-turns "${MAX_TURNS:-10}" --turns "${TURNS:-independent}" \
-  --shuffled-captions "${SHUFFLED:-0.5}" --answers "${ANSWERS:-restated}" --shape-first-captions "${SHAPE_FIRST:-0.5}" \
-  --reuse | tee -a "$RESULTS/data.log"
+$PY -m eve_lightning.data.demo --out "$data" "${gen_flags[@]}" --reuse | tee -a "$RESULTS/data.log"
 cp "$data/generation.json" "$RESULTS/generation.json"
 echo $(( $(date +%s) - data_start )) > "$RESULTS/data.seconds"
 echo "   data: $(cat "$RESULTS/data.seconds") s"
@@ -119,7 +114,7 @@ run_variant() {
     no_prealign)
       stage no_prealign pretrain && stage no_prealign sft "init_from=$runs/pretrain" ;;
     no_align)
-      local off=(model.eve.align_weight=0 data.teacher_view=false)
+      local off=("${no_align_overrides[@]}")
       stage no_align prealign "${off[@]}" && stage no_align pretrain "init_from=$runs/prealign" "${off[@]}" \
         && stage no_align sft "init_from=$runs/pretrain" "${off[@]}" ;;
     *) echo "unknown variant $v (full | no_prealign | no_align)"; return 2 ;;

@@ -144,7 +144,7 @@ def main() -> None:
         "recipe": "conf/experiment/demo_recipe.yaml (model demo_125m, 672 px, global batch 64)",
         "final_loss_is": f"mean of the last {LAST} logged training losses of the stage",
         "data_generation": json.loads(read("generation.json") or "null"),  # the demo generator's parameters
-        "data_wall_s": int(read("data.seconds")) if read("data.seconds") else None,  # generation, once for all
+        "data_wall_s": int(secs) if (secs := read("data.seconds")) else None,  # generation, once for all variants
         **(full or {}),
         "ablations": variants,
     }
