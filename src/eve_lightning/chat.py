@@ -62,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as err:
             print(f"eve_lightning.chat: error: cannot read image {args.image}: {err}", file=sys.stderr)
             return 2
-    engine = ChatEngine.from_dir(model, device=args.device)
+    try:
+        engine = ChatEngine.from_dir(model, device=args.device)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"eve_lightning.chat: error: cannot load a model from {model}: {err}", file=sys.stderr)
+        return 2
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     print(f"[{engine.model_name}: {engine.loaded.kind}, {engine.image_size} px, {engine.device}]", file=sys.stderr)
     if args.prompt is not None:

@@ -40,3 +40,7 @@ BACKGROUND_RGB = tuple(int(255 * m) for m in CLIP_MEAN)
 TEACHER_IMAGE_SIZE = 336  # CLIP ViT-L/14-336 input side
 PATCH_SIZE = 14  # conv patch of the EVE view and of the teacher
 POOL_STRIDE = 2  # EVE local-attention pooling window (2x2 patches -> one token)
+
+# Largest image (width x height) that is decoded, when shards are written and when they are read: a larger one is
+# skipped and counted before its pixels are decoded (Pillow alone would decode up to 179 M pixels).
+MAX_IMAGE_PIXELS = 40_000_000

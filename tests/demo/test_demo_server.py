@@ -203,11 +203,11 @@ def test_cli_without_model_says_to_run_make_train(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("EVE_ROOT", str(tmp_path))
     with pytest.raises(SystemExit) as exc:
         main([])
-    message = str(exc.value.code)
-    assert "\n" not in message and "make train" in message and "--model" in message
+    message = capsys.readouterr().err
+    assert exc.value.code == 2 and message.count("\n") == 1 and "make train" in message and "--model" in message
     with pytest.raises(SystemExit) as exc:
         main(["--model", str(tmp_path / "nowhere")])
-    assert "does not exist" in str(exc.value.code)
+    assert exc.value.code == 2 and "does not exist" in capsys.readouterr().err
 
 
 def test_cli_serves_the_model_on_loopback(tiny_export, monkeypatch, capsys):

@@ -1,4 +1,10 @@
-"""The batched EveVLM equals a per-sample formulation written from the spec (losses and gradients)."""
+"""The batched EveVLM equals a per-sample formulation written from the spec (losses and gradients).
+
+The reference shares only parameters with the model under test, never its computations: pixel normalization,
+the patch convolution (`F.conv2d`), the projector (`linear -> exact GELU -> linear`), the aligner's layer choice
+(every `align_layer_interval`-th hidden state from the last down to 0), the teacher (a fresh, uncut HF CLIP vision
+tower with the teacher's weights, penultimate hidden state) and the teacher's valid cells are written here.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from transformers import CLIPVisionConfig, CLIPVisionModel
 from views import batch_views, photo
 
 from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from eve_lightning.models.build import teacher_cell_mask
-from eve_lightning.models.patch_embedding import normalize_pixels
+
+MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # CLIP's, spec section 1.6
+STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+
+
+def ref_normalize(pixels):
+    return (pixels.float() / 255 - MEAN) / STD
+
 
 # --------------------------------------------------------------------------- reference, one sample at a time
 
@@ -34,7 +47,7 @@ def ref_attention(attn, query_in, kv_in):
 
 def ref_pel(pel, pixels, mask):
     """Spec 1.2 for one image: [3, S, S] uint8, [S, S] -> ([T, D] tokens, h, w, row0, col0)."""
-    feat = pel.conv(normalize_pixels(pixels[None], pel.conv.weight.dtype))[0]  # [D, 2g, 2g]
+    feat = F.conv2d(ref_normalize(pixels[None]), pel.conv.weight, stride=14)[0]  # [D, 2g, 2g], no bias
     pm = F.avg_pool2d(mask[None, None].float(), 14)[0, 0]
     rows, cols = pm.sum(1).nonzero().flatten(), pm.sum(0).nonzero().flatten()
     r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
@@ -56,10 +69,34 @@ def ref_pel(pel, pixels, mask):
     return torch.cat([cls, grid.reshape(-1, d)]), h, w, r0 // 2, c0 // 2
 
 
-def ref_aligner(al, hidden_states, span_start, h, w, ratio):
+def ref_projector(proj, tokens):
+    """Spec 1.2 step 7: mlp2x_gelu (exact GELU)."""
+    return F.linear(F.gelu(F.linear(tokens, proj.fc1.weight, proj.fc1.bias)), proj.fc2.weight, proj.fc2.bias)
+
+
+def ref_layers(num_layers, interval):
+    """Spec 1.3: hidden-state indices num_layers, num_layers - interval, ..., 0 (query first)."""
+    return list(range(num_layers, -1, -interval))
+
+
+def ref_teacher(teacher, pixels, mask):
+    """Spec 1.4: a fresh full CLIP vision tower with the teacher's weights; penultimate layer, CLS dropped; the cells
+    whose 14x14 pooled mask is 1 (row-major)."""
+    cfg = teacher.clip.config.to_dict()
+    cfg["num_hidden_layers"] = 2  # conf/model/tiny.yaml's teacher, uncut
+    clip = CLIPVisionModel(CLIPVisionConfig(**cfg)).eval()
+    missing, unexpected = clip.load_state_dict(teacher.clip.state_dict(), strict=False)
+    assert not unexpected and all(".layers.1." in k for k in missing)  # only the layer above the distilled one
+    with torch.no_grad():
+        feats = clip(pixel_values=ref_normalize(pixels), output_hidden_states=True).hidden_states[-2][0, 1:]
+    valid = F.avg_pool2d(mask[None, None].float(), 14).flatten() == 1
+    return feats[valid]
+
+
+def ref_aligner(al, hidden_states, span_start, h, w, ratio, layers):
     """Spec 1.3 for one image: HF hidden_states tuple -> [P, C] prediction."""
     grids = []
-    for idx in al.layer_indices:
+    for idx in layers:
         hs = hidden_states[idx][0, span_start + 1 : span_start + 1 + h * (w + 1)]  # drop CLS
         g = hs.view(h, w + 1, -1)[:, :w]  # drop SPL column
         if ratio > 1:
@@ -89,7 +126,7 @@ def reference_losses(model, batch):
         if img_pos.numel():
             s = int(img_pos[0])
             tok, h, w, _, _ = ref_pel(vlm.patch_embed, batch["pixel_values"][b], batch["pixel_mask"][b])
-            img = vlm.projector(tok)
+            img = ref_projector(vlm.projector, tok)
             emb = torch.cat([embed(ids[:s]), img, embed(ids[s + 1 :])])
             lab = torch.cat([labels[:s], torch.full((img.shape[0],), IGNORE_INDEX), labels[s + 1 :]])
         else:
@@ -102,10 +139,9 @@ def reference_losses(model, batch):
         n_tok += int(sel.sum())
         if img_pos.numel() and s + img.shape[0] <= vlm.config.max_length:
             ratio = vlm.config.canvas_grid // 24
-            pred = ref_aligner(vlm.aligner, out.hidden_states, s, h, w, ratio)
-            feats = teacher(batch["teacher_pixel_values"][b : b + 1])[0]  # [576, C]
-            valid = teacher_cell_mask(batch["teacher_pixel_mask"][b : b + 1], 14)[0]
-            target_f = feats[valid]
+            layers = ref_layers(vlm.llm.config.num_hidden_layers, vlm.config.align_layer_interval)
+            pred = ref_aligner(vlm.aligner, out.hidden_states, s, h, w, ratio, layers)
+            target_f = ref_teacher(teacher, batch["teacher_pixel_values"][b : b + 1], batch["teacher_pixel_mask"][b])
             assert target_f.shape == pred.shape
             align.append(1 - F.cosine_similarity(pred, target_f, dim=-1).mean())
     loss_align = torch.stack(align).mean() if align else torch.zeros(())

@@ -64,7 +64,7 @@ def test_hd_stage_runs_at_1344(tmp_path, demo_data_dir):
 
 def test_resume_from_last_continues_step_count_and_lr_schedule(tmp_path, demo_data_dir):
     common = ["+stage=pretrain", "trainer.max_steps=6", "optim.warmup_ratio=0.34", "trainer.val_check_interval=100"]
-    common.append("security.extra_target_prefixes=[stop_at.]")
+    common.append("security.extra_targets=[stop_at.StopAt]")
     root = tmp_path / "resume"
     # killed after step 4 (a checkpoint was written at step 4)
     cfg = compose_train(

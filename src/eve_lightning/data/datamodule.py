@@ -21,7 +21,8 @@ from typing import Any, Literal
 import lightning as L
 from torch.utils.data import DataLoader
 
-from eve_lightning.data.shards import INDEX_FILE, ShardInfo, resolve_shards
+from eve_lightning.constants import MAX_IMAGE_PIXELS
+from eve_lightning.data.shards import INDEX_FILE, DataSourceError, ShardInfo, resolve_shards
 from eve_lightning.data.stream import CollateMode, SampleConfig, ShardStream
 from eve_lightning.data.tokenizer import Backend, TextTokenizer, load_tokenizer
 
@@ -89,6 +90,7 @@ class EveDataModule(L.LightningDataModule):
         image_size: EVE canvas side, 672 or 1344.
         teacher_view: also produce the 336 px teacher (CLIP) view.
         exact_teacher: bicubic teacher resize even from pre-resized shards (slower).
+        max_pixels: images with more pixels are dropped (and counted) before they are decoded.
         max_length: limit on the expanded sequence length (text + image tokens).
         batch_size: samples per batch per rank.
         val_batch_size: validation batch size (None = ``batch_size``).
@@ -107,8 +109,10 @@ class EveDataModule(L.LightningDataModule):
         seed: base seed (must be the same on every rank).
         rank: rank override when torch.distributed is not initialized.
         world_size: world size override when torch.distributed is not initialized.
-        demo_root: if set and ``train_shards`` has no index yet, ``prepare_data`` generates the demo data set
-            there (``eve_lightning.data.demo``; shards under ``demo_root/{pretrain,sft}/{train,val}``).
+        demo_root: the demo data set's own folder. When ``train_shards`` lies inside it and has no index yet,
+            ``prepare_data`` generates the demo set there (``eve_lightning.data.demo``; shards under
+            ``demo_root/{pretrain,sft}/{train,val}``), provided the folder is new, empty or a demo set's own
+            (never over files it did not write). Shards anywhere else are never generated.
         demo_samples: training samples per task when the demo set is generated.
         demo_held_out: held-out samples per task of a generated demo set (None: 5% of ``demo_samples``, >= 50).
         demo_max_turns: most questions per image conversation of a generated demo set.
@@ -140,6 +144,7 @@ class EveDataModule(L.LightningDataModule):
         image_size: int = 672,
         teacher_view: bool = True,
         exact_teacher: bool = False,
+        max_pixels: int = MAX_IMAGE_PIXELS,
         max_length: int = 2048,
         batch_size: int = 4,
         val_batch_size: int | None = None,
@@ -191,7 +196,7 @@ class EveDataModule(L.LightningDataModule):
         )
         self.tokenizer_path = tokenizer
         self.tokenizer_backend = tokenizer_backend
-        self.sample_cfg = SampleConfig(self.template, image_size, max_length, teacher_view, exact_teacher)
+        self.sample_cfg = SampleConfig(self.template, image_size, max_length, teacher_view, exact_teacher, max_pixels)
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.collate = collate
@@ -234,15 +239,20 @@ class EveDataModule(L.LightningDataModule):
         return self.tokenizer.source
 
     def prepare_data(self) -> None:
-        """Generate the demo data set when ``demo_root`` is set and the training shards do not exist yet.
+        """Generate the demo data set when the training shards are the demo set's and do not exist yet.
 
         Existing shards are used as they are; if they were generated with other settings than configured (sample
-        counts, ``demo_max_turns``, ...), a warning names the differences.
+        counts, ``demo_max_turns``, ...), a warning names the differences. Shards outside ``demo_root`` are never
+        generated, and a ``demo_root`` holding files the generator did not write is never written over.
+
+        Raises:
+            DataSourceError: the training folder has no index and is not the demo set's to generate.
         """
         if self.demo_root is None or not isinstance(self.train_source, str):
             return
         from eve_lightning.data import demo
 
+        train, root = Path(self.train_source), Path(self.demo_root)
         held_out = self.demo_held_out if self.demo_held_out is not None else max(50, self.demo_samples // 20)
         params = dict(
             num_pretrain=self.demo_samples,
@@ -256,18 +266,26 @@ class EveDataModule(L.LightningDataModule):
             answers=self.demo_answers,
             shape_first_captions=self.demo_shape_first_captions,
         )
-        if (Path(self.train_source) / INDEX_FILE).is_file():  # existing shards are kept; a difference is reported
-            wanted, recorded = demo.generation_params(**params), demo.recorded_params(self.demo_root)
+        if (train / INDEX_FILE).is_file():  # existing shards are kept; a difference is reported
+            wanted, recorded = demo.generation_params(**params), demo.recorded_params(root)
             changed = {k: (recorded[k], v) for k, v in wanted.items() if recorded and recorded.get(k) != v}
             if changed:
                 log.warning(
                     "demo data in %s was generated with other settings (recorded, configured): %s; using it as it "
                     "is. To regenerate, delete that folder.",
-                    self.demo_root,
+                    root,
                     ", ".join(f"{k} {a} vs {b}" for k, (a, b) in changed.items()),
                 )
             return
-        summaries = demo.generate(self.demo_root, **params, workers=os.cpu_count() or 1, overwrite=True)
+        if not _inside(train, root):
+            return  # not the demo set: setup() names the missing index and make_shards
+        if not demo.owns_folder(root):
+            raise DataSourceError(
+                f"{train} has no {INDEX_FILE}, and the demo folder {root} holds files the demo generator did not "
+                f"write, so no demo set is generated over them: build shards with `python -m "
+                f"eve_lightning.data.make_shards --out {train} ...`, or set paths.data_dir to another folder"
+            )
+        summaries = demo.generate(root, **params, workers=os.cpu_count() or 1, overwrite=True)
         for name, summary in summaries.items():
             log.info("demo data %s: %s", name, summary.line())
 
@@ -384,6 +402,11 @@ class EveDataModule(L.LightningDataModule):
         if stream is None:
             return []
         return self._loader(stream, self.val_num_workers, lambda: 0)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    path, root = path.resolve(), root.resolve()
+    return path == root or root in path.parents
 
 
 def _plain(value: str | Sequence[str]) -> str | list[str]:

@@ -9,6 +9,10 @@ Writes ``shard-000000.tar ...``, one ``shard-XXXXXX.idx.json`` sidecar per shard
 word counts, image sizes), ``index.json`` (per-shard counts and totals, skip counts) and ``skipped.jsonl`` (one
 line per skipped record: index, id, reason, detail). Bad records never stop the run; the summary at the end
 reports ``read = written + skipped``. Output is byte-for-byte reproducible for the same input and options.
+
+Exit status: 0 when the shards are written; 1 when nothing was written or more than ``--max-skipped`` of the
+records were skipped (the shards written stay, ``skipped.jsonl`` says why); 2 for a usage problem found before
+any work (missing annotations or images folder, an output folder that is not empty without ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ from eve_lightning.data.shards import INDEX_FILE, SIDECAR_SUFFIX, tar_member
 REPORT_FILE = "skipped.jsonl"
 DEFAULT_SHARD_SIZE = 2000
 DEFAULT_SHARD_BYTES = 1 << 30
+DEFAULT_MAX_SKIPPED = 0.05  # more skipped records than this share make the build exit 1
+
+
+class UsageError(ValueError):
+    """A make_shards invocation that cannot work; found before any record is read."""
 
 
 @dataclass
@@ -52,6 +61,7 @@ class BuildSummary:
     shards: int = 0
     images: int = 0
     skipped: Counter = field(default_factory=Counter)
+    failure: str | None = None  # set by the CLI: why the build does not count as a success
 
     def line(self) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
@@ -241,15 +251,40 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="resize images to their exact EVE band size at this resolution (decode once, not every epoch)",
     )
     p.add_argument("--no-upscale", action="store_true", help="with --max-side, keep smaller images as they are")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip images with more pixels")
+    p.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip images with more pixels (before decoding)"
+    )
+    p.add_argument(
+        "--max-skipped",
+        type=float,
+        default=DEFAULT_MAX_SKIPPED,
+        help="largest share of skipped records that still exits 0 (default %(default)s; 1 accepts any)",
+    )
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="preparing processes")
     p.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> BuildSummary:
-    args = parse_args(argv)
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse, before any work, what cannot produce shards (one line naming the fix)."""
+    if not Path(args.annotations).is_file():
+        raise UsageError(f"--annotations {args.annotations} is not a file: give the .json or .jsonl annotation list")
+    if not Path(args.images).is_dir():
+        raise UsageError(f"--images {args.images} is not a folder: give the folder the records' image paths start in")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: give a folder for the shards")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise UsageError(f"--out {out} is not empty: choose a new folder, or pass --overwrite to replace its shards")
+    if not 0.0 <= args.max_skipped <= 1.0:
+        raise UsageError(f"--max-skipped is a share of the records in [0, 1], got {args.max_skipped}")
+    if args.max_pixels < 1 or args.workers < 1 or args.shard_size < 1:
+        raise UsageError("--max-pixels, --workers and --shard-size must be positive")
+
+
+def build_from_args(args: argparse.Namespace) -> BuildSummary:
+    """Read the annotations and write the shards the arguments describe."""
     opts = BuildOptions(
         fmt=args.format,
         images_dir=args.images,
@@ -265,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> BuildSummary:
     else:
         records = list(read_annotations(args.annotations))
         total = len(records)
-    summary = build_shards(
+    return build_shards(
         records,
         args.out,
         opts,
@@ -276,11 +311,48 @@ def main(argv: Sequence[str] | None = None) -> BuildSummary:
         progress=False if args.no_progress else None,
         total=total,
     )
+
+
+def build_failure(summary: BuildSummary, max_skipped: float) -> str | None:
+    """Why a finished build is not a success (None when it is): nothing written, or too many records skipped."""
+    report = Path(summary.out_dir) / REPORT_FILE
+    skipped = sum(summary.skipped.values())
+    if summary.written == 0:
+        return f"no sample was written ({summary.read} records read, {skipped} skipped): see {report}"
+    if summary.read and skipped / summary.read > max_skipped:
+        return (
+            f"{skipped} of {summary.read} records ({skipped / summary.read:.1%}) were skipped, more than "
+            f"--max-skipped {max_skipped:g}: see {report} (the {summary.written} samples written are kept; "
+            "--max-skipped 1 accepts the build)"
+        )
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> BuildSummary:
+    """Build shards from the command line's arguments and return the summary (raises `UsageError`)."""
+    args = parse_args(argv)
+    check_args(args)
+    summary = build_from_args(args)
     print(summary.line())
     if summary.skipped:
         print(f"skipped records are listed in {Path(args.out) / REPORT_FILE}")
+    summary.failure = build_failure(summary, args.max_skipped)
     return summary
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """The command: exit status 0 (written), 1 (nothing written or too many skipped), 2 (usage)."""
+    prog = "eve_lightning.data.make_shards"
+    try:
+        summary = main(argv)
+    except (UsageError, ValueError, OSError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    if summary.failure:
+        print(f"{prog}: error: {summary.failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from eve_lightning.constants import MAX_IMAGE_PIXELS
 from eve_lightning.data.conversation import (
     ConversationError,
     Turn,
@@ -32,7 +33,7 @@ from eve_lightning.data.image import to_rgb
 from eve_lightning.data.shards import encode_json
 
 RecordFormat = Literal["llava", "caption"]
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
+DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS  # larger images are skipped before decoding (well below Pillow's 89.5 M)
 JPEG_QUALITY = 95
 _KEEP_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 

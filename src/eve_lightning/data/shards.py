@@ -40,6 +40,10 @@ class UnsafeShardError(ValueError):
     """A shard member outside the allowlist (possibly pickled code): the shard is refused."""
 
 
+class DataSourceError(FileNotFoundError):
+    """A data source that names no usable shards (missing folder or index, empty pattern); the message says how."""
+
+
 class ShardFormatError(ValueError):
     """A shard that does not follow the expected layout (oversized member, duplicate image, key mismatch)."""
 
@@ -266,16 +270,25 @@ def resolve_shards(source: str | Sequence[str], columns: bool = False) -> list[S
     if not isinstance(source, str):
         return [info for s in source for info in resolve_shards(s, columns)]
     path = Path(source)
+    if "://" not in source and not any(c in source for c in "*?[{") and not path.exists():
+        raise DataSourceError(
+            f"{path} does not exist: build shards there with `python -m eve_lightning.data.make_shards --out {path} "
+            "...`, or point the data config at a folder it wrote"
+        )
     if path.is_dir() or path.name == INDEX_FILE:
         index_path = path / INDEX_FILE if path.is_dir() else path
         if not index_path.is_file():
-            raise FileNotFoundError(f"{index_path} not found: build the shards with eve_lightning.data.make_shards")
+            what = "does not exist" if not index_path.parent.exists() else f"has no {INDEX_FILE}"
+            raise DataSourceError(
+                f"{index_path.parent} {what}: build shards there with `python -m eve_lightning.data.make_shards "
+                f"--out {index_path.parent} ...`, or point the data config at a folder it wrote"
+            )
         with open(index_path, encoding="utf-8") as f:
             index = json.load(f)
         urls = [str(index_path.parent / s["file"]) for s in index["shards"]]
         counts = [int(s["num_samples"]) for s in index["shards"]]
     else:
-        urls = sorted(u for p in _expand_braces(source) for u in (glob.glob(p) or [p]))
+        urls = sorted(u for p in _expand_braces(source) for u in (glob.glob(p) or ([p] if "://" in p else [])))
         counts = [-1] * len(urls)
     infos: list[ShardInfo] = []
     for url, count in zip(urls, counts):
@@ -288,7 +301,7 @@ def resolve_shards(source: str | Sequence[str], columns: bool = False) -> list[S
             info = scan_shard(url)
         infos.append(info)
     if not infos:
-        raise FileNotFoundError(f"no shards found for {source!r}")
+        raise DataSourceError(f"no shards found for {source!r}: give a folder written by make_shards or a tar pattern")
     return infos
 
 

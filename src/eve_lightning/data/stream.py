@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from eve_lightning.constants import IGNORE_INDEX
+from eve_lightning.constants import IGNORE_INDEX, MAX_IMAGE_PIXELS
 from eve_lightning.data.collate import PackedCollator, PaddedCollator, ProcessedSample
 from eve_lightning.data.conversation import ConversationError
 from eve_lightning.data.encoding import encode_parts, fit_length
@@ -89,6 +89,8 @@ class SampleConfig:
         max_length: limit on the expanded sequence length (text + image tokens).
         teacher_view: also build the 336 px teacher band.
         exact_teacher: resize the teacher band bicubically even from pre-resized images.
+        max_pixels: images with more pixels (width x height, read from the header) are dropped undecoded
+            (reason ``too_many_pixels``).
     """
 
     template: str
@@ -96,6 +98,7 @@ class SampleConfig:
     max_length: int
     teacher_view: bool = True
     exact_teacher: bool = False
+    max_pixels: int = MAX_IMAGE_PIXELS
 
 
 class SampleProcessor:
@@ -128,6 +131,8 @@ class SampleProcessor:
         if sample.image is not None:
             try:
                 img = open_image(sample.image)
+                if img.width * img.height > self.cfg.max_pixels:
+                    return "too_many_pixels"  # checked on the header: the pixels are never decoded
                 num_image_tokens = band_geometry(img.width, img.height, self.cfg.image_size).num_image_tokens
             except Exception:
                 return "bad_image"

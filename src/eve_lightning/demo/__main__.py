@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 
 def default_model_dir() -> Path:
@@ -49,6 +50,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def fail(message: str) -> NoReturn:
+    """End the process with one line on stderr and exit status 2 (a problem with what was asked)."""
+    print(f"eve_lightning.demo: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Load the model and serve the demo until Ctrl+C.
 
@@ -57,10 +64,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     args = parse_args(argv)
     model_dir = Path(args.model) if args.model else default_model_dir()
-    if not model_dir.is_dir():
+    if not model_dir.exists():
         if args.model:
-            sys.exit(f"error: model folder {model_dir} does not exist")
-        sys.exit(f"error: no demo model at {model_dir}: run `make train` first, or pass --model DIR")
+            fail(f"model {model_dir} does not exist: check --model")
+        fail(f"no demo model at {model_dir}: run `make train` first, or pass --model DIR")
 
     import uvicorn
 
@@ -71,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         engine = ChatEngine.from_dir(model_dir, device=args.device)
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: cannot load a model from {model_dir}: {e}")
+        fail(f"cannot load a model from {model_dir}: {e}")
     loopback = is_loopback(args.host)
     app = create_app(engine, allowed_hosts=LOOPBACK_HOSTS if loopback else None)
     shown = "127.0.0.1" if args.host == "localhost" else args.host

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from eve_lightning.eval.base import BenchmarkDataError, Question, write_json
 from eve_lightning.eval.registry import UnknownBenchmarkError, build_benchmark
 from eve_lightning.eval.runner import answer_files, read_answers, run_parallel, run_questions
+from eve_lightning.inference.loading import check_model
 from eve_lightning.utils.config_checks import CONF_DIR, ConfigError
 from eve_lightning.utils.logging import get_logger
 
@@ -145,6 +146,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         default = Path(cfg.paths.runs_dir) / "demo" / "latest"
         hint = "run `make train` first, or pass model=DIR" if model == default else "check model="
         raise ConfigError(f"model {model} does not exist: {hint}")
+    try:
+        check_model(model)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"cannot load a model from {model}: {err}") from None
     options = OmegaConf.to_container(cfg.benchmark)
     name = options.pop("name")
     try:

@@ -17,11 +17,19 @@ from typing import Any
 
 import torch
 
+from eve_lightning.checkpoints.resume import check_resume_source
+from eve_lightning.checkpoints.safe_load import safe_load
+from eve_lightning.checkpoints.sharded_folders import (
+    consolidate_deepspeed_folder,
+    is_deepspeed_folder,
+    is_fsdp_sharded_folder,
+    refuse_fsdp_sharded,
+)
 from eve_lightning.data.tokenizer import TextTokenizer, load_tokenizer
 from eve_lightning.models.eve_vlm import EveConfig, EveVLM
 from eve_lightning.models.export_format import CONFIG_NAME, FORMAT, load_export_weights
 from eve_lightning.models.llm import build_llm
-from eve_lightning.models.official_import import load_official_weights
+from eve_lightning.models.official_import import check_weight_files, load_official_weights
 from eve_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -101,6 +109,7 @@ def official_image_size(config: dict[str, Any]) -> int:
 
 
 def _load_official(folder: Path, image_size: int | None) -> tuple[EveVLM, TextTokenizer]:
+    check_weight_files(folder)  # an unsafe or missing shard fails before a 7B model is built
     config = json.loads((folder / CONFIG_NAME).read_text())
     llm_config = {k: v for k, v in config.items() if not k.startswith("mm_") and not k.startswith("_")}
     for key in (
@@ -125,15 +134,9 @@ def _load_official(folder: Path, image_size: int | None) -> tuple[EveVLM, TextTo
 
 
 def _load_lightning_checkpoint(path: Path) -> tuple[EveVLM, TextTokenizer]:
-    if path.is_dir():  # a DeepSpeed checkpoint folder: consolidate its shards first
-        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
-
-        single = path.with_name(path.name + ".consolidated.pt")
-        if not single.is_file():
-            convert_zero_checkpoint_to_fp32_state_dict(str(path), str(single))
-        path = single
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    config = ckpt.get(CHECKPOINT_CONFIG_KEY)
+    # a DeepSpeed folder is consolidated in memory, weights-only; nothing is written next to it
+    ckpt = consolidate_deepspeed_folder(path) if path.is_dir() else safe_load(path)
+    config = ckpt.get(CHECKPOINT_CONFIG_KEY) if isinstance(ckpt, dict) else None
     if config is None:
         raise ValueError(f"{path} has no {CHECKPOINT_CONFIG_KEY}: it was not written by eve_lightning's trainer")
     vlm = _inference_vlm(config["llm"], config["eve"])
@@ -148,8 +151,10 @@ def find_kind(path: Path) -> str:
     """Which loader a path needs: "export", "official", "lightning_checkpoint"."""
     if path.is_file() and path.suffix in (".ckpt", ".pt"):
         return "lightning_checkpoint"
-    if path.is_dir() and (path / "checkpoint").is_dir() and (path / "latest").is_file():
+    if is_deepspeed_folder(path):
         return "lightning_checkpoint"  # DeepSpeed checkpoint folder
+    if is_fsdp_sharded_folder(path):
+        refuse_fsdp_sharded(path)
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         config = json.loads((path / CONFIG_NAME).read_text())
         if config.get("format") == FORMAT:
@@ -164,6 +169,35 @@ def find_kind(path: Path) -> str:
     )
 
 
+def _locate(path: Path) -> tuple[Path, str]:
+    """(the file or folder to read, its kind); a training run folder stands for its `checkpoints/last.ckpt`."""
+    if not path.exists():
+        raise FileNotFoundError(f"model path {path} does not exist (run `make train` for the demo model)")
+    kind = find_kind(path)
+    if kind == "run_dir":
+        return path / "checkpoints" / "last.ckpt", "lightning_checkpoint"
+    return path, kind
+
+
+def check_model(path: str | Path) -> str:
+    """Tell which kind of model `path` is and prove its pickles load weights-only, without building anything.
+
+    For start-up checks of long jobs (evaluation): a wrong or unsafe path fails in one line before any work.
+
+    Returns:
+        The kind, as `find_kind`.
+
+    Raises:
+        FileNotFoundError, ValueError: as `load_model`.
+    """
+    path, kind = _locate(Path(path))
+    if kind == "lightning_checkpoint":
+        check_resume_source(path)
+    elif kind == "official":
+        check_weight_files(path)
+    return kind
+
+
 def load_model(
     path: str | Path,
     device: str | torch.device | None = None,
@@ -174,17 +208,18 @@ def load_model(
 
     Args:
         path: a stage export folder, an official EVE v1 folder, a training run folder (its
-            `checkpoints/last.ckpt`), or a Lightning `.ckpt` file (a DeepSpeed checkpoint folder is consolidated).
+            `checkpoints/last.ckpt`), or a Lightning `.ckpt` file (a DeepSpeed checkpoint folder is consolidated
+            in memory). Every pickle is read weights-only (`checkpoints.safe_load`): none can run code.
         device: default cuda when available, else cpu.
         dtype: default bfloat16 on GPU, float32 on CPU.
         image_size: only for official checkpoints whose config does not name it.
+
+    Raises:
+        FileNotFoundError: nothing at `path`.
+        ValueError: not an EVE model; `UnsafeCheckpointError` / `TornCheckpointError` (both ValueErrors) for
+            a file that holds code or is cut short.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model path {path} does not exist (run `make train` for the demo model)")
-    kind = find_kind(path)
-    if kind == "run_dir":
-        path, kind = path / "checkpoints" / "last.ckpt", "lightning_checkpoint"
+    path, kind = _locate(Path(path))
     if kind == "export":
         vlm, tok = _load_export(path)
     elif kind == "official":

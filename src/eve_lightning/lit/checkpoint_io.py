@@ -1,8 +1,8 @@
 """Crash-safe checkpoint files: written to a temporary name and moved into place only when complete.
 
 A job killed while saving leaves `<name>.tmp` behind and the previous `<name>` (e.g. `last.ckpt`) intact, so the
-next start resumes from the last complete checkpoint. Loading is always `weights_only` (a checkpoint cannot run
-code).
+next start resumes from the last complete checkpoint. Loading is always weights-only (`checkpoints.safe_load`:
+a checkpoint cannot run code).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from eve_lightning.checkpoints.safe_load import safe_load
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -29,4 +31,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half of one
 
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        return safe_load(path, map_location=map_location or "cpu")

@@ -79,6 +79,7 @@ class EveLitModule(pl.LightningModule):
         self.last_stats: dict[str, float] = {}
         self.nonfinite_streak = 0
         self.skipped_steps = 0
+        self._skip_update = False  # set by a non-finite loss, read when the optimizer step comes
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -112,10 +113,12 @@ class EveLitModule(pl.LightningModule):
         stats = meta.get("stats", {})
         out = self.model(batch)
         bsz = batch["input_ids"].shape[0]
-        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(out.loss)), all=False)
-        if bad:  # every rank skips together, so none waits for the others' gradients
-            self._nonfinite(f"loss {float(out.loss)}", meta.get("keys", []))
-            return None
+        here = not bool(torch.isfinite(out.loss))
+        bad = self.trainer.strategy.reduce_boolean_decision(here, all=False)
+        if bad:  # every rank decides alike: the backward still runs (the ranks' all-reduce must meet), the update not
+            self._nonfinite(f"loss {float(out.loss)}" if here else "loss on another rank", meta.get("keys", []))
+            self._skip_update = True
+            return out.loss
         for key in ("real_token_share", "dropped", "filler"):
             if key in stats:
                 self.log(
@@ -157,16 +160,28 @@ class EveLitModule(pl.LightningModule):
         return out.loss
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
-        """Skip the update (grads dropped, so AdamW leaves every parameter alone) if the gradient norm is not finite."""
+        """Skip the update after a non-finite loss or gradient norm; every rank decides alike.
+
+        The gradients are dropped, so AdamW leaves every parameter alone.
+        Under DDP a non-finite gradient on one rank reaches all of them through the all-reduce. DeepSpeed keeps its
+        gradients in its own buffers, out of reach here: its fp16 loss scaler skips overflowing steps, bf16 has no
+        such guard.
+        """
+        if self._skip_update:  # a non-finite loss in this step (already counted): drop its gradients
+            self._skip_update = False
+            for p in self.model.parameters():
+                p.grad = None
+            return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads:
             return
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(norm)), all=False)
+        here = not bool(torch.isfinite(norm))
+        bad = self.trainer.strategy.reduce_boolean_decision(here, all=False)
         if bad:
             for p in self.model.parameters():
                 p.grad = None
-            self._nonfinite(f"gradient norm {float(norm)}", [])
+            self._nonfinite(f"gradient norm {float(norm)}" if here else "gradient norm on another rank", [])
         else:
             self.nonfinite_streak = 0
         self.log("train/grad_norm", norm, batch_size=1)

@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from eve_lightning.checkpoints.safe_load import check_loadable, safe_load
+
 # (pattern, replacement) on official keys -> keys of EveVLM. Applied first match wins.
 VLM_KEY_RULES: list[tuple[str, str]] = [
     (r"^model\.vision_tower\.patch_embedding\.", "patch_embed.conv."),
@@ -54,8 +56,8 @@ class ImportReport:
         return ", ".join(parts)
 
 
-def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
-    """Read all tensors of a checkpoint folder: safetensors or pickle .bin, single file or sharded with an index.
+def weight_files(folder: str | Path) -> list[Path]:
+    """The weight files of a checkpoint folder: safetensors or pickle .bin, single file or shards of an index.
 
     Raises:
         FileNotFoundError: the folder has none of the known weight files.
@@ -64,23 +66,34 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            state: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                state.update(_read_file(folder / shard))
-            return state
+            return [folder / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
-            return _read_file(folder / name)
+            return [folder / name]
     raise FileNotFoundError(
         f"no weights in {folder}: expected model.safetensors[.index.json] or pytorch_model.bin[.index.json]"
     )
 
 
+def check_weight_files(folder: str | Path) -> None:
+    """Prove, before any model is built, that the folder's pickle shards load weights-only (see `safe_load`)."""
+    for path in weight_files(folder):
+        if path.suffix != ".safetensors":
+            check_loadable(path)
+
+
+def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """Read all tensors of a checkpoint folder (see `weight_files`)."""
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(folder):
+        state.update(_read_file(path))
+    return state
+
+
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return safe_load(path, mmap=True)
 
 
 def split_official_state_dict(

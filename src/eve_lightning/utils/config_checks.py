@@ -11,6 +11,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from eve_lightning.checkpoints.resume import check_resume_source, newest_complete, resume_candidates
+
 CONF_DIR = Path(os.environ.get("EVE_CONF_DIR", Path(__file__).resolve().parents[3] / "conf"))
 
 
@@ -111,26 +113,34 @@ def check_paths(cfg: DictConfig) -> None:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """`ckpt_path=last` -> the newest last.ckpt of this experiment and stage; other values are checked."""
+    """`ckpt_path=last` -> the newest complete checkpoint of this experiment and stage; other values are checked.
+
+    Whatever is chosen is proved to load weights-only first (`checkpoints.resume`): a checkpoint that holds code,
+    is cut short or is an FSDP sharded folder stops the run here, before any strategy reads it.
+    """
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
         return None
     if ckpt == "last":
         pattern = str(
-            Path(cfg.paths.log_dir)
-            / cfg.task_name
-            / cfg.experiment_name
-            / cfg.stage.name
-            / "*"
-            / "checkpoints"
-            / "last.ckpt"
+            Path(cfg.paths.log_dir) / cfg.task_name / cfg.experiment_name / cfg.stage.name / "*" / "checkpoints"
         )
-        found = sorted(glob.glob(pattern), key=os.path.getmtime)
+        found = resume_candidates([Path(p) for p in glob.glob(pattern)])
         if not found:
-            raise ConfigError(f"ckpt_path=last found no checkpoint matching {pattern}: give ckpt_path=<file.ckpt>")
-        return found[-1]
+            raise ConfigError(f"ckpt_path=last found no checkpoint in {pattern}: give ckpt_path=<file.ckpt>")
+        try:
+            chosen = newest_complete(found)
+        except ValueError as err:
+            raise ConfigError(f"ckpt_path=last: {err}") from None
+        if chosen is None:
+            raise ConfigError(f"ckpt_path=last: every checkpoint in {pattern} is incomplete: start the stage anew")
+        return str(chosen)
     if not Path(ckpt).exists():
         raise ConfigError(f"ckpt_path={ckpt} does not exist")
+    try:
+        check_resume_source(ckpt)
+    except ValueError as err:
+        raise ConfigError(f"ckpt_path: {err}") from None
     return str(ckpt)
 
 
@@ -143,13 +153,30 @@ def check_multirun(cfg: DictConfig, mode_is_multirun: bool, launcher: str | None
         )
 
 
-# Module prefixes whose classes and functions configs may instantiate; anything else is refused before it runs.
-ALLOWED_TARGET_PREFIXES = (
-    "eve_lightning.",
-    "lightning.pytorch.",
-    "torch.optim.",
-    "hydra.utils.get_class",
-    "optuna.samplers.",
+# The classes and functions a config may instantiate, by exact import path: nothing else is built from a config.
+# No prefix matches: a package also holds loaders and converters that must never run from a command line.
+ALLOWED_TARGETS = frozenset(
+    {
+        "eve_lightning.callbacks.stage_export.StageExport",
+        "eve_lightning.callbacks.step_profiler.StepProfiler",
+        "eve_lightning.callbacks.throughput.Throughput",
+        "eve_lightning.data.datamodule.EveDataModule",
+        "eve_lightning.eval.callback.BenchmarkValidation",
+        "eve_lightning.lit.strategies.fsdp_strategy",
+        "eve_lightning.models.build.build_eve_model",
+        "lightning.pytorch.callbacks.EarlyStopping",
+        "lightning.pytorch.callbacks.LearningRateMonitor",
+        "lightning.pytorch.callbacks.ModelCheckpoint",
+        "lightning.pytorch.callbacks.RichProgressBar",
+        "lightning.pytorch.callbacks.TQDMProgressBar",
+        "lightning.pytorch.loggers.CSVLogger",
+        "lightning.pytorch.loggers.TensorBoardLogger",
+        "lightning.pytorch.loggers.WandbLogger",
+        "lightning.pytorch.strategies.DDPStrategy",
+        "lightning.pytorch.strategies.DeepSpeedStrategy",
+        "lightning.pytorch.strategies.FSDPStrategy",
+        "optuna.samplers.TPESampler",
+    }
 )
 
 
@@ -168,14 +195,18 @@ def iter_targets(node, path: str = ""):
 
 
 def check_targets(cfg: DictConfig) -> None:
-    """Refuse `_target_`s outside the allowlist (a config must not be a way to run arbitrary code)."""
-    extra = tuple(OmegaConf.select(cfg, "security.extra_target_prefixes", default=[]) or [])
-    allowed = ALLOWED_TARGET_PREFIXES + extra
+    """Refuse `_target_`s that are not in `ALLOWED_TARGETS` or `security.extra_targets` (exact import paths)."""
+    if OmegaConf.select(cfg, "security.extra_target_prefixes", default=None) is not None:
+        raise ConfigError(
+            "security.extra_target_prefixes is no longer read: list each class or function you trust by its "
+            "exact import path in security.extra_targets"
+        )
+    allowed = ALLOWED_TARGETS | {str(t) for t in OmegaConf.select(cfg, "security.extra_targets", default=[]) or []}
     for path, target in iter_targets(cfg):
-        if not target.startswith(allowed):
+        if target not in allowed:
             raise ConfigError(
-                f"{path or '<root>'}._target_={target} is not in the instantiation allowlist; add its module prefix "
-                "to security.extra_target_prefixes if you trust it"
+                f"{path or '<root>'}._target_={target} is not in the instantiation allowlist; if you trust it, add "
+                f"its exact import path to security.extra_targets (e.g. 'security.extra_targets=[{target}]')"
             )
 
 

@@ -1,0 +1,1 @@
+"""Reading checkpoints safely: weights-only pickles, DeepSpeed folders without DeepSpeed, resume selection."""
