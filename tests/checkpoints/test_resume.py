@@ -75,35 +75,30 @@ WRITER = """
 import sys, torch
 from eve_lightning.lit.checkpoint_io import AtomicCheckpointIO
 io, path = AtomicCheckpointIO(), sys.argv[1]
-payload = torch.randn(12_000_000)  # 48 MB: a write takes long enough to be caught half-way
+payload = torch.randn(12_000_000)  # 48 MB: a save takes 70-190 ms here, long enough to be cut off half-way
 for version in range(1000):
+    print("begin", version, flush=True)
     io.save_checkpoint({"version": version, "payload": payload}, path)
-    print(version, flush=True)
 """
 
 
 @pytest.mark.slow
 def test_a_process_killed_while_saving_leaves_the_previous_checkpoint_whole(tmp_path):
-    kill_during = random.Random(20261204).randint(2, 5)  # seeded: the same save is interrupted every run
+    rng = random.Random(20261204)  # seeded: the same save, cut off after the same delay, every run
+    kill_during, delay = rng.randint(2, 5), rng.uniform(0.005, 0.025)
     path = tmp_path / "last.ckpt"
-    tmp = tmp_path / "last.ckpt.tmp"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], env=env, stdout=subprocess.PIPE, text=True)
-    saved = -1
     try:
-        while saved < kill_during - 1:  # saves 0 .. kill_during-1 complete
-            line = proc.stdout.readline()
+        while (line := proc.stdout.readline()) != f"begin {kill_during}\n":
             assert line, "the writer exited early"
-            saved = int(line)
-        deadline = time.time() + 60
-        while not (tmp.exists() and tmp.stat().st_size > 0):  # the next save is writing its temporary file
-            assert time.time() < deadline, "no save in progress"
+        time.sleep(delay)  # save `kill_during` is under way
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         proc.kill()
-    assert tmp.exists(), "the kill did not land during a save"
+    state = safe_load(path)  # the checkpoint is whole: the last complete save, not the torn one
+    assert state["version"] == kill_during - 1, "the kill landed after the save had finished"
+    assert state["payload"].numel() == 12_000_000
     with pytest.raises(TornCheckpointError):
-        safe_load(tmp)  # what was being written is torn ...
-    state = safe_load(path)  # ... and the checkpoint beside it is whole: the last complete save
-    assert state["version"] in (saved, saved + 1) and state["payload"].numel() == 12_000_000
+        safe_load(path.with_name("last.ckpt.tmp"))  # what was being written is torn, beside it

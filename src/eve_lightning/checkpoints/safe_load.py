@@ -89,9 +89,8 @@ def safe_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         if isinstance(err, FileNotFoundError):
             raise
-        raise TornCheckpointError(
-            f"{path} is incomplete or not a torch checkpoint ({str(err).splitlines()[0][:160]})"
-        ) from None
+        what = (str(err).splitlines() or [f"{type(err).__name__}: the file ends early"])[0][:160]
+        raise TornCheckpointError(f"{path} is incomplete or not a torch checkpoint ({what})") from None
 
 
 def check_loadable(path: str | Path) -> None:
