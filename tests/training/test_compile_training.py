@@ -6,9 +6,9 @@ from __future__ import annotations
 import csv
 
 import pytest
-from runs import compose_train
 
 from eve_lightning.train import build, train
+from runs import compose_train
 
 PACKED = ["+stage=pretrain", "data.collate=packed", "data.pack_length=4096"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from runs import compose_train
 
 from eve_lightning.utils.config_checks import accumulation, available, validate
 from repo_paths import CONF
+from runs import compose_train
 
 EXPERIMENTS = {  # experiment -> extra overrides (the stage for recipes that do not set their own)
     "demo": ["+stage=prealign"],

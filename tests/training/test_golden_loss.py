@@ -21,9 +21,9 @@ import os
 from pathlib import Path
 
 import pytest
-from runs import compose_train
 
 from eve_lightning.train import train
+from runs import compose_train
 
 GOLDEN = Path(__file__).parent / "golden" / "demo_losses.json"
 STEPS = 24

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from runs import compose_train
 
 from eve_lightning.callbacks.step_profiler import StepProfiler
 from eve_lightning.train import train
+from runs import compose_train
 
 
 def test_debug_profile_writes_a_trace_and_the_top_operators(tmp_path, demo_data_dir):

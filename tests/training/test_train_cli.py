@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
+
 from runs import FAST, run_cli
 
 

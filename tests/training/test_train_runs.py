@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from runs import compose_train
 from safetensors.torch import load_file
 
 from eve_lightning.lit.optim import warmup_cosine
 from eve_lightning.train import build, train
+from runs import compose_train
 
 
 def metrics(run_dir: Path) -> list[dict]:
