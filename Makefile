@@ -36,9 +36,9 @@ test-gpu: $(STAMP)  ## run only the GPU tests (on a machine with CUDA)
 	$(BIN)/python -m pytest -q -m gpu $(PYTEST_ARGS)
 
 train: $(STAMP)  ## demo recipe on CPU: prealign -> pretrain -> sft, chained through stage exports
-	$(BIN)/python -m eve_lightning.train +stage=prealign $(TRAIN_ARGS)
-	$(BIN)/python -m eve_lightning.train +stage=pretrain init_from=runs/demo/prealign $(TRAIN_ARGS)
-	$(BIN)/python -m eve_lightning.train +stage=sft init_from=runs/demo/pretrain $(TRAIN_ARGS)
+	$(BIN)/python -m eve_lightning.train +stage=prealign publish=true $(TRAIN_ARGS)
+	$(BIN)/python -m eve_lightning.train +stage=pretrain init_from=runs/demo/prealign publish=true $(TRAIN_ARGS)
+	$(BIN)/python -m eve_lightning.train +stage=sft init_from=runs/demo/pretrain publish=true $(TRAIN_ARGS)
 	@echo "demo model: runs/demo/latest"
 
 lint: $(STAMP)  ## ruff check + format check

@@ -80,7 +80,7 @@ stage() {  # VARIANT STAGE [overrides...]: one training stage; its log and wall 
   fi
   start=$(date +%s)
   echo "== $variant: $name"
-  if ! $PY -m eve_lightning.train "${common[@]}" "experiment_name=demo_recipe_$variant" "+stage=$name" "$@" \
+  if ! $PY -m eve_lightning.train "${common[@]}" "experiment_name=demo_recipe_$variant" "+stage=$name" publish=true "$@" \
       > "$out/$name.log" 2>&1; then
     echo "!! $variant $name failed; last lines of $out/$name.log:"; tail -20 "$out/$name.log"; return 1
   fi

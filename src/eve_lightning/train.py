@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import shutil
 import signal
 import sys
 import warnings
@@ -22,14 +24,17 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
+from eve_lightning.data.shards import DataSizeError, DataSourceError
 from eve_lightning.lit.checkpoint_io import AtomicCheckpointIO
 from eve_lightning.lit.eve_module import EveLitModule
 from eve_lightning.utils.config_checks import (
     CONF_DIR,
     ConfigError,
+    check_group_overrides,
     check_multirun,
     check_targets,
     resolve_ckpt_path,
@@ -38,6 +43,7 @@ from eve_lightning.utils.config_checks import (
 from eve_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
+MULTIRUN_FILE = "multirun.yaml"  # what Hydra writes in a sweep folder before its first job
 # The launch directory, usable where ${hydra:...} is not (Hydra resolves the sweep dir before its config is set).
 OmegaConf.register_new_resolver("eve_cwd", os.getcwd, replace=True)
 
@@ -57,6 +63,36 @@ def run_id() -> str:
 
 
 OmegaConf.register_new_resolver("eve_run_id", run_id, replace=True)
+
+
+def run_name(experiment: str, stage: str) -> str:
+    """Logger run name: `<experiment>-<stage>-<where>`, distinct for every job and every point of a sweep.
+
+    `<where>` is the SLURM job (and array task) id, else `local`; in a multirun the job number and the point's
+    overrides (the stage left out) follow, e.g. `demo-sft-local-1-optim.lr=2e-05`.
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    name = f"{experiment}-{stage}-" + (f"{job}_{task}" if job and task else job or "local")
+    hc = HydraConfig.get() if HydraConfig.initialized() else None
+    if hc is not None and hc.mode == RunMode.MULTIRUN:
+        swept = swept_keys(sys.argv[1:]) | set((hc.sweeper.get("params") or {}).keys())
+        point = ",".join(o for o in hc.overrides.task if o.lstrip("+~").partition("=")[0] in swept)
+        name += f"-{hc.job.num}" + (f"-{point}" if point else "")
+    return name[:128]
+
+
+def swept_keys(argv: list[str]) -> set[str]:
+    """Keys a command line sweeps: `optim.lr=1e-5,2e-5`, `seed=range(3)`, `model=choice(a,b)`."""
+    keys = set()
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if sep and ("," in value or value.startswith(("range(", "choice(", "interval(", "glob("))):
+            keys.add(key)
+    return keys
+
+
+OmegaConf.register_new_resolver("eve_run_name", run_name, replace=True)
 # The frozen teacher stays in eval mode on purpose; Lightning warns about any eval-mode module at fit start.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 # Mid-epoch resume is exact here: the DataModule's state (saved in the checkpoint) repositions the stream.
@@ -98,6 +134,7 @@ def tokenizer_files(source: str | None) -> list[str]:
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
+    """Loggers of `cfg.logger`; W&B is checked for, set offline without a key, and kept to a short summary."""
     loggers = []
     for name, spec in (cfg.get("logger") or {}).items():
         kwargs = {}
@@ -105,20 +142,34 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
             require_wandb()
             wandb_offline_if_no_key()
             if spec.get("id") is None and os.environ.get("SLURM_JOB_ID"):
-                kwargs["id"] = f"{cfg.run_name}".replace("/", "-")  # stable across SLURM requeues
+                kwargs["id"] = re.sub(r"[^\w.-]", "-", str(cfg.run_name))  # stable across SLURM requeues
+            os.environ.setdefault("WANDB_QUIET", "true")  # no history/summary tables at exit: report_outputs says where
         loggers.append(instantiate(spec, **kwargs))
     return loggers
 
 
 def build_callbacks(cfg: DictConfig, data_module: Any) -> list[pl.Callback]:
+    """Callbacks of `cfg.callbacks` (a null entry is left out); progress bars only with trainer.enable_progress_bar."""
     callbacks = []
     for name, spec in (cfg.get("callbacks") or {}).items():
         kwargs = {}
         if name == "stage_export":
             kwargs["tokenizer_files"] = tokenizer_files(getattr(data_module, "tokenizer_source", None))
             kwargs["teacher_args"] = OmegaConf.to_container(cfg.model.teacher) if cfg.model.get("teacher") else None
-        callbacks.append(instantiate(spec, **kwargs))
+        if spec is None:
+            continue
+        callback = instantiate(spec, **kwargs)
+        if isinstance(callback, ProgressBar) and not cfg.trainer.get("enable_progress_bar", True):
+            continue  # Lightning refuses a progress bar callback when the trainer's bar is off
+        callbacks.append(callback)
     return callbacks
+
+
+def run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as logged to W&B and CSV (`hparams.yaml`): every key but Hydra's own."""
+    out = OmegaConf.to_container(cfg, resolve=True)
+    out.pop("hydra", None)
+    return out
 
 
 @dataclass
@@ -144,8 +195,12 @@ def build(cfg: DictConfig) -> Run:
     if float(cfg.model.eve.get("align_weight", 0)) == 0 and "teacher_view" in cfg.data:
         cfg.data.teacher_view = False  # no teacher: do not build its view
 
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the logged run config
     data_module = instantiate(cfg.data, _convert_="all", accumulation=accumulate)
+    try:
+        data_module.preflight()
+    except (DataSourceError, DataSizeError) as err:
+        raise ConfigError(f"data: {err}") from None
     model_factory = instantiate(cfg.model, _partial_=True, _convert_="all")
     module = EveLitModule(
         model_factory=model_factory,
@@ -199,6 +254,8 @@ def train(cfg: DictConfig) -> float | None:
         run.accumulate,
         cfg.paths.output_dir,
     )
+    for logger in trainer.loggers:
+        logger.log_hyperparams(run_config(cfg))  # the run's config in W&B and hparams.yaml: sweeps compare on it
     ok = False
     try:
         trainer.fit(run.module, datamodule=run.data_module, ckpt_path=run.ckpt_path, weights_only=True)
@@ -247,10 +304,41 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; configuration errors end the process with one line on stderr and exit code 2."""
     try:
         return train(cfg)
-    except ConfigError as err:
+    except (ConfigError, DataSourceError, DataSizeError) as err:  # data errors: e.g. a demo folder not ours
+        if HydraConfig.initialized():
+            try:
+                discard_unused_run_dir(Path(HydraConfig.get().runtime.output_dir), Path(cfg.paths.log_dir))
+            except Exception as cleanup_err:  # the config error is what the user must see
+                log.debug("run dir left in place: %s", cleanup_err)
         print(f"eve_lightning.train: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 
+def discard_unused_run_dir(run_dir: Path, log_dir: Path) -> None:
+    """Remove a run dir that holds nothing but Hydra's start-up files, and the empty folders above it (to log_dir).
+
+    A run refused at start-up leaves no trace; a run dir with anything else in it (checkpoints, metrics) is kept,
+    and so is a sweep folder that still holds another job.
+    """
+    if not run_dir.is_dir():
+        return
+    hydra_files = {f"{HydraConfig.get().job.name}.log"}
+    for path in run_dir.rglob("*"):
+        rel = path.relative_to(run_dir)
+        if path.is_file() and rel.parts[0] != ".hydra" and str(rel) not in hydra_files:
+            return
+    shutil.rmtree(run_dir)
+    log_dir = log_dir.resolve()
+    parent = run_dir.resolve().parent
+    while parent != log_dir and log_dir in parent.parents and {p.name for p in parent.iterdir()} <= {MULTIRUN_FILE}:
+        (parent / MULTIRUN_FILE).unlink(missing_ok=True)  # a sweep folder with no job left in it
+        parent.rmdir()
+        parent = parent.parent
+
+
 if __name__ == "__main__":
+    problem = check_group_overrides(sys.argv[1:])
+    if problem:
+        print(f"eve_lightning.train: error: {problem}", file=sys.stderr, flush=True)
+        sys.exit(2)
     main()

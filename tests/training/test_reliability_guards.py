@@ -120,6 +120,13 @@ def test_no_secret_reaches_configs_checkpoints_or_logs(tmp_path, demo_data_dir):
     assert any("wandb" in p.parts for p in files)
     leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
     assert leaks == []
+    # the resolved config is the W&B run config (sweeps compare on it), and the exit prints no summary tables
+    # (an offline run keeps its config in the run's record file: key `optim`, the value as JSON)
+    record = next(p for p in files if p.suffix == ".wandb").read_bytes()
+    assert re.search(rb'optim[^{]{0,8}\{"lr":0\.002,', record) and re.search(
+        rb'stage[^{]{0,8}\{"name":"prealign"', record
+    )
+    assert b"Run history" not in proc.stdout + proc.stderr and b"Run summary" not in proc.stdout + proc.stderr
 
 
 def test_slurm_jobs_requeue_on_the_preset_signal_into_their_own_run_dir(tmp_path, demo_data_dir, monkeypatch):

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
+import yaml
 
 from runs import FAST, run_cli
 
@@ -51,15 +52,25 @@ def test_unknown_stage_names_the_choices(tmp_path):
             "while the FSDP strategy checkpoints every block",
         ),
         (["strategy=deepspeed_zero3", "compile.enabled=true"], "not supported under DeepSpeed ZeRO-3"),
+        (["resolution=672"], "resolution=672 is not an option of resolution: choose one of r1344, r672"),
+        (["-m", "model=tiny,tiny_7b"], "model=tiny_7b is not an option of model: choose one of demo_125m, eve_1b"),
+        (["data.train_shards={root}/nowhere"], "data: {root}/nowhere does not exist: build shards there with"),
+        (["data.train_shards="], "data: the data source is empty: set data.train_shards"),
+        (["-m", "publish=true", "optim.lr=1e-3,2e-3"], "publish=true in a multirun would have every point replace"),
     ],
 )
 def test_impossible_configs_fail_in_one_line_naming_the_fix(tmp_path, args, message):
     stage = [] if any(a.startswith("+stage") for a in args) else ["+stage=pretrain"]
-    proc = run_cli([*stage, *args], tmp_path)
-    assert proc.returncode == 2
-    line = error_line(proc)
-    assert line.startswith("eve_lightning.train: error: ")
-    assert message.format(root=tmp_path) in line
+    flags = [a for a in args if a.startswith("-")]  # -m goes first, as users type it
+    rest = [a.format(root=tmp_path) for a in args if not a.startswith("-")]
+    proc = run_cli([*flags, *stage, *rest], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("eve_lightning.train: error: "), proc.stderr[-2000:]
+    assert message.format(root=tmp_path) in lines[0]
+    assert not (tmp_path / "data").exists()  # refused before the demo data was generated
+    left = [p for p in (tmp_path / "logs").rglob("*") if p.is_file()] if (tmp_path / "logs").exists() else []
+    assert left == []  # the refused run left no run dir behind
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -89,7 +100,8 @@ def test_two_process_cpu_ddp_takes_equal_steps_in_one_run_dir(tmp_path, demo_dat
 
 @pytest.mark.slow
 def test_two_point_multirun_gives_separate_runs(tmp_path, demo_data_dir):
-    args = ["-m", "+stage=sft", *FAST, f"paths.data_dir={demo_data_dir}", "optim.lr=1e-3,2e-3", "trainer.max_steps=2"]
+    fast = [a for a in FAST if "publish_to" not in a]  # the demo experiment's publish targets stay configured
+    args = ["-m", "+stage=sft", *fast, f"paths.data_dir={demo_data_dir}", "optim.lr=1e-3,2e-3", "trainer.max_steps=2"]
     proc = run_cli(args, tmp_path, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweeps = list((tmp_path / "logs" / "train" / "demo" / "multirun").iterdir())
@@ -102,3 +114,7 @@ def test_two_point_multirun_gives_separate_runs(tmp_path, demo_data_dir):
         lrs.append(max(float(r["lr/base"]) for r in rows if r.get("lr/base")))
         assert (job / "export" / "model.safetensors").is_file()
     assert lrs[1] == pytest.approx(2 * lrs[0])
+    assert not (tmp_path / "runs").exists()  # no sweep point replaced the published demo model
+    logged = [yaml.safe_load((job / "csv" / "hparams.yaml").read_text()) for job in jobs]
+    assert [h["optim"]["lr"] for h in logged] == [1e-3, 2e-3]  # the run config carries the swept value
+    assert [h["run_name"] for h in logged] == ["demo-sft-local-0-optim.lr=0.001", "demo-sft-local-1-optim.lr=0.002"]

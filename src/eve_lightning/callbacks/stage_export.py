@@ -56,7 +56,8 @@ class StageExport(pl.Callback):
         tokenizer_files: tokenizer files copied into the export.
         teacher_args: teacher build arguments recorded in the export; when its `path` is None (a random
             teacher) the teacher weights are stored too, so the next stage aligns to the same teacher.
-        publish_to: extra folders that receive a copy (e.g. `runs/demo/prealign`, `runs/demo/latest`).
+        publish_to: folders that receive a copy (e.g. `runs/demo/prealign`, `runs/demo/latest`), with `publish`.
+        publish: copy to `publish_to` (the config's `publish=true`); off, nothing outside the run dir is written.
     """
 
     def __init__(
@@ -65,11 +66,12 @@ class StageExport(pl.Callback):
         tokenizer_files: list[str] = (),
         teacher_args: dict | None = None,
         publish_to: list[str] = (),
+        publish: bool = False,
     ) -> None:
         self.dirpath = dirpath
         self.tokenizer_files = list(tokenizer_files)
         self.teacher_args = teacher_args
-        self.publish_to = list(publish_to)
+        self.publish_to = list(publish_to) if publish else []
         self.written: Path | None = None
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

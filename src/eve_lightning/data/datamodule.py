@@ -22,7 +22,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from eve_lightning.constants import MAX_IMAGE_PIXELS
-from eve_lightning.data.shards import INDEX_FILE, DataSourceError, ShardInfo, resolve_shards
+from eve_lightning.data.shards import INDEX_FILE, DataSizeError, DataSourceError, ShardInfo, resolve_shards
 from eve_lightning.data.stream import CollateMode, SampleConfig, ShardStream
 from eve_lightning.data.tokenizer import Backend, TextTokenizer, load_tokenizer
 
@@ -289,12 +289,47 @@ class EveDataModule(L.LightningDataModule):
         for name, summary in summaries.items():
             log.info("demo data %s: %s", name, summary.line())
 
+    def preflight(self) -> None:
+        """Start-up check, before any training is set up: the shards exist, have an index and can feed the layout.
+
+        A demo set that `prepare_data` will generate is checked after it is generated instead.
+
+        Raises:
+            DataSourceError: missing shards or index (the message names make_shards).
+            DataSizeError: too few samples for ranks, workers and batch size.
+        """
+        if self.demo_root is not None and isinstance(self.train_source, str):
+            train = Path(self.train_source)
+            if _inside(train, Path(self.demo_root)) and not (train / INDEX_FILE).is_file():
+                return
+        self.setup("fit")
+        if self.val_source:
+            self.setup("validate")
+
     def setup(self, stage: str | None = None) -> None:
+        """Find the shards (raises `DataSourceError`) and check that they can feed the layout (`DataSizeError`)."""
         need_columns = not self.resampled
         if self._train_shards is None and stage in (None, "fit"):
             self._train_shards = resolve_shards(self.train_source, columns=need_columns)
+            self._check_size()
         if self._val_shards is None and self.val_source and stage in (None, "fit", "validate"):
             self._val_shards = resolve_shards(self.val_source, columns=True)
+
+    def _check_size(self) -> None:
+        """Plan the first training pass now, in the main process, so that too small a set fails at start-up."""
+        total = sum(s.num_samples for s in self._train_shards or [])
+        if total == 0:
+            raise DataSizeError(f"{self.train_source} holds no samples: build shards with make_shards")
+        stream = self.train_stream()
+        try:
+            if not self.resampled:
+                stream.plan(0)
+        except ValueError as err:
+            workers = f"{self.num_workers} loader workers, " if self.num_workers > 1 else ""
+            raise DataSizeError(
+                f"{self.train_source} has {total} samples, too few for {workers}batch size {self.batch_size} "
+                f"on {stream.world_size} rank(s) ({err}): lower data.num_workers or data.batch_size, or add samples"
+            ) from None
 
     def _epoch(self) -> int | None:
         trainer = self.trainer

@@ -135,10 +135,11 @@ def exact_batches_per_rank(total: int, world_size: int, num_workers: int, batch_
     """Batches every rank yields in an exact pass over ``total`` samples (the same for every epoch).
 
     A slot of ``n`` samples forms ``ceil(n / B)`` batches, plus at most one more with modality grouping (one
-    partial batch per modality); the bound is the largest per-rank sum.
+    partial batch per modality), and never more than ``n``; the bound is the largest per-rank sum. A rank whose
+    batches fall short of it splits its largest batches, so the bound is always reachable on one rank.
     """
     sizes = slot_sizes(total, world_size * num_workers)
-    per_slot = [-(-n // batch_size) + (1 if group and n else 0) for n in sizes]
+    per_slot = [min(n, -(-n // batch_size) + (1 if group and n else 0)) for n in sizes]
     return max(sum(per_slot[r * num_workers : (r + 1) * num_workers]) for r in range(world_size))
 
 
@@ -170,7 +171,8 @@ def _equalize(rank_slots: list[SlotPlan], target: int) -> None:
         )
         if w < 0 or len(rank_slots[w].batches[b]) < 2:
             raise ValueError(
-                f"a rank has too few samples for {target} batches; use fewer ranks/workers or a larger dataset"
+                f"a rank has {sum(s.num_samples for s in rank_slots)} samples, too few for the {target} batches "
+                "every rank takes: use fewer GPUs or a larger dataset"
             )
         batch = rank_slots[w].batches[b]
         half = (len(batch) + 1) // 2

@@ -44,6 +44,10 @@ class DataSourceError(FileNotFoundError):
     """A data source that names no usable shards (missing folder or index, empty pattern); the message says how."""
 
 
+class DataSizeError(ValueError):
+    """Too few samples for the configured layout (ranks, workers, batch size); found at start-up."""
+
+
 class ShardFormatError(ValueError):
     """A shard that does not follow the expected layout (oversized member, duplicate image, key mismatch)."""
 
@@ -269,6 +273,11 @@ def resolve_shards(source: str | Sequence[str], columns: bool = False) -> list[S
     """
     if not isinstance(source, str):
         return [info for s in source for info in resolve_shards(s, columns)]
+    if not source.strip():
+        raise DataSourceError(
+            "the data source is empty: set data.train_shards (and data.val_shards) to a folder written by "
+            "`python -m eve_lightning.data.make_shards`"
+        )
     path = Path(source)
     if "://" not in source and not any(c in source for c in "*?[{") and not path.exists():
         raise DataSourceError(

@@ -16,6 +16,7 @@ half-written export.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -81,11 +82,14 @@ def save_export(
     stage: str | None = None,
     extra: dict[str, Any] | None = None,
     max_shard_bytes: int = 5 * 2**30,
+    keep_other_files: bool = False,
 ) -> Path:
     """Write an export folder atomically.
 
     Args:
-        folder: destination (replaced if it exists).
+        folder: destination. Without `keep_other_files` it is replaced as a whole (a folder of our own, e.g. a
+            run's export); with it, only the export's own files are replaced, each atomically, and the files of
+            an earlier export there that the new one lacks are removed: nothing else in the folder is touched.
         vlm: the EveVLM (its configs are recorded; its weights too unless `state` is given).
         state: full EveVLM state dict, e.g. gathered from a sharded strategy; default `vlm.state_dict()`.
         teacher_state: teacher weights to store (only for teachers without a local path).
@@ -94,6 +98,7 @@ def save_export(
         stage: name of the stage that produced the weights.
         extra: anything else worth recording (step, run dir, git revision...).
         max_shard_bytes: shard size of the safetensors files.
+        keep_other_files: replace only the export's files (see `folder`).
 
     Returns:
         The export folder.
@@ -118,6 +123,10 @@ def save_export(
         "extra": extra or {},
     }
     (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
+    _readable(tmp)
+    if keep_other_files and folder.is_dir():
+        _replace_own_files(tmp, folder)
+        return folder
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -125,6 +134,43 @@ def save_export(
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def _readable(folder: Path) -> None:
+    """Give the folder and its files the modes of ordinary files (the writers' temporaries are owner-only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    folder.chmod(0o777 & ~mask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~mask)
+
+
+def export_files(folder: Path) -> set[str]:
+    """Names of the files an export in `folder` consists of, read from its config and indexes (empty if none)."""
+    try:
+        config = read_export_config(folder)
+    except (FileNotFoundError, ValueError):
+        return set()
+    names = {CONFIG_NAME, *config.get("tokenizer", [])}
+    for stem in ("model", "teacher"):
+        names.add(f"{stem}.safetensors")
+        index = folder / f"{stem}.safetensors.index.json"
+        if index.is_file():
+            names.add(index.name)
+            names.update(json.loads(index.read_text()).get("weight_map", {}).values())
+    return {n for n in names if (folder / n).is_file()}
+
+
+def _replace_own_files(new: Path, folder: Path) -> None:
+    """Move the files of the export in `new` into `folder` (config last), then drop the old export's leftovers."""
+    stale = export_files(folder)
+    names = sorted(p.name for p in new.iterdir())
+    for name in [n for n in names if n != CONFIG_NAME] + [CONFIG_NAME]:
+        os.replace(new / name, folder / name)  # atomic per file: a reader sees the old or the new file
+        stale.discard(name)
+    for name in stale:
+        (folder / name).unlink(missing_ok=True)
+    new.rmdir()
 
 
 def read_export_config(folder: str | Path) -> dict[str, Any]:

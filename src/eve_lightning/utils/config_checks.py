@@ -31,6 +31,25 @@ def available(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def check_group_overrides(argv: list[str]) -> str | None:
+    """The first command-line choice of a config group that names no option, as a one-line fix; None if all do.
+
+    `resolution=672` -> "resolution=672 is not an option of resolution: choose one of r1344, r672". Sweeps
+    (`model=tiny,demo_125m`) check every value; `null` clears an optional group; other overrides pass through.
+    """
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key.startswith("hydra") or "." in key or any(c in value for c in "()[]{}*$"):
+            continue  # Hydra's own groups, config keys, and sweep functions (choice(...)) are Hydra's to check
+        if not (CONF_DIR / key).is_dir():
+            continue
+        options = available(key)
+        for choice in value.split(","):
+            if choice and choice != "null" and choice not in options:
+                return f"{key}={choice} is not an option of {key}: choose one of {', '.join(options)}"
+    return None
+
+
 def world_size(trainer: DictConfig) -> int:
     """Devices x nodes of the Trainer config (GPU 'auto'/-1 counts the visible GPUs)."""
     devices = trainer.get("devices", 1)
@@ -145,7 +164,15 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 
 
 def check_multirun(cfg: DictConfig, mode_is_multirun: bool, launcher: str | None) -> None:
-    """Hydra's basic multirun launcher re-executes the sweep in each DDP child process; refuse that."""
+    """Refuse what a multirun cannot do: publish one model from many points, or DDP under the basic launcher.
+
+    Hydra's basic launcher re-executes the sweep in each DDP child process.
+    """
+    if mode_is_multirun and cfg.get("publish"):
+        raise ConfigError(
+            "publish=true in a multirun would have every point replace the same published model: sweep without it, "
+            "then rerun the point you want with publish=true"
+        )
     if mode_is_multirun and world_size(cfg.trainer) > 1 and (launcher or "basic") == "basic":
         raise ConfigError(
             "a multirun sweep with several devices needs a launcher that starts the ranks itself: add "
@@ -157,6 +184,8 @@ def check_multirun(cfg: DictConfig, mode_is_multirun: bool, launcher: str | None
 # No prefix matches: a package also holds loaders and converters that must never run from a command line.
 ALLOWED_TARGETS = frozenset(
     {
+        "eve_lightning.callbacks.checkpoint.LastStepCheckpoint",
+        "eve_lightning.callbacks.progress.StepProgressBar",
         "eve_lightning.callbacks.stage_export.StageExport",
         "eve_lightning.callbacks.step_profiler.StepProfiler",
         "eve_lightning.callbacks.throughput.Throughput",
