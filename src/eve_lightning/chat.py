@@ -1,8 +1,11 @@
 """`python -m eve_lightning.chat [--model DIR] --image FILE [--prompt TEXT]`: talk to an EVE model.
 
 With `--prompt`, answers once and exits; without, starts an interactive multi-turn chat about the image (`/clear`
-starts over, `/quit` leaves). Tokens stream as they are generated. Greedy by default. Without `--model`, the demo
-model that `make train` leaves in runs/demo/latest is used. `--bench` prints time to first token and tokens/s.
+starts over, `/quit` leaves). Tokens stream as they are generated. Greedy by default (`--temperature 0`); with
+`--temperature T > 0` it samples, from the smallest set of likeliest tokens whose mass reaches `--top-p` (in (0, 1],
+1 = all tokens). Without `--model`, the demo model that `make train` leaves in runs/demo/latest is used. `--bench`
+prints time to first token and tokens/s. A mistake in the arguments (a value out of range, a missing model or image)
+ends it at once with exit status 2 and one line saying what to change.
 """
 
 from __future__ import annotations
@@ -10,22 +13,28 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from eve_lightning.inference.engine import ChatEngine, GenerationConfig, PromptTooLongError
+from eve_lightning.inference.generate import GenerationConfig, GenerationConfigError, PromptTooLongError
+from eve_lightning.utils.cli import OneLineArgumentParser
 
+if TYPE_CHECKING:
+    from eve_lightning.inference.engine import ChatEngine
+
+PROG = "python -m eve_lightning.chat"
 DEFAULT_MODEL = Path("runs/demo/latest")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m eve_lightning.chat", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="export, run folder, .ckpt or official folder")
     parser.add_argument("--image", help="image file (any format Pillow reads); omit for a text-only chat")
     parser.add_argument("--prompt", help="ask once and exit")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help=">= 0; 0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]; 1 = off (default)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help=">= 1 (default 256)")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument("--bench", action="store_true", help="print time to first token and tokens/s")
     return parser.parse_args(argv)
@@ -47,34 +56,41 @@ def answer(engine: ChatEngine, image, turns, gen: GenerationConfig, bench: bool)
     return "".join(parts)
 
 
+def fail(message: str) -> int:
+    """Print one error line on stderr; return the exit status of a usage problem (2)."""
+    print(f"eve_lightning.chat: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:  # the sampling settings first: a typo there should not cost a model load
+        gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    except GenerationConfigError as err:
+        return fail(f"--{err.option.replace('_', '-')} {err.reason}")
     model = Path(args.model)
     if not model.exists():
         hint = "run `make train` first, or pass --model" if model == DEFAULT_MODEL else "check --model"
-        print(f"eve_lightning.chat: error: model {model} does not exist: {hint}", file=sys.stderr)
-        return 2
+        return fail(f"model {model} does not exist: {hint}")
     image = None
     if args.image:
         try:
             image = Image.open(args.image)
             image.load()
         except (OSError, ValueError) as err:
-            print(f"eve_lightning.chat: error: cannot read image {args.image}: {err}", file=sys.stderr)
-            return 2
+            return fail(f"cannot read image {args.image}: {err}")
+    from eve_lightning.inference.engine import ChatEngine  # after the checks: they need no model code
+
     try:
         engine = ChatEngine.from_dir(model, device=args.device)
     except (FileNotFoundError, ValueError) as err:
-        print(f"eve_lightning.chat: error: cannot load a model from {model}: {err}", file=sys.stderr)
-        return 2
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+        return fail(f"cannot load a model from {model}: {err}")
     print(f"[{engine.model_name}: {engine.loaded.kind}, {engine.image_size} px, {engine.device}]", file=sys.stderr)
     if args.prompt is not None:
         try:
             answer(engine, image, [("user", args.prompt)], gen, args.bench)
         except PromptTooLongError as err:
-            print(f"eve_lightning.chat: error: {err}", file=sys.stderr)
-            return 2
+            return fail(str(err))
         return 0
     turns: list[tuple[str, str]] = []
     while True:

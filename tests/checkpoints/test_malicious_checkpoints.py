@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,12 @@ def evil(tmp_path):
 KINDS = ["ckpt", "deepspeed", "official", "run"]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def one_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     assert len(lines) == 1, text
@@ -95,9 +102,9 @@ def test_export_chat_and_demo_refuse_in_one_line(evil, kind, tmp_path, capsys, m
     assert not (tmp_path / "out").exists()
     assert chat.main(["--model", str(evil[kind]), "--prompt", "hi", "--device", "cpu"]) == 2
     assert "was not loaded" in one_line(capsys.readouterr().err)
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the demo served an unsafe model"))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: pytest.fail("the demo served an unsafe model"))
     with pytest.raises(SystemExit) as exc:
-        demo_main(["--model", str(evil[kind]), "--device", "cpu"])
+        demo_main(["--model", str(evil[kind]), "--device", "cpu", "--port", str(free_port())])
     assert exc.value.code == 2 and "was not loaded" in one_line(capsys.readouterr().err)
     assert not evil["marker"].exists()
 

@@ -74,9 +74,9 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, server, recorder):
-    context = browser.new_context(viewport={"width": 1180, "height": 720})
+def open_page(browser, server, recorder, width: int):
+    """The demo page in a fresh browser context `width` px wide; yields it and checks for script errors at the end."""
+    context = browser.new_context(viewport={"width": width, "height": 720})
     pg = context.new_page()
     pg.set_default_timeout(30_000)
     pg.requests, errors = [], []
@@ -90,6 +90,17 @@ def page(browser, server, recorder):
     yield pg
     context.close()
     assert not errors, errors  # no script error, nothing blocked by the page's Content-Security-Policy
+
+
+@pytest.fixture
+def page(browser, server, recorder):
+    yield from open_page(browser, server, recorder, 1180)
+
+
+@pytest.fixture
+def phone_page(browser, server, recorder):
+    """The page on a 400 px wide screen (a phone held upright)."""
+    yield from open_page(browser, server, recorder, 400)
 
 
 def set_slider(page, slider: str, value: float) -> None:
@@ -193,6 +204,67 @@ def test_stop_keeps_the_partial_answer_and_frees_the_server(page, recorder):
     ask(page, "Shorter, please.")
     expect(answers(page).last).to_have_attribute("data-state", "done")
     assert recorder.calls[-1]["turns"][1][0] == "assistant"  # the partial answer stays in the conversation
+
+
+def horizontal_overflow(page) -> dict:
+    """Page width against screen width, and the elements that reach past the screen's right edge."""
+    return page.evaluate(
+        """() => {
+          const root = document.documentElement, edge = root.clientWidth;
+          const past = [...document.body.querySelectorAll("*")]
+            .filter((el) => el.getBoundingClientRect().right > edge + 0.5)
+            .map((el) => el.tagName.toLowerCase() + (el.id ? "#" + el.id : ""));
+          return { scrollWidth: root.scrollWidth, clientWidth: edge, past };
+        }"""
+    )
+
+
+def test_nothing_scrolls_sideways_on_a_400_px_screen(phone_page, photos):
+    page = phone_page
+    width = horizontal_overflow(page)
+    assert width["clientWidth"] == 400
+    assert width["scrollWidth"] <= width["clientWidth"] and not width["past"], width
+    # with an image, a question of one long word and an answer, the page still fits the screen
+    page.set_input_files("#file-input", photos["coffee"])
+    expect(page.locator("#image-info")).to_contain_text("600 × 400 px")
+    ask(page, "W" * 200)
+    expect(answers(page)).to_have_count(1)
+    width = horizontal_overflow(page)
+    assert width["scrollWidth"] <= width["clientWidth"] and not width["past"], width
+    for element in ("#prompt", "#send", "#regenerate", "#clear", "#top-p", "#image-preview"):
+        box = page.locator(element).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 400, (element, box)
+
+
+def test_enter_while_an_answer_streams_keeps_the_typed_text(page, recorder):
+    set_slider(page, "max-new-tokens", 1024)
+    page.fill("#prompt", "Tell me a long story.")
+    page.press("#prompt", "Enter")
+    answer = answers(page).last
+    page.wait_for_function("() => Number(document.querySelector('.msg.assistant').dataset.chunks) >= 2")
+    page.fill("#prompt", "And then?")
+    page.press("#prompt", "Enter")  # while the answer streams
+    chunks = int(answer.get_attribute("data-chunks"))
+    expect(page.locator("#prompt")).to_have_value("And then?")  # the text stays in the box
+    expect(page.locator("#composer-note")).to_be_visible()  # saying why it was not sent
+    # Enter did not stop the answer: it goes on streaming
+    page.wait_for_function(
+        "(n) => Number(document.querySelector('.msg.assistant').dataset.chunks) >= n + 2", arg=chunks
+    )
+    assert answer.get_attribute("data-state") != "stopped"
+    expect(page.locator(".msg.user")).to_have_count(1)
+
+    page.click("#send")  # Stop
+    expect(answer).to_have_attribute("data-state", "stopped")
+    expect(page.locator("#composer-note")).to_be_hidden()
+    expect(page.locator("#prompt")).to_have_value("And then?")
+    set_slider(page, "max-new-tokens", MAX_NEW_TOKENS)
+    page.press("#prompt", "Enter")  # now it is sent
+    expect(page.locator(".msg.user")).to_have_count(2)
+    expect(answers(page).last).to_have_attribute("data-state", "done")
+    expect(page.locator("#prompt")).to_have_value("")
+    assert recorder.calls[-1]["turns"][-1] == ("user", "And then?")
+    assert len(recorder.calls) == 2
 
 
 def test_too_long_conversation_shows_the_engine_message(page):

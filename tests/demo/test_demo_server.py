@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
 import threading
 
 import numpy as np
@@ -17,6 +18,8 @@ from PIL import Image
 from eve_lightning.demo import server
 from eve_lightning.demo.__main__ import main
 from eve_lightning.demo.server import create_app
+from eve_lightning.inference.engine import ChatEngine
+from eve_lightning.inference.generate import GenerationConfig, GenerationConfigError
 
 
 def png_bytes(width: int = 900, height: int = 700, mode: str = "RGB") -> bytes:
@@ -156,8 +159,12 @@ def test_oversized_uploads_are_refused(client, monkeypatch):
 @pytest.mark.parametrize(
     "form, needle",
     [
-        ({"temperature": "2"}, "temperature"),
-        ({"top_p": "-0.1"}, "top_p"),
+        ({"temperature": "-1"}, "temperature must be >= 0"),
+        ({"temperature": "nan"}, "temperature must be >= 0"),
+        ({"temperature": "warm"}, "temperature"),
+        ({"top_p": "0"}, "top_p must be in (0, 1]"),
+        ({"top_p": "-0.1"}, "top_p must be in (0, 1]"),
+        ({"top_p": "1.01"}, "top_p must be in (0, 1]"),
         ({"max_new_tokens": "0"}, "max_new_tokens"),
         ({"max_new_tokens": "5000"}, "max_new_tokens"),
         ({"messages": "not json"}, "JSON"),
@@ -167,10 +174,34 @@ def test_oversized_uploads_are_refused(client, monkeypatch):
         ({"messages": json.dumps([{"role": "user", "content": "   "}])}, "non-empty user message"),
     ],
 )
-def test_malformed_requests_are_400_with_a_message(client, form, needle):
+def test_malformed_requests_are_400_with_a_message(client, fake_engine, form, needle):
     data = {"messages": json.dumps([{"role": "user", "content": "Hi"}]), **form}
     r = client.post("/api/chat", data=data)
     assert r.status_code == 400 and needle in r.json()["detail"], r.json()
+    assert fake_engine.calls == []  # refused before any generation
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"top_p": 0.0, "temperature": 1.0}, {"temperature": -1.0}, {"top_p": 1.5}, {"max_new_tokens": 0}],
+)
+def test_sampling_settings_are_checked_by_the_engine_config_as_in_the_cli(client, settings):
+    """The server refuses exactly what GenerationConfig refuses (the chat CLI's check), with its very message."""
+    with pytest.raises(GenerationConfigError) as refused:
+        GenerationConfig(**settings)
+    r = ask(client, **{k: str(v) for k, v in settings.items()})
+    assert r.status_code == 400 and r.json()["detail"] == str(refused.value)
+
+
+def test_every_setting_the_page_offers_is_accepted(client, fake_engine):
+    """The sliders' ends (top-p starts above 0) and a temperature above the slider, as the CLI allows."""
+    page = client.get("/").text
+    top_p_min = float(re.search(r'id="top-p"[^>]*min="([\d.]+)"', page).group(1))
+    assert top_p_min > 0
+    for form in ({"top_p": str(top_p_min), "temperature": "1"}, {"top_p": "1", "temperature": "0"}):
+        assert ask(client, **form).status_code == 200
+    assert ask(client, temperature="2").status_code == 200
+    assert [c["gen"].top_p for c in fake_engine.calls] == [top_p_min, 1.0, 1.0]
 
 
 def test_other_sites_and_hosts_are_refused(client):
@@ -210,16 +241,43 @@ def test_cli_without_model_says_to_run_make_train(tmp_path, monkeypatch, capsys)
     assert exc.value.code == 2 and "does not exist" in capsys.readouterr().err
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_cli_serves_the_model_on_loopback(tiny_export, monkeypatch, capsys):
     served = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
-    main(["--model", str(tiny_export), "--port", "7999", "--device", "cpu"])
-    assert (served["host"], served["port"]) == ("127.0.0.1", 7999)
-    assert "tiny-eve on http://127.0.0.1:7999" in capsys.readouterr().out
+
+    def serve(self, sockets=None):
+        (sock,) = sockets
+        served.update(app=self.config.app, host=self.config.host, address=sock.getsockname())
+        with socket.create_connection(sock.getsockname(), timeout=5):  # the port is ours and listening
+            pass
+
+    monkeypatch.setattr(uvicorn.Server, "run", serve)
+    port = free_port()
+    main(["--model", str(tiny_export), "--port", str(port), "--device", "cpu"])
+    assert served["host"] == "127.0.0.1" and served["address"] == ("127.0.0.1", port)
+    assert f"tiny-eve on http://127.0.0.1:{port}" in capsys.readouterr().out
     with TestClient(served["app"], base_url="http://127.0.0.1") as c:
         assert c.get("/api/info").json()["model"] == "tiny-eve"
-    main(["--model", str(tiny_export), "--host", "0.0.0.0"])
+    main(["--model", str(tiny_export), "--host", "0.0.0.0", "--port", str(free_port())])
     assert "warning: listening on 0.0.0.0" in capsys.readouterr().out
+
+
+def test_cli_port_in_use_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    loads = []
+    monkeypatch.setattr(ChatEngine, "from_dir", lambda *a, **k: loads.append(a))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        with pytest.raises(SystemExit) as exc:
+            main(["--model", str(tmp_path), "--port", str(taken.getsockname()[1])])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and err.count("\n") == 1 and "already in use" in err and "--port" in err
+    assert out == "" and loads == []  # no address printed, no model loaded
 
 
 def test_fake_engine_matches_the_engine_contract(engine):

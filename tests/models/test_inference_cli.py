@@ -49,6 +49,39 @@ def test_export_cli_rewrites_weights_that_load_back(export_dir, tmp_path):
     assert bad.returncode == 2 and "does not exist" in bad.stderr
 
 
+def same_weights(a, b) -> bool:
+    sa, sb = load_model(a, device="cpu").vlm.state_dict(), load_model(b, device="cpu").vlm.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_export_into_the_current_folder_keeps_the_users_files(export_dir, tmp_path):
+    here = tmp_path / "here"
+    here.mkdir()
+    # `export CKPT .` into an empty current folder, in shards of 5 MiB (the 8 MiB embeddings get their own)
+    proc = run("eve_lightning.export", [str(export_dir), ".", "--dtype", "float32", "--shard-gb", "0.005"], here)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shards = sorted(p.name for p in here.glob("model-*-of-*.safetensors"))
+    assert len(shards) >= 3 and (here / "model.safetensors.index.json").is_file()
+    assert not list(tmp_path.glob("*.tmp*")) and not list(tmp_path.glob("*.old"))  # no temporary left beside it
+
+    # a file of the user's arrives: a new export there is refused without --overwrite, and nothing is touched
+    (here / "notes.txt").write_text("my notes")
+    before = {p.name: p.stat().st_mtime_ns for p in here.iterdir()}
+    proc = run("eve_lightning.export", [str(export_dir), ".", "--dtype", "float32"], here)
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert "is not empty (it holds an earlier export)" in line and "--overwrite" in line, line
+    assert {p.name: p.stat().st_mtime_ns for p in here.iterdir()} == before
+
+    # --overwrite: the one-file export replaces the sharded one (old shards and index gone); the notes stay
+    proc = run("eve_lightning.export", [str(export_dir), ".", "--dtype", "float32", "--overwrite"], here)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (here / "notes.txt").read_text() == "my notes"
+    assert (here / "model.safetensors").is_file() and not (here / "model.safetensors.index.json").exists()
+    assert not [s for s in shards if (here / s).exists()]
+    assert same_weights(export_dir, here)
+
+
 def test_chat_cli_answers_once_with_bench(export_dir, tmp_path):
     img = tmp_path / "photo.png"
     photo("coffee", (600, 400)).save(img)

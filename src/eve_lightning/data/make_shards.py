@@ -12,7 +12,8 @@ reports ``read = written + skipped``. Output is byte-for-byte reproducible for t
 
 Exit status: 0 when the shards are written; 1 when nothing was written or more than ``--max-skipped`` of the
 records were skipped (the shards written stay, ``skipped.jsonl`` says why); 2 for a usage problem found before
-any work (missing annotations or images folder, an output folder that is not empty without ``--overwrite``).
+any work (a missing argument, annotations file or images folder, an output folder that is not empty without
+``--overwrite``), reported as one line on stderr that names the fix.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from eve_lightning.data.records import (
     read_annotations,
 )
 from eve_lightning.data.shards import INDEX_FILE, SIDECAR_SUFFIX, tar_member
+from eve_lightning.utils.cli import OneLineArgumentParser
 
 REPORT_FILE = "skipped.jsonl"
 DEFAULT_SHARD_SIZE = 2000
@@ -236,7 +238,7 @@ def build_shards(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m eve_lightning.data.make_shards", description=__doc__.split("\n")[0])
+    p = OneLineArgumentParser(prog="python -m eve_lightning.data.make_shards", description=__doc__.split("\n")[0])
     p.add_argument("--format", choices=["llava", "caption"], required=True, help="annotation layout")
     p.add_argument("--annotations", required=True, help=".json list or .jsonl of records")
     p.add_argument("--images", required=True, help="folder the records' image paths are relative to")
@@ -279,8 +281,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--out {out} is not empty: choose a new folder, or pass --overwrite to replace its shards")
     if not 0.0 <= args.max_skipped <= 1.0:
         raise UsageError(f"--max-skipped is a share of the records in [0, 1], got {args.max_skipped}")
-    if args.max_pixels < 1 or args.workers < 1 or args.shard_size < 1:
-        raise UsageError("--max-pixels, --workers and --shard-size must be positive")
+    for flag in ("max_pixels", "workers", "shard_size", "shard_bytes"):
+        if getattr(args, flag) < 1:
+            name = "--" + flag.replace("_", "-")
+            raise UsageError(
+                f"{name} must be a positive whole number, got {getattr(args, flag)}: drop it for the default"
+            )
 
 
 def build_from_args(args: argparse.Namespace) -> BuildSummary:

@@ -5,15 +5,17 @@ Endpoints:
                    from anywhere but this server)
   GET  /api/info   which model is loaded, its canvas size, the generation defaults and limits (also a health check)
   POST /api/chat   multipart form: ``messages`` (JSON list of ``{"role": "user"|"assistant", "content": str}``,
-                   alternating, ending with a user turn), optional ``image`` file, ``temperature``, ``top_p``,
-                   ``max_new_tokens``. Answers ``text/event-stream``: ``delta`` events (``{"text": ...}``) as the
-                   tokens come, then one ``done`` event (``{"stats": engine.last_stats}``), or an ``error`` event
-                   (``{"message": ...}``) when generation fails after it started.
+                   alternating, ending with a user turn), optional ``image`` file, ``temperature`` (>= 0),
+                   ``top_p`` (in (0, 1]), ``max_new_tokens`` (1 to MAX_NEW_TOKENS). Answers
+                   ``text/event-stream``: ``delta`` events (``{"text": ...}``) as the tokens come, then one ``done``
+                   event (``{"stats": engine.last_stats}``), or an ``error`` event (``{"message": ...}``) when
+                   generation fails after it started.
 
 The server keeps no conversation state: the page sends the whole conversation and its image with every turn, so
 a reload or a second tab cannot mix conversations. Request errors (a file that is not an image, an upload over
 the size limit, a conversation longer than the model's context, a malformed form) are JSON ``{"detail": ...}``
-responses with a 4xx status and a message meant for the user.
+responses with a 4xx status and a message meant for the user. The sampling settings are checked by
+`GenerationConfig` itself, the same check as the chat CLI's, so both accept exactly the same values.
 
 Generation is blocking and CPU/GPU-bound: each request runs ``engine.stream`` in a worker thread, one generation
 at a time (a lock), and hands the text deltas to the event loop through a queue, so the server stays responsive.
@@ -41,7 +43,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from eve_lightning.data.image import to_rgb
-from eve_lightning.inference.engine import GenerationConfig, PromptTooLongError
+from eve_lightning.inference.engine import GenerationConfig, GenerationConfigError, PromptTooLongError
 
 log = logging.getLogger(__name__)
 
@@ -316,11 +318,15 @@ def create_app(engine: Engine, allowed_hosts: Sequence[str] | None = LOOPBACK_HO
         request: Request,
         messages: Annotated[str, Form()],
         image: Annotated[UploadFile | None, File()] = None,
-        temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
-        top_p: Annotated[float, Form(ge=0.0, le=1.0)] = 1.0,
-        max_new_tokens: Annotated[int, Form(ge=1, le=MAX_NEW_TOKENS)] = 256,
+        temperature: Annotated[float, Form()] = 0.0,
+        top_p: Annotated[float, Form()] = 1.0,
+        max_new_tokens: Annotated[int, Form(le=MAX_NEW_TOKENS)] = 256,  # the range itself: GenerationConfig's
     ) -> StreamingResponse | JSONResponse:
         _check_origin(request)
+        try:
+            gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        except GenerationConfigError as e:
+            raise DemoRequestError(400, str(e)) from None
         turns = parse_turns(messages)
         pil = None
         if image is not None:
@@ -328,7 +334,6 @@ def create_app(engine: Engine, allowed_hosts: Sequence[str] | None = LOOPBACK_HO
             if len(data) > MAX_UPLOAD_BYTES:
                 raise DemoRequestError(413, f"the image is over the {_mb(MAX_UPLOAD_BYTES)} limit")
             pil = load_image(data)
-        gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         events = _Generation(engine, lock, pil, turns, gen).events()
         first = await anext(events, _Event("error", "generation ended without a result"))
         if first.kind == "error":  # nothing streamed yet: fail the request itself

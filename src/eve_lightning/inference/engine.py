@@ -19,10 +19,15 @@ from eve_lightning.data.conversation import Turn
 from eve_lightning.data.encoding import encode_parts
 from eve_lightning.data.image import eve_view, to_rgb
 from eve_lightning.data.templates import get_template
-from eve_lightning.inference.generate import GenerationConfig, PromptTooLongError, generate_tokens
+from eve_lightning.inference.generate import (
+    GenerationConfig,
+    GenerationConfigError,
+    PromptTooLongError,
+    generate_tokens,
+)
 from eve_lightning.inference.loading import LoadedModel, load_model
 
-__all__ = ["ChatEngine", "GenerationConfig", "PromptTooLongError"]
+__all__ = ["ChatEngine", "GenerationConfig", "GenerationConfigError", "PromptTooLongError"]
 
 ROLES = {"user": "human", "human": "human", "assistant": "gpt", "gpt": "gpt"}
 

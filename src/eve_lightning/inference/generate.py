@@ -1,13 +1,16 @@
 """Batched token generation for EveVLM: one multimodal prefill, then a KV-cached decode loop.
 
 Rows are left-padded after image expansion, so every row's next token sits at the last position. Greedy by
-default; temperature and top-p sampling on request. Image tokens count against the context length exactly
-(1 + h(w+1) per image); a prompt that does not fit raises `PromptTooLongError` before the model runs.
+default; temperature and top-p sampling on request (`GenerationConfig` refuses values out of range when it is made,
+so the chat CLI and the web demo accept exactly the same settings). Image tokens count against the context length
+exactly (1 + h(w+1) per image); a prompt that does not fit raises `PromptTooLongError` before the model runs.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,14 +23,29 @@ class PromptTooLongError(ValueError):
     """The prompt (text + image tokens) leaves no room to generate within the context length."""
 
 
-@dataclass
-class GenerationConfig:
-    """Decoding options.
+class GenerationConfigError(ValueError):
+    """A decoding option out of its range.
 
     Attributes:
-        max_new_tokens: upper bound of generated tokens (also capped by the context length).
-        temperature: 0 = greedy; > 0 samples from softmax(logits / temperature).
-        top_p: nucleus sampling mass (1.0 = off); only used when sampling.
+        option: the field's name (``top_p``); a command line shows it as its flag (``--top-p``).
+        reason: what the value must be and how to get what was meant, e.g. ``must be in (0, 1] ..., got 0``.
+    """
+
+    def __init__(self, option: str, reason: str) -> None:
+        super().__init__(f"{option} {reason}")
+        self.option = option
+        self.reason = reason
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding options, checked when made (`GenerationConfigError` names the option and its range).
+
+    Attributes:
+        max_new_tokens: upper bound of generated tokens, >= 1 (also capped by the context length).
+        temperature: >= 0; 0 = greedy; > 0 samples from softmax(logits / temperature).
+        top_p: nucleus sampling mass in (0, 1] (1.0 = off); only used when sampling. 0 is refused rather than read
+            as greedy: greedy decoding is ``temperature=0``.
         use_cache: KV cache (False re-runs the whole sequence each step; same tokens, slower).
         seed: sampling seed (None = torch's global generator).
     """
@@ -37,6 +55,28 @@ class GenerationConfig:
     top_p: float = 1.0
     use_cache: bool = True
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        check_generation_options(self.max_new_tokens, self.temperature, self.top_p)
+
+
+def check_generation_options(max_new_tokens: int, temperature: float, top_p: float) -> None:
+    """Refuse decoding options out of range (the one check behind `GenerationConfig`).
+
+    Raises:
+        GenerationConfigError: naming the first option out of range, its valid range and the fix.
+    """
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:
+        raise GenerationConfigError("max_new_tokens", f"must be a whole number >= 1, got {max_new_tokens}")
+    if not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature < 0:
+        raise GenerationConfigError(
+            "temperature", f"must be >= 0 (0 = greedy, higher = more random), got {temperature}"
+        )
+    if not isinstance(top_p, numbers.Real) or not math.isfinite(top_p) or not 0 < top_p <= 1:
+        fix = "for greedy decoding (always the most likely token) use temperature 0"
+        if isinstance(top_p, numbers.Real) and top_p > 1:
+            fix = "1 samples from all tokens"
+        raise GenerationConfigError("top_p", f"must be in (0, 1] (1 = off, the default), got {top_p}: {fix}")
 
 
 def _cache_kwarg(model: torch.nn.Module) -> str:
