@@ -4,12 +4,14 @@
     python -m eve_lightning.plan recipe=eve7b_hd cluster=a100_2x8         # ... with the 1344 px HD SFT
     python -m eve_lightning.plan experiment=eve7b_sft_r672 cluster=a100_2x8 strategy=fsdp data.batch_size=8
 
-Any training override composes as it does for ``eve_lightning.train``. Planner options: ``plan.mfu.<stage>=F``
-or ``plan.mfu=F`` (decoder MFU to project with), ``plan.scaling_efficiency=F``, ``plan.tokens_per_sample.<task>=N``.
+A recipe plans its experiments on the path our throughput was measured on (``RECIPE_PATH``: FSDP, compiled blocks,
+``torch_varlen``, packed rows); ``experiment=`` plans a config as it is. Any training override composes as it does
+for ``eve_lightning.train``. Planner options: ``plan.mfu.<stage>=F`` or ``plan.mfu=F`` (decoder MFU to project
+with instead of the measured one), ``plan.scaling_efficiency=F``, ``plan.tokens_per_sample.<pretrain|sft>=N``.
 Nothing is loaded: the model is built on the meta device from its config (or the published shape when the config
 points to a checkpoint folder that is not there), so the plan runs anywhere. Every assumption is printed with the plan.
-The memory model is ``eve_lightning.utils.memory_model``; the throughput comes from the decoder MFU measured by
-``eve_lightning.bench.train`` (``benchmarks/results``).
+The memory model is ``eve_lightning.utils.memory_model``; the throughput comes from the runs of
+``eve_lightning.bench.train`` listed in ``eve_lightning.utils.throughput_tables`` (``benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -39,49 +41,95 @@ from eve_lightning.utils.memory_model import (
     activations,
     model_states,
 )
+from eve_lightning.utils.throughput_tables import (
+    IMAGE_SHARE,
+    MEASURED,
+    MEASURED_IMAGE_SIZE,
+    MEASURED_PATH,
+    REFERENCE_PEAK_TFLOPS,
+    RESULTS_DIR,
+    STAGE_KIND,
+    TEXT_TOKENS,
+    MeasuredStep,
+    tokens_per_sample,
+)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 RECIPES = {
     "eve7b": ["eve7b_prealign_r672", "eve7b_pretrain_r672", "eve7b_sft_r672"],
     "eve7b_hd": ["eve7b_prealign_r672", "eve7b_pretrain_r672", "eve7b_sft_r1344_hd"],
 }
+# What a recipe adds to its experiments: the settings of the path whose throughput was measured
+# (throughput_tables.MEASURED_PATH). ZeRO-3 refuses compiled blocks, hence FSDP. Overrides given on the command line
+# come after these.
+RECIPE_PATH = [
+    "strategy=fsdp",
+    "compile.enabled=true",
+    "model.llm.attn_implementation=torch_varlen",
+    "data.collate=packed",
+]
 # Published shapes (Vicuna-7B decoder, CLIP ViT-L/14-336), used when a config names a checkpoint folder that is
 # not on this machine.
 VICUNA_7B = dict(model_type="llama", vocab_size=32000, max_position_embeddings=4096, **DECODERS["eve_7b"])
-# Decoder MFU of our path measured on one H100 (benchmarks/results), packed rows, FlexAttention, no activation
-# checkpointing. Eager blocks: 7B frozen decoder 32.8 % (prealign, micro-batch 8); trained decoders only measured at
-# 1.1B: 13.5 % (pretrain), 13.9 % (SFT). Compiled blocks (compile.enabled): 46.2 % (7B prealign, micro-batch 10),
-# 31.5 % (1.1B pretrain, micro-batch 40), 20.7 % (1.1B SFT, micro-batch 16, rows not yet filled). Compiled blocks
-# and teacher with a variable-length flash kernel (torch_varlen or flash_attention_2), balanced rows: 48.1 % (7B
-# prealign, micro-batch 12), 35.6 % (1.1B pretrain, micro-batch 32), 32.6 % (1.1B SFT, micro-batch 16).
-MEASURED_MFU = {
-    "eager": {"prealign": 0.328, "pretrain": 0.135, "sft": 0.139, "sft_hd": 0.139},
-    "compiled": {"prealign": 0.462, "pretrain": 0.315, "sft": 0.207, "sft_hd": 0.207},
-    "compiled_varlen": {"prealign": 0.481, "pretrain": 0.356, "sft": 0.326, "sft_hd": 0.326},
-}
-# packed rows through a variable-length flash kernel; flash_attention_2 (the flash-attn package, the same kernel
-# family) is assumed to run like the measured torch_varlen
-VARLEN_ATTENTION = ("torch_varlen", "flash_attention_2")
-TOKENS_PER_SAMPLE = {  # expanded tokens: image tokens of a square image + text (LLaVA-like means)
-    ("pretrain", 672): 601 + 130,
-    ("sft", 672): 0.95 * 601 + 150,
-    ("pretrain", 1344): 2353 + 130,
-    ("sft", 1344): 0.95 * 2353 + 150,
-}
-IMAGE_SHARE = {"pretrain": 1.0, "sft": 0.95}
-ORIGINAL_DAYS = 9.0  # EVE-7B on two 8-A100 nodes, from the paper
+# The paper's EVE-7B training time (16M prealign + 33M pretrain + 665K SFT) on two 8-A100-40G nodes (paper, README)
+PAPER_DAYS, PAPER_GPUS, PAPER_PEAK_TFLOPS = 9.0, 16, 312.0
+USAGE = f"""usage: python -m eve_lightning.plan (recipe=NAME | experiment=NAME ...) [cluster=NAME] [OVERRIDE ...]
+                                  [plan.OPTION=VALUE ...]
+
+Per-GPU memory and projected days of training stages, before running them. Nothing is loaded or written.
+
+  recipe=NAME        eve7b (prealign, pretrain, SFT at 672 px) | eve7b_hd (SFT at 1344 px), planned on the path
+                     the throughput was measured on: {" ".join(RECIPE_PATH)}
+  experiment=NAME    a conf/experiment config, planned as it is (repeatable)
+  cluster=NAME       a100_2x8 | a100_1x8 | gpu1: the GPU count and perf.peak_tflops
+  OVERRIDE           any training override, e.g. data.batch_size=8 gradient_checkpointing=false
+  plan.mfu.<stage>=F                          decoder MFU to project a stage with (plan.mfu=F: every stage)
+  plan.scaling_efficiency=F                   throughput kept per GPU on several GPUs (default 0.9)
+  plan.tokens_per_sample.<pretrain|sft>=N     tokens per sample (image + text) instead of the benchmark's mean
+  -h, --help         this help
+
+The measured figures and their runs: src/eve_lightning/utils/throughput_tables.py, benchmarks/README.md.
+"""
 
 
 @dataclass
 class StagePlan:
+    """The memory and time projection of one stage; ``seconds = samples / (samples_per_s x n_gpus)``."""
+
     name: str
     experiment: str
     memory: MemoryPlan
     samples: int
-    flops_per_sample: float
-    mfu: float
-    seconds: float
+    tokens_per_sample: float
+    flops_per_sample: float  # decoder FLOPs, the benchmark's count
+    square_flops_per_sample: float  # the same with every image square (the most image tokens)
+    mfu: float  # decoder MFU projected with (the measured one unless plan.mfu is given)
+    measured: MeasuredStep
+    card_ratio: float  # the cluster's dense bf16 peak / the measured card's
+    recompute: float  # step time with the configured checkpointing / without
+    efficiency: float  # multi-GPU scaling efficiency (1 on one GPU)
+    n_gpus: int
+    image_size: int
+    off_path: list[str]  # settings that differ from the measured path's
     notes: list[str]
+
+    @property
+    def reference_samples_per_s(self) -> float:
+        """Samples/s of this stage's decoder and tokens on one GPU of the measured card, no checkpointing."""
+        return self.mfu * REFERENCE_PEAK_TFLOPS * 1e12 / self.flops_per_sample
+
+    @property
+    def samples_per_s(self) -> float:
+        """Projected samples/s per GPU on the planned cluster."""
+        return self.reference_samples_per_s * self.card_ratio * self.efficiency / self.recompute
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / (self.samples_per_s * self.n_gpus)
+
+    @property
+    def days(self) -> float:
+        return self.seconds / 86400
 
 
 def strategy_name(cfg: DictConfig) -> str:
@@ -151,6 +199,16 @@ def dtype_bytes(name: Any) -> int:
     return 2 if str(name) in ("bfloat16", "float16", "bf16", "fp16") else 4
 
 
+def off_measured_path(cfg: DictConfig) -> list[str]:
+    """The settings of ``cfg`` that differ from those the throughput was measured with."""
+    off = []
+    for key, measured in MEASURED_PATH.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value not in (measured if isinstance(measured, tuple) else (measured,)):
+            off.append(f"{key}={value}")
+    return off
+
+
 def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> StagePlan:
     try:
         check_speed_options(cfg)  # what training would refuse is not planned either
@@ -159,22 +217,25 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
     notes: list[str] = []
     counts = count_parameters(cfg, notes)
     stage, task = cfg.stage.name, cfg.data.task
+    if stage not in STAGE_KIND:
+        raise SystemExit(f"{experiment}: no measured throughput for stage {stage!r} (one of {sorted(STAGE_KIND)})")
     if not str(cfg.trainer.devices).isdigit():
         raise SystemExit(f"trainer.devices={cfg.trainer.devices}: the plan needs a number (e.g. cluster=a100_2x8)")
     n_gpus = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
     strategy = strategy_name(cfg)
     size = int(cfg.model.eve.image_size)
     given = options.get("tokens_per_sample", {})
-    if task not in given and (task, size) not in TOKENS_PER_SAMPLE:
-        raise SystemExit(f"no token count assumed for {task} at {size} px: set plan.tokens_per_sample.{task}=N")
-    tps = float(given[task] if task in given else TOKENS_PER_SAMPLE[(task, size)])
-    tps = min(tps, float(cfg.model.eve.max_length))
+    if task not in given and task not in TEXT_TOKENS:
+        raise SystemExit(f"no token count assumed for {task}: set plan.tokens_per_sample.{task}=N")
+    # time: the mean sample; memory: samples whose images are all square (the most image tokens)
+    tps = float(given[task]) if task in given else tokens_per_sample(task, size)
+    square_tps = float(given[task]) if task in given else tokens_per_sample(task, size, square=True)
     grid = size // int(cfg.model.eve.patch_size)
     cells = grid // int(cfg.model.eve.pool_stride)
     work = Workload(
         micro_batch=int(cfg.data.batch_size),
-        tokens_per_sample=tps,
-        images_per_sample=IMAGE_SHARE[task],
+        tokens_per_sample=square_tps,
+        images_per_sample=IMAGE_SHARE.get(task, 1.0),
         patches_per_image=grid * grid,
         image_tokens_per_image=cells * (cells + 1) + 1,
         vision_width=int(cfg.model.eve.vision_hidden),
@@ -207,30 +268,42 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
     parts |= activations(
         counts["shape"], work, trained=trained_llm, align_layers=counts["align_layers"], residual_bytes=llm_bytes
     )
-    memory = MemoryPlan(parts)
-    samples = int(cfg.trainer.max_steps) * int(cfg.global_batch_size)
     shape = counts["shape"]
-    flops = samples_flops(counts["decoder_no_embed"], shape.layers, shape.hidden, [tps], trained_llm)
+    flops, square_flops = (
+        samples_flops(counts["decoder_no_embed"], shape.layers, shape.hidden, [n], trained_llm)
+        for n in (tps, square_tps)
+    )
+    measured = MEASURED[STAGE_KIND[stage]]
     mfu_option = options.get("mfu", {})
-    blocks = "compiled" if (cfg.get("compile") or {}).get("enabled") else "eager"
-    varlen = cfg.model.llm.get("attn_implementation") in VARLEN_ATTENTION
-    if blocks == "compiled" and varlen and cfg.compile.get("teacher", True):
-        blocks = "compiled_varlen"
-    measured = MEASURED_MFU[blocks][stage]
-    mfu = float(mfu_option if isinstance(mfu_option, float) else mfu_option.get(stage, measured))
+    mfu = float(mfu_option if isinstance(mfu_option, float) else mfu_option.get(stage, measured.mfu))
     if cfg.perf.get("peak_tflops") is None:
         raise SystemExit("perf.peak_tflops is not set by this cluster preset: pick a GPU cluster or set it")
-    peak = float(cfg.perf.peak_tflops) * 1e12
-    efficiency = float(options.get("scaling_efficiency", 0.9))
-    seconds = samples * flops / (mfu * peak * n_gpus * (efficiency if n_gpus > 1 else 1.0))
     checkpointed = work.checkpointed(shape.layers)
-    seconds *= recompute_factor(checkpointed > 0, trained_llm, checkpointed / shape.layers)
+    blocks = "compiled" if work.compiled else "eager"
     notes.append(
-        f"{strategy}, {n_gpus} GPUs, micro-batch {work.micro_batch}, {tps:.0f} tokens/sample, "
+        f"{strategy}, {n_gpus} GPUs, micro-batch {work.micro_batch}, "
         f"checkpointing {f'{checkpointed}/{shape.layers} layers' if checkpointed else 'off'}, {blocks} blocks, "
+        f"{cfg.model.llm.get('attn_implementation')} attention, {cfg.data.get('collate')} rows, "
         f"decoder {'trained' if trained_llm else 'frozen'}"
     )
-    return StagePlan(stage, experiment, memory, samples, flops, mfu, seconds, notes)
+    return StagePlan(
+        name=stage,
+        experiment=experiment,
+        memory=MemoryPlan(parts),
+        samples=int(cfg.trainer.max_steps) * int(cfg.global_batch_size),
+        tokens_per_sample=tps,
+        flops_per_sample=flops,
+        square_flops_per_sample=square_flops,
+        mfu=mfu,
+        measured=measured,
+        card_ratio=float(cfg.perf.peak_tflops) / REFERENCE_PEAK_TFLOPS,
+        recompute=recompute_factor(checkpointed > 0, trained_llm, checkpointed / shape.layers),
+        efficiency=float(options.get("scaling_efficiency", 0.9)) if n_gpus > 1 else 1.0,
+        n_gpus=n_gpus,
+        image_size=size,
+        off_path=off_measured_path(cfg),
+        notes=notes,
+    )
 
 
 def bench_step_memory(result: dict[str, Any]) -> MemoryPlan:
@@ -278,19 +351,24 @@ def compose_stage(overrides: Sequence[str]) -> DictConfig:
     return cfg
 
 
-def split_args(argv: Sequence[str]) -> tuple[list[str], list[str], dict[str, Any]]:
-    """(experiments, training overrides, planner options) from ``key=value`` arguments."""
-    experiments: list[str] = []
+def split_args(argv: Sequence[str]) -> tuple[list[tuple[str, list[str]]], list[str], dict[str, Any]]:
+    """(experiments with the overrides they bring, training overrides, planner options) from ``key=value``.
+
+    A recipe's experiments bring ``RECIPE_PATH``; ``experiment=`` brings nothing.
+    """
+    experiments: list[tuple[str, list[str]]] = []
     overrides: list[str] = []
     options: dict[str, Any] = {}
     for arg in argv:
         key, _, value = arg.partition("=")
+        if arg.startswith("-"):
+            raise SystemExit(f"unknown option {arg!r}: arguments are key=value (python -m eve_lightning.plan --help)")
         if key == "recipe":
             if value not in RECIPES:
                 raise SystemExit(f"unknown recipe {value!r}: one of {sorted(RECIPES)}")
-            experiments += RECIPES[value]
+            experiments += [(e, list(RECIPE_PATH)) for e in RECIPES[value]]
         elif key == "experiment":
-            experiments.append(value)
+            experiments.append((value, []))
         elif key.startswith("plan."):
             node = options
             *path, leaf = key[len("plan.") :].split(".")
@@ -304,19 +382,92 @@ def split_args(argv: Sequence[str]) -> tuple[list[str], list[str], dict[str, Any
     return experiments, overrides, options
 
 
-def format_plan(plans: list[StagePlan], assumptions: list[str]) -> str:
+def format_stage(p: StagePlan) -> list[str]:
+    """Memory rows and the time derivation of one stage."""
+    m = p.measured
+    lines = [f"== {p.name} ({p.experiment}): {p.notes[-1]}"]
+    lines += [f"   {k:<32}{v:>9.2f} GiB" for k, v in p.memory.gib().items()]
+    lines.append(
+        f"   time: {p.samples:,} samples x {p.tokens_per_sample:.0f} tokens = "
+        f"{p.flops_per_sample / 1e12:.1f} TFLOP (decoder) per sample"
+    )
+    lines.append(
+        f"     measured: {m.model} {m.workload}, micro-batch {m.micro_batch}, {m.card}: {m.samples_per_s:.1f} "
+        f"samples/s at {m.tokens_per_sample:.0f} tokens, decoder MFU {m.mfu:.1%} ({RESULTS_DIR}/{m.json})"
+    )
+    mfu = f"MFU {p.mfu:.1%}" + ("" if p.mfu == m.mfu else " (plan.mfu)")
+    lines.append(
+        f"     per GPU: {mfu} -> {p.reference_samples_per_s:.2f} samples/s at {REFERENCE_PEAK_TFLOPS:g} TFLOP/s"
+        f" x {p.card_ratio:.3f} (peak ratio {p.card_ratio * REFERENCE_PEAK_TFLOPS:g}/{REFERENCE_PEAK_TFLOPS:g})"
+        f" / {p.recompute:.3f} (checkpointing recompute) x {p.efficiency:.2f} (scaling) = {p.samples_per_s:.2f}"
+    )
+    lines.append(
+        f"     {p.samples:,} / ({p.samples_per_s:.2f} samples/s x {p.n_gpus} GPUs) = {p.seconds / 3600:.1f} h"
+        f" = {p.days:.2f} days"
+    )
+    if p.image_size != MEASURED_IMAGE_SIZE:
+        lines.append(f"     measured at {MEASURED_IMAGE_SIZE} px: its MFU carried to {p.image_size} px (not measured)")
+    if p.off_path:
+        lines.append(
+            f"     OFF THE MEASURED PATH ({', '.join(p.off_path)}): projected with the measured path's figure; expect "
+            "longer (eager blocks ran at 0.67-0.71x the compiled samples/s, FlexAttention at 0.92x torch_varlen)"
+        )
+    return lines
+
+
+def paper_gap(plans: list[StagePlan]) -> str:
+    """The paper's time and this plan's as decoder MFU over the same FLOPs: where the difference is."""
+    flops = sum(p.samples * p.flops_per_sample for p in plans)
+    square = sum(p.samples * p.square_flops_per_sample for p in plans)
+    paper = PAPER_DAYS * 86400 * PAPER_GPUS * PAPER_PEAK_TFLOPS * 1e12
+    ours = sum(p.seconds * p.n_gpus * p.card_ratio for p in plans) * REFERENCE_PEAK_TFLOPS * 1e12
+    measured = " / ".join(dict.fromkeys(f"{p.mfu:.1%}" for p in plans))
+    less = [
+        *(["the checkpointing recompute"] if any(p.recompute > 1 for p in plans) else []),
+        *(["the scaling efficiency"] if any(p.efficiency < 1 for p in plans) else []),
+    ]
+    return (
+        f"over these decoder FLOPs the paper's days are {flops / paper:.1%} MFU for its code ({square / paper:.1%} "
+        f"with square images); this plan's are {flops / ours:.1%}: the measured {measured}"
+        + (f" less {' and '.join(less)}" if less else "")
+    )
+
+
+def format_plan(
+    plans: list[StagePlan], assumptions: list[str], recipe: str | None = None, overrides: Sequence[str] = ()
+) -> str:
+    """The plan as printed: every stage, a summary table, the comparison with the paper, the assumptions."""
     lines = []
     shared = list(dict.fromkeys(n for p in plans for n in p.notes[:-1]))  # model-shape notes, once
     for p in plans:
-        lines.append(f"== {p.name} ({p.experiment}): {p.notes[-1]}")
-        for k, v in p.memory.gib().items():
-            lines.append(f"   {k:<32}{v:>9.2f} GiB")
+        lines += format_stage(p)
+    total = sum(p.days for p in plans)
+    peaks = ", ".join(dict.fromkeys(f"{p.card_ratio * REFERENCE_PEAK_TFLOPS:g}" for p in plans))
+    ratios = ", ".join(dict.fromkeys(f"{p.card_ratio:.3f}" for p in plans))
+    lines.append(
+        f"== summary: GPUs of {peaks} TFLOP/s dense BF16 peak; the figures measured at {REFERENCE_PEAK_TFLOPS:g} "
+        f"TFLOP/s x {ratios} (the peak ratio)"
+    )
+    lines.append(f"   {'stage':<10}{'samples':>12}{'tokens/sample':>15}{'samples/s/GPU':>15}{'GPUs':>6}{'days':>8}")
+    for p in plans:
         lines.append(
-            f"   {p.samples:,} samples x {p.flops_per_sample / 1e12:.1f} TFLOP (decoder) at MFU {p.mfu:.1%}: "
-            f"{p.seconds / 3600:.1f} h = {p.seconds / 86400:.2f} days"
+            f"   {p.name:<10}{p.samples:>12,}{p.tokens_per_sample:>15.0f}{p.samples_per_s:>15.2f}{p.n_gpus:>6}"
+            f"{p.days:>8.2f}"
         )
-    total = sum(p.seconds for p in plans) / 86400
-    lines.append(f"== recipe total: {total:.2f} days (the original: ~{ORIGINAL_DAYS:g} days on two 8-A100 nodes)")
+    flag = " (stages off the measured path: expect longer)" if any(p.off_path for p in plans) else ""
+    lines.append(f"   total{'':>51}{total:>8.2f} days{flag}")
+    square = sum(p.days * p.square_flops_per_sample / p.flops_per_sample for p in plans)
+    lines.append(f"   with every image square (the most image tokens per sample): {square:.2f} days")
+    if recipe == "eve7b":
+        lines.append(
+            f"   the paper: ~{PAPER_DAYS:g} days for these three stages on two 8-A100-40G nodes, with its own code"
+        )
+        lines.append(f"   gap: {paper_gap(plans)}")
+    elif recipe == "eve7b_hd":
+        lines.append(f"   the paper states no time for EVE-7B-HD (its ~{PAPER_DAYS:g} days are the 672 px EVE-7B)")
+    if recipe:
+        command = " ".join(["python -m eve_lightning.train experiment=<stage>", *RECIPE_PATH, *overrides])
+        lines.append(f"   train each stage as planned: {command}")
     lines.append("assumptions:")
     lines += [f" - {a}" for a in [*shared, *assumptions]]
     return "\n".join(lines)
@@ -337,30 +488,41 @@ def recompute_factor(checkpointing: bool, trained: bool, fraction: float = 1.0) 
 
 ASSUMPTIONS = [
     "memory: eve_lightning.utils.memory_model (model states by strategy; activations counted per token and layer, "
-    "scaled by factors calibrated on H100 measurements); not counted: CUDA context and NCCL buffers (~1-3 GiB), "
-    "allocator fragmentation, DeepSpeed's communication buckets",
-    "tokens per sample: pretrain = 601 image tokens (672 px, square) + 130 caption; SFT = 95 % with an image + "
-    "150 text tokens (LLaVA-665K-like); at 1344 px 2353 image tokens; capped at model.eve.max_length",
-    "time: decoder FLOPs counted as bench.train counts them (6x parameters x tokens + causal attention; 4x and 4/6 "
-    "of the attention for a frozen decoder) / (MFU x the cluster's perf.peak_tflops x GPUs x scaling efficiency); "
-    "teacher and patch embedding time not counted separately (they are inside the measured MFU's step time)",
-    "MFU: measured on one H100 by eve_lightning.bench.train (packed rows, FlexAttention, no checkpointing); "
-    "eager blocks: prealign 32.8 % with the 7B decoder, pretrain 13.5 % and SFT 13.9 % only measured at 1.1B; "
-    "compiled blocks (compile.enabled=true): 46.2 %, 31.5 % and 20.7 %; compiled with a variable-length flash kernel "
-    "and teacher (model.llm.attn_implementation=torch_varlen; flash_attention_2 assumed alike): 48.1 %, 35.6 % "
-    "and 32.6 %; "
-    "the 1.1B figures stand in for 7B, whose "
-    "larger matrices usually run at a higher MFU; assumed to carry to A100 (312 TFLOP/s dense bf16)",
-    "checkpointing: a stage with it on recomputes the forward, so its time is x4/3 (trained decoder) or x3/2 "
-    "(frozen decoder) of the measured no-checkpointing step; with N of L layers checkpointed, N/L of that extra",
-    "scaling efficiency across GPUs: 0.9 (plan.scaling_efficiency)",
+    "scaled by factors calibrated on H100 measurements) for micro-batches whose images are all square; not counted: "
+    "CUDA context and NCCL buffers (~1-3 GiB), allocator fragmentation, DeepSpeed's communication buckets",
+    "tokens per sample: the mean of the benchmark's samples (bench.train.draw_samples): 7 aspect ratios from 2:1 to "
+    "1:2 (405 image tokens on average at 672 px, 1577 at 1344; a square image has 601 / 2353), captions of 60-200 "
+    "tokens (131 with BOS), SFT text log-normal around 150 tokens (192) with 5 % text-only samples",
+    "throughput: the measured decoder MFU of each stage kind (eve_lightning.utils.throughput_tables) over the FLOPs "
+    "of this stage's decoder and tokens, counted as bench.train counts them (6 x parameters without the input "
+    "embedding x tokens + causal attention; 4 x and 4/6 of the attention for a frozen decoder). The teacher and the "
+    "patch embedding ran inside the measured step; the LM head is counted at every token though our path computes "
+    "logits only at supervised positions (as in the measurement)",
+    f"7B trained decoder: carries the 1.1B decoder's MFU (pretrain {MEASURED['pretrain'].mfu:.1%}, SFT "
+    f"{MEASURED['sft'].mfu:.1%}). The teacher and patch embedding take ~11 % of the 1.1B step but ~4 % of the 7B "
+    "prealign step (the 7B would run ~7 % faster); the LM head is 6 % of the 1.1B FLOP count but 2 % of the 7B one "
+    "(~4 % slower)",
+    "card: the samples/s measured on the H200 x (the cluster's perf.peak_tflops / 989), the ratio of dense BF16 "
+    "peaks (A100 312, H100 and H200 989 TFLOP/s): the same MFU on the planned card. The A100's memory bandwidth "
+    "per peak FLOP is at least the H200's, and host overheads do not slow down with the card, so for the A100 this "
+    "errs long",
+    "checkpointing: the measured steps had none; with it the forward runs again in the backward: step time x4/3 "
+    "(trained decoder) or x3/2 (frozen decoder), for N of L layers N/L of that extra (the whole step is scaled, "
+    "though the teacher is not recomputed)",
+    "scaling efficiency across GPUs: 0.9 (plan.scaling_efficiency), not measured: no multi-GPU run has been timed",
 ]
 
 
 def main(argv: Sequence[str] | None = None) -> list[StagePlan]:
-    experiments, overrides, options = split_args(sys.argv[1:] if argv is None else argv)
-    plans = [plan_stage(compose_stage([f"experiment={e}", *overrides]), e, options) for e in experiments]
-    print(format_plan(plans, ASSUMPTIONS))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        print(USAGE)
+        return []
+    experiments, overrides, options = split_args(args)
+    plans = [plan_stage(compose_stage([f"experiment={e}", *extra, *overrides]), e, options) for e, extra in experiments]
+    recipes = [a.partition("=")[2] for a in args if a.startswith("recipe=")]
+    recipe = recipes[0] if len(recipes) == 1 and len(experiments) == len(RECIPES[recipes[0]]) else None
+    print(format_plan(plans, ASSUMPTIONS, recipe, overrides))
     return plans
 
 

@@ -1,0 +1,124 @@
+"""Measured training throughput the planner projects from: one figure per stage kind, each traced to its run.
+
+Every figure is a run of ``python -m eve_lightning.bench.train`` on our path (compiled decoder and teacher blocks,
+``torch_varlen`` attention, balanced packed rows, no activation checkpointing, one GPU), committed as a JSON under
+``benchmarks/results/`` and listed in ``benchmarks/README.md``; ``tests/training/test_plan.py`` checks every
+number here against its JSON. The decoder MFU of a run counts 6 x decoder parameters (4 x for a frozen decoder) x
+tokens plus causal attention over ``REFERENCE_PEAK_TFLOPS`` (``eve_lightning.utils.flops.samples_flops``); the
+teacher and the patch embedding run inside the timed step but are not counted.
+
+The trained decoder was measured at 1.1B only (``eve_1b``); the planner carries its MFU to the 7B decoder. The
+tokens per sample of the planner's default workload are those of the benchmark's synthetic samples
+(``eve_lightning.bench.train.draw_samples``), whose means are computed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eve_lightning.bench.train import ASPECTS
+from eve_lightning.data.geometry import band_geometry, max_image_tokens
+
+REFERENCE_PEAK_TFLOPS = 989.0  # dense BF16 peak of the H100 SXM and of the H200: the benchmark's MFU denominator
+RESULTS_DIR = "benchmarks/results"
+
+
+@dataclass(frozen=True)
+class MeasuredStep:
+    """One ``bench.train`` run of our path (``paths.ours`` of its JSON)."""
+
+    workload: str  # bench.train --workload: prealign | pretrain | sft
+    model: str  # bench.train --model
+    card: str
+    micro_batch: int
+    samples_per_s: float
+    tokens_per_s: float
+    mfu: float  # decoder MFU over REFERENCE_PEAK_TFLOPS
+    json: str  # file under benchmarks/results/
+    readme: str  # where benchmarks/README.md lists it
+
+    @property
+    def tokens_per_sample(self) -> float:
+        """Mean tokens per sample of the run's batches."""
+        return self.tokens_per_s / self.samples_per_s
+
+
+# The current code's runs on the H200 (benchmarks/README.md, "NVIDIA H200" section). They are preferred to the
+# earlier H100 runs (48.1 / 35.6 / 32.6 % MFU, older code) because the A100's memory bandwidth per peak FLOP
+# (1.56-2.0 TB/s over 312 TFLOP/s) is at least the H200's (4.8 TB/s over 989), so the memory-bound part of the
+# step scales to the A100 like the compute does; the H100's is lower (3.35 TB/s).
+MEASURED = {
+    # the 7B decoder itself, frozen (4N): the recipe's stage 1
+    "prealign": MeasuredStep(
+        workload="prealign",
+        model="eve_7b",
+        card="NVIDIA H200",
+        micro_batch=24,
+        samples_per_s=36.3965,
+        tokens_per_s=20520.8135,
+        mfu=0.5547,
+        json="2026-12-03_h200_eve_7b_prealign_mb24_varlen_compile_ours.json",
+        readme="H200 section, 'Other workloads' table, row 'eve_7b prealign, decoder frozen': 36.4 samples/s, 55.5 %",
+    ),
+    # micro-batch 64 (35k tokens, 2.2e14 FLOP per micro-step) rather than 32 (39.5-40.3 %): a 7B micro-batch of 16
+    # samples is ~3.5e14 FLOP, so the per-step overheads weigh no more than at micro-batch 64
+    "pretrain": MeasuredStep(
+        workload="pretrain",
+        model="eve_1b",
+        card="NVIDIA H200",
+        micro_batch=64,
+        samples_per_s=117.4395,
+        tokens_per_s=64933.0398,
+        mfu=0.4177,
+        json="2026-12-03_h200_eve_1b_pretrain_mb64_varlen_compile_balanced.json",
+        readme="H200 section, row '+ tight kernel bound (9edfe08, current)', micro-batch 64: 117.4 samples/s, 41.8 %",
+    ),
+    # commit 8feda02; the current code's run of the same command gave 100.3 samples/s, 37.2 % (its JSON did not
+    # come back: README log line), 3 % less
+    "sft": MeasuredStep(
+        workload="sft",
+        model="eve_1b",
+        card="NVIDIA H200",
+        micro_batch=16,
+        samples_per_s=103.3474,
+        tokens_per_s=59345.6103,
+        mfu=0.3835,
+        json="2026-12-03_h200_eve_1b_sft_mb16_varlen_compile_balanced.json",
+        readme="H200 section, 'Other workloads' table, row 'eve_1b SFT (8feda02)': 103.3 samples/s, 38.4 %",
+    ),
+}
+MEASURED_IMAGE_SIZE = 672  # every run above
+STAGE_KIND = {"prealign": "prealign", "pretrain": "pretrain", "sft": "sft", "sft_hd": "sft"}  # stage -> MEASURED key
+
+# The settings of the measured path. A stage configured otherwise is projected with the same figure and flagged:
+# eager blocks ran at 0.67-0.71x the compiled step's samples/s on the H100 (benchmarks/README.md, "Compiled decoder
+# blocks"), FlexAttention at 0.92x torch_varlen; padded rows were not measured on our path.
+MEASURED_PATH = {
+    "compile.enabled": True,
+    "compile.teacher": True,
+    "model.llm.attn_implementation": ("torch_varlen", "flash_attention_2"),  # the same kernel family
+    "data.collate": "packed",
+}
+
+# Mean text tokens per sample of draw_samples (BOS and text; an image sample's placeholder becomes its image tokens):
+# captions are uniform over 60-200 tokens, + BOS = 131; SFT text is log-normal (median 150, sigma 0.7, clipped to
+# 20-1500, floored: mean 191.0) + BOS, and the 5 % text-only samples have one token more: 192.0.
+TEXT_TOKENS = {"pretrain": 131.0, "sft": 192.0}
+IMAGE_SHARE = {"pretrain": 1.0, "sft": 0.95}  # share of samples with an image
+
+
+def mean_image_tokens(image_size: int) -> float:
+    """Mean image tokens of the benchmark's aspect ratios (7, equally likely) at ``image_size`` px: 405 at 672."""
+    return sum(band_geometry(w * 300, h * 300, image_size).num_image_tokens for w, h in ASPECTS) / len(ASPECTS)
+
+
+def tokens_per_sample(task: str, image_size: int, square: bool = False) -> float:
+    """Expected tokens per sample (image tokens + text) of the benchmark's workload at ``image_size`` px.
+
+    Args:
+        task: ``pretrain`` (caption pairs, also prealign) or ``sft``.
+        image_size: EVE canvas side in px (672 or 1344).
+        square: every image square, the most image tokens a sample can have (601 at 672 px, 2353 at 1344).
+    """
+    image = max_image_tokens(image_size) if square else mean_image_tokens(image_size)
+    return IMAGE_SHARE[task] * image + TEXT_TOKENS[task]
