@@ -97,6 +97,18 @@ def test_make_shards_skips_the_bomb_and_exits_1_past_the_skip_share(annotations,
     assert (code, err) == (0, "")
 
 
+@pytest.mark.parametrize(("limit", "code"), [("0.25", 0), ("0.24", 1)])
+def test_make_shards_skip_share_limit_is_inclusive_and_exact(annotations, tmp_path, capsys, limit, code):
+    ann, images = annotations
+    records = json.loads(ann.read_text())
+    (images / "c.jpg").write_bytes((images / "a.jpg").read_bytes())
+    ann.write_text(json.dumps([*records, {"id": "c", "image": "c.jpg", "caption": "picture c."}]))  # 1 of 4 bad
+    args = ["--format", "caption", "--annotations", str(ann), "--images", str(images), "--max-skipped", limit]
+    got, err = run([*args, "--out", str(tmp_path / "out")], capsys)
+    assert got == code
+    assert ("1 of 4 records (25.0%) were skipped" in err) == bool(code)
+
+
 def test_make_shards_exits_1_when_nothing_is_written(annotations, tmp_path, capsys):
     ann, images = annotations
     ann.write_text(json.dumps([{"id": "x", "image": "missing.jpg", "caption": "gone."}]))

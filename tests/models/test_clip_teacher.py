@@ -47,3 +47,12 @@ def test_a_layer_outside_the_encoder_is_refused_with_the_valid_range():
     with pytest.raises(ValueError, match=r"select_layer 5 is outside the 4-layer CLIP encoder \(use -5\.\.4"):
         ClipTeacher(full_clip(), select_layer=5)
     assert len(encoder_layers(full_clip())) == 4
+
+
+def test_teacher_cells_count_only_when_wholly_inside_the_band():
+    from eve_lightning.models.build import teacher_cell_mask
+
+    mask = torch.zeros(1, 336, 336, dtype=torch.bool)
+    mask[:, :25, :] = True  # rows 0-24: cell row 0 (px 0-13) inside, cell row 1 (px 14-27) 11/14 covered
+    cells = teacher_cell_mask(mask, 14).view(24, 24)
+    assert cells[0].all() and not cells[1:].any()

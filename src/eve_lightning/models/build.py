@@ -16,7 +16,7 @@ from eve_lightning.models.llm import build_llm
 def teacher_cell_mask(teacher_pixel_mask: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Valid teacher cells: [N, S, S] pixel mask -> bool [N, (S/p)^2] (cells fully inside the band)."""
     pooled = F.avg_pool2d(teacher_pixel_mask.float().unsqueeze(1), patch_size)  # [N, 1, g, g]
-    return (pooled > 0.5).flatten(1)
+    return (pooled >= 1.0).flatten(1)  # every pixel of the cell in the band
 
 
 class EveWithTeacher(nn.Module):
