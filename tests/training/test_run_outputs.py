@@ -4,6 +4,7 @@ logs, small custom datasets, and the progress bar's wording."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,6 +38,10 @@ def test_runs_publish_only_with_publish_true(tmp_path, demo_data_dir):
     out = run(tmp_path, demo_data_dir, ["+stage=prealign", "trainer.max_steps=1", "publish=true"])
     for folder in (tmp_path / "runs" / "demo" / "prealign", latest):
         assert json.loads((folder / "config.json").read_text()) == json.loads((out / "export/config.json").read_text())
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (out / "export").iterdir()}
+    assert modes and set(modes.values()) == {0o666 & ~umask}, modes  # readable as any file the user writes
 
 
 @pytest.mark.slow
