@@ -15,7 +15,7 @@ TRAIN_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-gpu lint format train clean
+.PHONY: help install test test-fast test-gpu lint format train clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ install: $(STAMP)  ## create .venv and install eve_lightning (+ dev tools)
 
 test: $(STAMP)  ## run the CPU test suite (GPU tests skip themselves)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## the edit loop: CPU tests without the slow and browser ones (under 2 minutes on 2 cores)
+	$(BIN)/python -m pytest -q -m "not slow and not browser and not gpu" $(PYTEST_ARGS)
 
 test-gpu: $(STAMP)  ## run only the GPU tests (on a machine with CUDA)
 	$(BIN)/python -m pytest -q -m gpu $(PYTEST_ARGS)

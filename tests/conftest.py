@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny model config, a tiny random export, and GPU skipping."""
+"""Shared fixtures: the tiny model config, a tiny random export, small generated demo sets, and GPU skipping."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from repo_paths import CONF
+from eve_lightning.data import synthetic_shapes
+from tests.helpers.repo_paths import CONF
 
 
 def pytest_collection_modifyitems(config, items):
@@ -44,8 +45,22 @@ def tiny_export(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_data_dir(tmp_path_factory) -> Path:
     """paths.data_dir holding a small demo set (48 samples per task, 16 held out)."""
-    from eve_lightning.data import demo
-
     root = tmp_path_factory.mktemp("data")
-    demo.generate(root / "demo", num_pretrain=48, num_sft=48, num_val=16, seed=0, max_side=672, workers=1)
+    synthetic_shapes.generate(root / "demo", num_pretrain=48, num_sft=48, num_val=16, seed=0, max_side=672, workers=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo set: 60 caption and 60 SFT training samples, 20 held-out each, shards of 10 samples."""
+    out = tmp_path_factory.mktemp("demo")
+    synthetic_shapes.generate(out, num_pretrain=60, num_sft=60, num_val=20, seed=3, shard_size=10, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """Held-out demo data only: 4 conversation records and 4 caption images."""
+    root = tmp_path_factory.mktemp("eval-demo") / "demo"
+    synthetic_shapes.generate(root, num_pretrain=0, num_sft=0, num_val=4, seed=0, max_side=672, workers=1)
     return root

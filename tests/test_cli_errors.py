@@ -133,7 +133,13 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# The chat CLI checks its settings with GenerationConfig, whose module imports torch: seconds per case, so `slow`.
+SLOW_MODULES = {"eve_lightning.chat"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if CASES[n].module in SLOW_MODULES else n for n in CASES]
+)
 def test_mistake_is_one_line_and_exit_2(name, tmp_path):
     case = CASES[name]
     work = folder(tmp_path / "work", "foreign.txt")  # the user's current folder, with a file of theirs

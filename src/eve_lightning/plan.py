@@ -28,9 +28,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 import eve_lightning.train  # noqa: F401  (registers the config resolvers: eve_cwd, eve_run_id)
-from eve_lightning.bench.train import CLIP_L14_336, DECODERS, build_model
 from eve_lightning.lit.freezing import apply_freezing
 from eve_lightning.models.build import build_eve_model
+from eve_lightning.models.shapes import CLIP_L14_336, VICUNA_7B, build_random_model
 from eve_lightning.utils.config_checks import ConfigError, check_speed_options
 from eve_lightning.utils.flops import samples_flops
 from eve_lightning.utils.memory_model import (
@@ -68,9 +68,6 @@ RECIPE_PATH = [
     "model.llm.attn_implementation=torch_varlen",
     "data.collate=packed",
 ]
-# Published shapes (Vicuna-7B decoder, CLIP ViT-L/14-336), used when a config names a checkpoint folder that is
-# not on this machine.
-VICUNA_7B = dict(model_type="llama", vocab_size=32000, max_position_embeddings=4096, **DECODERS["eve_7b"])
 # The paper's EVE-7B training time (16M prealign + 33M pretrain + 665K SFT) on two 8-A100-40G nodes (paper, README)
 PAPER_DAYS, PAPER_GPUS, PAPER_PEAK_TFLOPS = 9.0, 16, 312.0
 USAGE = f"""usage: python -m eve_lightning.plan (recipe=NAME | experiment=NAME ...) [cluster=NAME] [OVERRIDE ...]
@@ -315,7 +312,7 @@ def bench_step_memory(result: dict[str, Any]) -> MemoryPlan:
     factors.
     """
     with torch.device("meta"):
-        model = build_model(result["model"], result["workload"], torch.device("meta"), "sdpa")
+        model = build_random_model(result["model"], result["workload"], torch.device("meta"), "sdpa")
     params = list(model.parameters())
     trained = sum(p.numel() for p in params if p.requires_grad)
     frozen = sum(p.numel() for p in params if not p.requires_grad)

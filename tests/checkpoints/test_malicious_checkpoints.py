@@ -20,13 +20,13 @@ from hydra import compose, initialize_config_dir
 
 from eve_lightning import chat, export
 from eve_lightning.checkpoints.safe_load import UnsafeCheckpointError
-from eve_lightning.demo.__main__ import main as demo_main
 from eve_lightning.eval.cli import evaluate
 from eve_lightning.inference.loading import check_model, load_model
 from eve_lightning.train import build
 from eve_lightning.utils.config_checks import ConfigError
-from repo_paths import CONF
-from runs import compose_train
+from eve_lightning.webui.__main__ import main as demo_main
+from tests.helpers.repo_paths import CONF
+from tests.helpers.runs import compose_train
 
 pytestmark = pytest.mark.reliability
 

@@ -20,8 +20,8 @@ import torch
 
 from eve_lightning.checkpoints.safe_load import TornCheckpointError, safe_load
 from eve_lightning.utils.config_checks import ConfigError, resolve_ckpt_path
-from repo_paths import REPO
-from runs import compose_train
+from tests.helpers.repo_paths import REPO
+from tests.helpers.runs import compose_train
 
 pytestmark = pytest.mark.reliability
 

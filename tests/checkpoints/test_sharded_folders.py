@@ -1,6 +1,7 @@
 """DeepSpeed folders are consolidated weights-only, exactly as DeepSpeed's own converter does; broken folders fail.
 
-The folders are real: written by DeepSpeed from 2 CPU ranks (zero_folders.py, one subprocess per session).
+The folders are real: written by DeepSpeed from 2 CPU ranks (tests/helpers/zero_folders.py, one subprocess per
+session).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from eve_lightning.checkpoints.safe_load import TornCheckpointError
 from eve_lightning.checkpoints.sharded_folders import CheckpointFolderError, consolidate_deepspeed_folder
 from eve_lightning.inference.loading import find_kind, load_model
-from repo_paths import REPO
+from tests.helpers.repo_paths import REPO
 
 pytest.importorskip("deepspeed")
 
@@ -26,7 +27,7 @@ pytest.importorskip("deepspeed")
 def zero_folders(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("zero")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "DS_ACCELERATOR": "cpu"}
-    script = Path(__file__).with_name("zero_folders.py")
+    script = REPO / "tests" / "helpers" / "zero_folders.py"
     proc = subprocess.run([sys.executable, str(script), str(out), "29581"], env=env, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
@@ -34,6 +35,7 @@ def zero_folders(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.slow
 def test_two_rank_folders_consolidate_to_deepspeeds_own_fp32_weights(zero_folders, stage):
     folder = zero_folders / f"zero{stage}"
     reference = torch.load(f"{folder}.reference.pt", weights_only=True)
@@ -47,6 +49,7 @@ def test_two_rank_folders_consolidate_to_deepspeeds_own_fp32_weights(zero_folder
 
 
 @pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.slow
 def test_load_model_reads_a_deepspeed_folder_and_writes_nothing_beside_it(zero_folders, stage):
     folder = zero_folders / f"zero{stage}"
     before = sorted(p.name for p in zero_folders.iterdir())
@@ -59,6 +62,7 @@ def test_load_model_reads_a_deepspeed_folder_and_writes_nothing_beside_it(zero_f
     assert sorted(p.name for p in zero_folders.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_a_folder_missing_a_rank_or_cut_short_is_torn(zero_folders, tmp_path):
     folder = shutil.copytree(zero_folders / "zero3", tmp_path / "zero3")
     (folder / "checkpoint" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
@@ -71,6 +75,7 @@ def test_a_folder_missing_a_rank_or_cut_short_is_torn(zero_folders, tmp_path):
         consolidate_deepspeed_folder(cut)
 
 
+@pytest.mark.slow
 def test_a_latest_file_pointing_outside_the_folder_is_refused(zero_folders, tmp_path):
     folder = shutil.copytree(zero_folders / "zero2", tmp_path / "zero2")
     (folder / "latest").write_text("../../elsewhere")

@@ -1,14 +1,11 @@
-"""Fixtures of the data tests: the real SentencePiece tokenizer, real photos, and a small generated demo set."""
+"""Fixtures of the data tests: the real SentencePiece tokenizer and real photos."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from eve_lightning.data import demo
 from eve_lightning.data.tokenizer import SentencePieceTokenizer, load_tokenizer
 
 
@@ -35,11 +32,3 @@ def photos() -> dict[str, Image.Image]:
     imgs["chelsea_portrait"] = Image.fromarray(np.ascontiguousarray(data.chelsea().transpose(1, 0, 2)))  # 300 x 451
     imgs["rocket_wide"] = Image.fromarray(data.rocket()[100:260])  # 640 x 160
     return imgs
-
-
-@pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small demo set: 60 caption and 60 SFT training samples, 20 held-out each, shards of 10 samples."""
-    out = tmp_path_factory.mktemp("demo")
-    demo.generate(out, num_pretrain=60, num_sft=60, num_val=20, seed=3, shard_size=10, workers=2)
-    return out

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from eve_lightning.data import demo
+from eve_lightning.data import synthetic_shapes
 from eve_lightning.data.datamodule import EveDataModule
 from eve_lightning.data.make_shards import cli
 from eve_lightning.data.shards import DataSourceError
@@ -169,11 +169,12 @@ def test_a_folder_outside_the_demo_set_is_not_generated_and_names_make_shards(tm
         dm.setup("fit")
 
 
+@pytest.mark.slow
 def test_the_demo_set_is_generated_into_a_new_folder_and_regenerated_into_its_own(tmp_path):
     root = tmp_path / "data" / "demo"
     train = root / "sft" / "train"
     demo_module(train, root).prepare_data()
-    assert (train / "index.json").is_file() and (root / demo.MARKER_FILE).is_file()
+    assert (train / "index.json").is_file() and (root / synthetic_shapes.MARKER_FILE).is_file()
     (train / "index.json").unlink()  # e.g. an interrupted generation: the folder is still the generator's own
     demo_module(train, root).prepare_data()
     assert json.loads((train / "index.json").read_text())["num_samples"] == 8

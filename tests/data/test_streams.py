@@ -17,7 +17,8 @@ from eve_lightning.data.datamodule import EveDataModule
 from eve_lightning.data.make_shards import build_shards
 from eve_lightning.data.records import BuildOptions, read_annotations
 from eve_lightning.data.shards import resolve_shards
-from eve_lightning.data.stream import SampleConfig, ShardStream
+from eve_lightning.data.stream import ShardStream
+from tests.helpers.streams import sft_stream
 
 CONF_DATA = Path(__file__).resolve().parents[2] / "conf" / "data"
 
@@ -29,14 +30,6 @@ def all_keys(folder: Path) -> list[str]:
 def run_rank(stream: ShardStream, workers: int) -> list[dict]:
     """Batches of one rank: the simulated workers' batches (order does not matter for these checks)."""
     return [batch for w in range(workers) for batch in stream.iter_worker(w)]
-
-
-def sft_stream(folder, tok, rank, world, workers, **kw) -> ShardStream:
-    opts = {"batch_size": 4, "resampled": False, "group_by_modality": True, "window": 2, "seed": 5}
-    opts.update(kw)
-    sample = SampleConfig("vicuna_v1", 672, opts.pop("max_length", 2048), teacher_view=False)
-    shards = resolve_shards(str(folder), columns=True)
-    return ShardStream(shards, tok, sample, rank=rank, world_size=world, num_workers=workers, **opts)
 
 
 @pytest.fixture(scope="module")

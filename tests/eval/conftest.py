@@ -1,4 +1,4 @@
-"""Fixtures of the evaluation tests: a tiny random EVE export and a small demo data set."""
+"""Fixtures of the evaluation tests: a tiny random EVE export (demo data: ``demo_root``, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from eve_lightning.data.demo import generate
-
 
 @pytest.fixture(scope="session")
 def eval_export(tiny_export) -> Path:
     """The shared tiny random export (tests/conftest.py)."""
     return tiny_export
-
-
-@pytest.fixture(scope="session")
-def demo_root(tmp_path_factory) -> Path:
-    """Held-out demo data only: 4 conversation records and 4 caption images."""
-    root = tmp_path_factory.mktemp("eval-demo") / "demo"
-    generate(root, num_pretrain=0, num_sft=0, num_val=4, seed=0, max_side=672, workers=1)
-    return root

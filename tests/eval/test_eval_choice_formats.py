@@ -9,9 +9,9 @@ import zipfile
 from xml.etree import ElementTree
 
 import pytest
-from eval_testkit import png_bytes, write_image
 
 from eve_lightning.eval.registry import build_benchmark
+from tests.helpers.eval_testkit import png_bytes, write_image
 
 MC = "Answer with the option's letter from the given choices directly."
 

@@ -6,6 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each test runs the eval CLI in a fresh process
+
 
 def run(args, cwd):
     return subprocess.run(

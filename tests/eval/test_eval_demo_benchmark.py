@@ -7,11 +7,11 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from eve_lightning.data import demo as generator
+from eve_lightning.data import synthetic_shapes as generator
 from eve_lightning.eval.base import BenchmarkDataError
 from eve_lightning.eval.benchmarks.demo import caption_check, drawn_objects, question_kind
 from eve_lightning.eval.registry import UnknownBenchmarkError, benchmark_names, build_benchmark, get_benchmark_class
-from repo_paths import CONF
+from tests.helpers.repo_paths import CONF
 
 
 def test_demo_questions_are_every_held_out_human_turn_and_every_caption_image(demo_root):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from eval_testkit import write_image
 
 from eve_lightning.eval.base import Question
 from eve_lightning.eval.generation import BatchAnswerer, pad_batch
 from eve_lightning.inference.engine import ChatEngine
+from tests.helpers.eval_testkit import write_image
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from eval_testkit import CountingAnswerer, counting_factory
 
 from eve_lightning.eval.base import Question
 from eve_lightning.eval.cli import apply_limit, check_run_key
 from eve_lightning.eval.runner import read_answers, run_parallel, run_questions
 from eve_lightning.utils.config_checks import ConfigError
+from tests.helpers.eval_testkit import CountingAnswerer, counting_factory
 
 
 def make_questions(n: int) -> list[Question]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from eval_testkit import write_image
 
 from eve_lightning.eval.registry import build_benchmark
+from tests.helpers.eval_testkit import write_image
 
 
 def write_pope(root, category, rows):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from packed_rows import packed_rows
 from torch.nn.attention.flex_attention import create_block_mask
 
 from eve_lightning.models.block_mask import packed_block_mask, same_sample_causal_mod
+from tests.helpers.packed_rows import packed_rows
 
 
 def block_lists(num: torch.Tensor, idx: torch.Tensor) -> list[list[int]]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_llm import tiny_llm
 
 from eve_lightning.models.checkpointing import enable_checkpointing
 from eve_lightning.models.compile import decoder_layers
+from tests.helpers.tiny_llm import tiny_llm
 
 LAYERS = 4
 

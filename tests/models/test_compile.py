@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_llm import tiny_llm
 
 from eve_lightning.models.compile import compile_decoder_layers, decoder_layers, eager_generation
+from tests.helpers.tiny_llm import tiny_llm
 
 
 def loss_and_grad(llm, ids):
@@ -16,6 +16,7 @@ def loss_and_grad(llm, ids):
     return out.loss.detach(), llm.model.layers[1].mlp.up_proj.weight.grad.clone()
 
 
+@pytest.mark.slow
 def test_compiled_blocks_give_the_eager_loss_and_gradients_at_several_lengths():
     torch._dynamo.reset()
     eager, compiled = tiny_llm(), tiny_llm()

@@ -6,10 +6,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from eve_lightning.bench.train import CLIP_L14_336, DECODERS
-from repo_paths import CONF
-
-VICUNA_7B = dict(model_type="llama", vocab_size=32000, max_position_embeddings=4096, **DECODERS["eve_7b"])
+from eve_lightning.models.shapes import CLIP_L14_336, DECODERS, VICUNA_7B
+from tests.helpers.repo_paths import CONF
 
 
 def count(module):

@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 from hydra.utils import instantiate
-from test_vlm_equivalence import make_batch
+
+from tests.helpers.views import make_batch
 
 pytestmark = pytest.mark.gpu
 

@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 from hydra.utils import instantiate
-from test_vlm_equivalence import make_batch
 
 from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from tests.helpers.views import make_batch
 
 
 @pytest.fixture

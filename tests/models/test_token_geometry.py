@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from views import band, batch_views, photo
 
 from eve_lightning.models.patch_embedding import PatchEmbedding
+from tests.helpers.views import band, batch_views, photo
 
 
 @pytest.fixture(scope="module")

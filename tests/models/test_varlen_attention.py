@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from packed_rows import packed_rows
 
 from eve_lightning.models import varlen_attention as va
+from tests.helpers.packed_rows import packed_rows
 
 
 def dense_attention(q, k, v, seq):
@@ -76,7 +76,7 @@ def test_float32_inputs_under_autocast_run_the_kernel_in_the_autocast_dtype():
 def test_the_model_under_autocast_calls_the_kernel_in_every_layer(monkeypatch):
     if not torch.cuda.is_available() or not va.kernel_available():
         pytest.skip("needs CUDA and torch.nn.attention.varlen")
-    from tiny_llm import tiny_llm
+    from tests.helpers.tiny_llm import tiny_llm
 
     calls = []
     kernel = va._VARLEN_ATTN
@@ -115,9 +115,8 @@ def test_flash_kernel_matches_the_rule_in_bf16():
 def test_compiled_blocks_take_a_new_kernel_bound_every_step_without_recompiling_each_time():
     if not torch.cuda.is_available() or not va.kernel_available():
         pytest.skip("needs CUDA and torch.nn.attention.varlen")
-    from tiny_llm import tiny_llm
-
     from eve_lightning.models.compile import compile_decoder_layers
+    from tests.helpers.tiny_llm import tiny_llm
 
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()

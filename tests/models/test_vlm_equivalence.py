@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from transformers import CLIPVisionConfig, CLIPVisionModel
-from views import batch_views, photo
 
 from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from tests.helpers.views import make_batch
 
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # CLIP's, spec section 1.6
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -148,42 +148,6 @@ def reference_losses(model, batch):
     return ce_sum / n_tok, loss_align, len(align)
 
 
-# --------------------------------------------------------------------------- batches
-
-
-def make_batch(side, max_text=40, seed=0):
-    """4 rows: landscape, portrait, text-only, square; random text with supervised spans; right padding."""
-    g = torch.Generator().manual_seed(seed)
-    images = [photo("astronaut", (600, 300)), photo("coffee", (200, 560)), None, photo("chelsea", (300, 300))]
-    pix, mask, tpix, tmask = batch_views(images, side)
-    lengths = [30, 17, 40, 25]
-    img_at = [1, 6, None, 24]  # image first, in the middle, none, at the very end
-    ids = torch.zeros(4, max_text, dtype=torch.long)
-    labels = torch.full((4, max_text), IGNORE_INDEX)
-    attn = torch.zeros(4, max_text, dtype=torch.bool)
-    for b, n in enumerate(lengths):
-        row = torch.randint(3, 32000, (n,), generator=g)
-        row[0] = 1
-        if img_at[b] is not None:
-            row[img_at[b]] = IMAGE_TOKEN_INDEX
-        ids[b, :n] = row
-        attn[b, :n] = True
-        sup = torch.rand(n, generator=g) < 0.6
-        sup[0] = False
-        lab = torch.where(sup, row, IGNORE_INDEX)
-        lab[row == IMAGE_TOKEN_INDEX] = IGNORE_INDEX
-        labels[b, :n] = lab
-    return {
-        "input_ids": ids,
-        "labels": labels,
-        "attention_mask": attn,
-        "pixel_values": pix,
-        "pixel_mask": mask,
-        "teacher_pixel_values": tpix,
-        "teacher_pixel_mask": tmask,
-    }
-
-
 def build(cfg, side, max_length=2048):
     cfg = copy.deepcopy(cfg)
     cfg["eve"]["image_size"] = side
@@ -192,7 +156,9 @@ def build(cfg, side, max_length=2048):
     return instantiate(cfg, _convert_="all").float()
 
 
-@pytest.mark.parametrize(("side", "max_length"), [(672, 2048), (1344, 2048), (672, 400)])
+@pytest.mark.parametrize(
+    ("side", "max_length"), [(672, 2048), pytest.param(1344, 2048, marks=pytest.mark.slow), (672, 400)]
+)
 def test_batched_forward_and_grads_equal_per_sample_reference(tiny_model_cfg, side, max_length):
     model = build(tiny_model_cfg, side, max_length)
     batch = make_batch(side)

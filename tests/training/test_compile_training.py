@@ -8,7 +8,7 @@ import csv
 import pytest
 
 from eve_lightning.train import build, train
-from runs import compose_train
+from tests.helpers.runs import compose_train
 
 PACKED = ["+stage=pretrain", "data.collate=packed", "data.pack_length=4096"]
 
@@ -18,6 +18,7 @@ def losses(run_dir):
     return [float(r["train/loss"]) for r in rows if r.get("train/loss")]
 
 
+@pytest.mark.slow
 def test_compiled_blocks_and_varlen_attention_train_to_the_eager_losses(tmp_path, demo_data_dir):
     eager = compose_train(PACKED, tmp_path / "eager", demo_data_dir)
     compiled = [*PACKED, "compile.enabled=true", "compile.backend=aot_eager"]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from repo_paths import REPO
+from tests.helpers.repo_paths import REPO
 
 RECIPE = REPO / "experiments" / "demo_recipe"
 HEADER = "step,train/loss,train/loss_ce,train/loss_align,val/loss_ce,perf/peak_mem_gib\n"

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from eve_lightning.train import train
-from runs import compose_train
+from tests.helpers.runs import compose_train
 
 GOLDEN = Path(__file__).parent / "golden" / "demo_losses.json"
 STEPS = 24

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from eve_lightning.train import build
-from runs import FAST, compose_train, run_cli
+from tests.helpers.runs import FAST, compose_train, run_cli
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -23,9 +23,10 @@ def test_a_non_finite_step_on_one_rank_is_skipped_on_both(tmp_path, demo_data_di
     args = [
         "+stage=pretrain", *FAST, f"paths.data_dir={demo_data_dir}", "trainer.devices=2", "strategy=ddp",
         "trainer.max_steps=4", "callbacks.model_checkpoint.every_n_train_steps=100",
-        "security.extra_targets=[nan_inject.NanAt,nan_inject.RankReport]",
-        "+callbacks.nan._target_=nan_inject.NanAt", "+callbacks.nan.steps=[1]", "+callbacks.nan.ranks=[1]",
-        f"+callbacks.nan.where={where}", "+callbacks.report._target_=nan_inject.RankReport",
+        "security.extra_targets=[tests.helpers.nan_inject.NanAt,tests.helpers.nan_inject.RankReport]",
+        "+callbacks.nan._target_=tests.helpers.nan_inject.NanAt", "+callbacks.nan.steps=[1]",
+        "+callbacks.nan.ranks=[1]", f"+callbacks.nan.where={where}",
+        "+callbacks.report._target_=tests.helpers.nan_inject.RankReport",
     ]  # fmt: skip
     os.environ["RANK_REPORT"] = str(tmp_path / "report")
     try:

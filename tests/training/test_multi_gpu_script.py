@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from repo_paths import REPO
+from tests.helpers.repo_paths import REPO
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from eve_lightning.data.datamodule import EveDataModule
 from eve_lightning.models import varlen_attention
-from repo_paths import CONF
+from tests.helpers.repo_paths import CONF
 
 
 def first_batch(data_dir, task, collate):

@@ -12,23 +12,24 @@ from eve_lightning.bench.corrupt import corrupt_shard_copy
 from eve_lightning.data.datamodule import EveDataModule
 from eve_lightning.data.stream import DropRateError
 from eve_lightning.train import build
-from runs import compose_train
+from tests.helpers.runs import compose_train
 
 pytestmark = pytest.mark.reliability
 
 
 @pytest.fixture(scope="module")
 def sft_200(tmp_path_factory):
-    from eve_lightning.data import demo
+    from eve_lightning.data import synthetic_shapes
 
     root = tmp_path_factory.mktemp("data200")
-    demo.generate(root / "demo", num_pretrain=8, num_sft=200, num_val=8, seed=1, max_side=672, workers=1)
+    synthetic_shapes.generate(root / "demo", num_pretrain=8, num_sft=200, num_val=8, seed=1, max_side=672, workers=1)
     return root
 
 
 corrupt_copy = corrupt_shard_copy
 
 
+@pytest.mark.slow
 def test_one_percent_corrupt_images_are_skipped_counted_and_never_slept_on(sft_200, tmp_path, monkeypatch):
     shards = tmp_path / "sft"
     corrupted = corrupt_copy(sft_200 / "demo" / "sft" / "train", shards, 0.01)
@@ -47,6 +48,7 @@ def test_one_percent_corrupt_images_are_skipped_counted_and_never_slept_on(sft_2
     assert not any(k.rsplit("#", 1)[1] in {c.rsplit("/", 1)[-1] for c in corrupted} for k in keys)
 
 
+@pytest.mark.slow
 def test_the_training_run_completes_and_reports_the_drops(sft_200, tmp_path):
     corrupt_copy(sft_200 / "demo" / "sft" / "train", tmp_path / "data" / "demo" / "sft" / "train", 0.01)
     cfg = compose_train(

@@ -18,11 +18,14 @@ from eve_lightning.inference.loading import load_model
 from eve_lightning.lit.checkpoint_io import AtomicCheckpointIO
 from eve_lightning.train import build, build_loggers, train
 from eve_lightning.utils.config_checks import ConfigError
-from repo_paths import REPO
-from runs import FAST, compose_train
+from tests.helpers.repo_paths import REPO
+from tests.helpers.runs import FAST, compose_train
 
 pytestmark = pytest.mark.reliability
-NAN = ["security.extra_targets=[nan_inject.NanAt]", "+callbacks.nan._target_=nan_inject.NanAt"]
+NAN = [
+    "security.extra_targets=[tests.helpers.nan_inject.NanAt]",
+    "+callbacks.nan._target_=tests.helpers.nan_inject.NanAt",
+]
 
 
 def test_a_nan_step_is_skipped_and_logged_and_training_goes_on(tmp_path, demo_data_dir, caplog):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from eve_lightning.data.datamodule import EveDataModule
-from runs import FAST
+from tests.helpers.runs import FAST, child_pythonpath
 
 pytestmark = pytest.mark.reliability
 
@@ -73,9 +73,15 @@ def test_sft_epoch_interrupted_twice_sees_every_sample_of_the_index_exactly_once
 def run_logged(args, cwd, log_file, kill_after_step=None):
     """Train in a subprocess that logs each step's sample keys and loss; optionally kill -9 it after a step."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "STEP_LOG": str(log_file)}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "eve_lightning.train", *args, "+callbacks.steplog._target_=step_log.StepLog"]
-    cmd.append("security.extra_targets=[step_log.StepLog]")
+    env["PYTHONPATH"] = child_pythonpath(env)
+    cmd = [
+        sys.executable,
+        "-m",
+        "eve_lightning.train",
+        *args,
+        "+callbacks.steplog._target_=tests.helpers.step_log.StepLog",
+    ]
+    cmd.append("security.extra_targets=[tests.helpers.step_log.StepLog]")
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if kill_after_step is None:
         out, _ = proc.communicate(timeout=400)

@@ -15,7 +15,7 @@ from eve_lightning.callbacks.progress import step_description
 from eve_lightning.checkpoints.safe_load import safe_load
 from eve_lightning.data import make_shards
 from eve_lightning.train import train
-from runs import FAST, compose_train
+from tests.helpers.runs import FAST, compose_train
 
 KEEP_PUBLISH = [a for a in FAST if "publish_to" not in a]  # the demo experiment's own publish targets
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runs import FAST, run_cli
+from tests.helpers.runs import FAST, run_cli
+
+pytestmark = pytest.mark.slow  # each test runs the training CLI in a fresh process
 
 
 def error_line(proc) -> str:
@@ -77,7 +79,6 @@ def read_csv(path: Path) -> list[dict]:
     return list(csv.DictReader(open(path)))
 
 
-@pytest.mark.slow
 def test_two_process_cpu_ddp_takes_equal_steps_in_one_run_dir(tmp_path, demo_data_dir):
     args = [
         "+stage=pretrain",
@@ -98,7 +99,6 @@ def test_two_process_cpu_ddp_takes_equal_steps_in_one_run_dir(tmp_path, demo_dat
     assert (runs[0] / "export" / "model.safetensors").is_file()
 
 
-@pytest.mark.slow
 def test_two_point_multirun_gives_separate_runs(tmp_path, demo_data_dir):
     fast = [a for a in FAST if "publish_to" not in a]  # the demo experiment's publish targets stay configured
     args = ["-m", "+stage=sft", *fast, f"paths.data_dir={demo_data_dir}", "optim.lr=1e-3,2e-3", "trainer.max_steps=2"]

@@ -11,7 +11,9 @@ from safetensors.torch import load_file
 
 from eve_lightning.lit.optim import warmup_cosine
 from eve_lightning.train import build, train
-from runs import compose_train
+from tests.helpers.runs import compose_train
+
+pytestmark = pytest.mark.slow  # whole training runs
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -64,11 +66,13 @@ def test_hd_stage_runs_at_1344(tmp_path, demo_data_dir):
 
 def test_resume_from_last_continues_step_count_and_lr_schedule(tmp_path, demo_data_dir):
     common = ["+stage=pretrain", "trainer.max_steps=6", "optim.warmup_ratio=0.34", "trainer.val_check_interval=100"]
-    common.append("security.extra_targets=[stop_at.StopAt]")
+    common.append("security.extra_targets=[tests.helpers.stop_at.StopAt]")
     root = tmp_path / "resume"
     # killed after step 4 (a checkpoint was written at step 4)
     cfg = compose_train(
-        [*common, "+callbacks.stop._target_=stop_at.StopAt", "+callbacks.stop.step=4"], root, demo_data_dir
+        [*common, "+callbacks.stop._target_=tests.helpers.stop_at.StopAt", "+callbacks.stop.step=4"],
+        root,
+        demo_data_dir,
     )
     cfg.paths.output_dir = str(root / "logs" / "train" / "demo" / "pretrain" / "first")
     train(cfg)

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 import eve_lightning
 from eve_lightning.utils.config_checks import ALLOWED_TARGETS, ConfigError, check_targets
-from repo_paths import CONF
+from tests.helpers.repo_paths import CONF
 
 pytestmark = pytest.mark.reliability
 
@@ -37,7 +37,7 @@ def loader_like_functions() -> list[str]:
     """Every function or class of eve_lightning whose name says it loads, reads, converts or imports weights."""
     names = []
     for mod in pkgutil.walk_packages(eve_lightning.__path__, "eve_lightning."):
-        if mod.name.endswith(("__main__", ".demo.server")):
+        if mod.name.endswith(("__main__", ".webui.server")):
             continue
         module = importlib.import_module(mod.name)
         for name, obj in vars(module).items():

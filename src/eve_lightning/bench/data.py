@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from eve_lightning.constants import BACKGROUND_RGB, CLIP_MEAN, CLIP_STD, IGNORE_INDEX, TEACHER_IMAGE_SIZE
-from eve_lightning.data import demo
+from eve_lightning.data import synthetic_shapes
 from eve_lightning.data.conversation import caption_turns
 from eve_lightning.data.encoding import encode_parts
 from eve_lightning.data.geometry import band_geometry
@@ -68,7 +68,9 @@ def write_originals(folder: Path, num_demo: int = 16) -> list[dict[str, Any]]:
         Image.fromarray(arr).save(folder / rel, format="JPEG", quality=90)
         records.append({"id": name, "image": rel, "caption": f"a photo named {name.replace('_', ' ')}."})
     for i in range(num_demo):
-        rec = demo.make_record(i, task="pretrain", split="train", seed=7, images_dir=str(folder), text_only=0.0)
+        rec = synthetic_shapes.make_record(
+            i, task="pretrain", split="train", seed=7, images_dir=str(folder), text_only=0.0
+        )
         records.append(rec)
     return records
 

@@ -40,66 +40,15 @@ import torch.nn.functional as F
 from eve_lightning.constants import BACKGROUND_RGB, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from eve_lightning.data.collate import pack_balanced, pack_first_fit
 from eve_lightning.data.geometry import band_geometry
-from eve_lightning.models.build import EveWithTeacher, build_eve_model, teacher_cell_mask
-from eve_lightning.models.clip_teacher import build_teacher
+from eve_lightning.models.build import EveWithTeacher, teacher_cell_mask
 from eve_lightning.models.compile import compile_decoder_layers, compile_layers
-from eve_lightning.models.eve_vlm import EveConfig, EveVLM
-from eve_lightning.models.llm import build_llm
 from eve_lightning.models.losses import cosine_alignment_loss
+from eve_lightning.models.shapes import DECODERS, build_random_model
 from eve_lightning.models.varlen_attention import NAME
 from eve_lightning.utils.flops import samples_flops
+from eve_lightning.utils.throughput_tables import ASPECTS
 
 PEAK_TFLOPS = 989.0
-DECODERS = {
-    "eve_1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                   num_key_value_heads=4),
-    "eve_7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                   num_key_value_heads=32),
-}  # fmt: skip
-CLIP_L14_336 = dict(
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    image_size=336,
-    patch_size=14,
-)
-ASPECTS = ((1, 1), (4, 3), (3, 4), (16, 9), (9, 16), (2, 1), (1, 2))
-
-
-def build_model(name: str, workload: str, device: torch.device, attn: str | None = None) -> EveWithTeacher:
-    """Random-weight EVE of the given decoder shape; the decoder is frozen (bf16) for prealign.
-
-    ``name`` is a key of ``DECODERS`` (with the EVE-7B patch embedding and a CLIP ViT-L/14-336-shaped teacher) or
-    a model config file that gives the shapes (``llm.config`` and ``teacher.config``, e.g. conf/model/demo_125m.yaml):
-    decoder, patch embedding and teacher as configured there, with random weights.
-    """
-    attn = attn or ("flash_attention_2" if _has_flash_attn() else "flex_attention")
-    if name.endswith(".yaml"):
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.to_container(OmegaConf.load(name), resolve=False)
-        cfg.pop("_target_", None)
-        if not cfg["llm"].get("config") or (cfg["eve"].get("align_weight", 1) and not cfg["teacher"].get("config")):
-            raise SystemExit(f"{name}: needs llm.config and teacher.config (shapes) to build random weights")
-        cfg["llm"] |= {"attn_implementation": attn, "path": None}  # random weights: the config must give shapes
-        if cfg.get("teacher"):
-            cfg["teacher"]["path"] = None
-        cfg["eve"] |= {"max_length": 4096, "check_alignment": False}
-        with torch.device(device):
-            model = build_eve_model(**cfg)
-        llm = model.vlm.llm
-    else:
-        llm_cfg = dict(model_type="llama", vocab_size=32000, max_position_embeddings=32768, **DECODERS[name])
-        with torch.device(device):
-            llm = build_llm(config=llm_cfg, attn_implementation=attn)
-            eve = EveConfig(image_size=672, max_length=4096, align_layer_interval=4, check_alignment=False)
-            vlm = EveVLM(llm, eve)
-            teacher = build_teacher(config=CLIP_L14_336, dtype="bfloat16")
-        model = EveWithTeacher(vlm, teacher)
-    if workload == "prealign":
-        llm.to(torch.bfloat16).requires_grad_(False)
-    return model
 
 
 class ForwardTimer:
@@ -149,14 +98,6 @@ class ForwardTimer:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
-
-
-def _has_flash_attn() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 # ------------------------------------------------------------------------------------------------- samples
@@ -385,7 +326,7 @@ def time_path(
 def run(args: argparse.Namespace) -> dict:
     device = torch.device("cuda")
     rng = np.random.default_rng(0)
-    model = build_model(args.model, args.workload, device, args.attention)
+    model = build_random_model(args.model, args.workload, device, args.attention)
     trained = args.workload != "prealign"
     init = {k: v.clone() for k, v in model.state_dict().items()}
     draws = [draw_samples(args.workload, args.micro_batch, rng) for _ in range(4)]

@@ -110,14 +110,14 @@ class EveDataModule(L.LightningDataModule):
         rank: rank override when torch.distributed is not initialized.
         world_size: world size override when torch.distributed is not initialized.
         demo_root: the demo data set's own folder. When ``train_shards`` lies inside it and has no index yet,
-            ``prepare_data`` generates the demo set there (``eve_lightning.data.demo``; shards under
+            ``prepare_data`` generates the demo set there (``eve_lightning.data.synthetic_shapes``; shards under
             ``demo_root/{pretrain,sft}/{train,val}``), provided the folder is new, empty or a demo set's own
             (never over files it did not write). Shards anywhere else are never generated.
         demo_samples: training samples per task when the demo set is generated.
         demo_held_out: held-out samples per task of a generated demo set (None: 5% of ``demo_samples``, >= 50).
         demo_max_turns: most questions per image conversation of a generated demo set.
         demo_turns: how a generated conversation's questions are picked: ``any``, or ``independent`` (no turn
-            answerable from the text of the others; ``eve_lightning.data.demo.pick_turns``).
+            answerable from the text of the others; ``eve_lightning.data.synthetic_shapes.pick_turns``).
         demo_shuffled_captions: share of a generated set's captions that list the objects in random order.
         demo_answers: answer form of a generated set's object questions: ``short`` (``red.``) or ``restated``
             (``the circle is red.``).
@@ -250,7 +250,7 @@ class EveDataModule(L.LightningDataModule):
         """
         if self.demo_root is None or not isinstance(self.train_source, str):
             return
-        from eve_lightning.data import demo
+        from eve_lightning.data import synthetic_shapes
 
         train, root = Path(self.train_source), Path(self.demo_root)
         held_out = self.demo_held_out if self.demo_held_out is not None else max(50, self.demo_samples // 20)
@@ -267,7 +267,7 @@ class EveDataModule(L.LightningDataModule):
             shape_first_captions=self.demo_shape_first_captions,
         )
         if (train / INDEX_FILE).is_file():  # existing shards are kept; a difference is reported
-            wanted, recorded = demo.generation_params(**params), demo.recorded_params(root)
+            wanted, recorded = synthetic_shapes.generation_params(**params), synthetic_shapes.recorded_params(root)
             changed = {k: (recorded[k], v) for k, v in wanted.items() if recorded and recorded.get(k) != v}
             if changed:
                 log.warning(
@@ -279,13 +279,13 @@ class EveDataModule(L.LightningDataModule):
             return
         if not _inside(train, root):
             return  # not the demo set: setup() names the missing index and make_shards
-        if not demo.owns_folder(root):
+        if not synthetic_shapes.owns_folder(root):
             raise DataSourceError(
                 f"{train} has no {INDEX_FILE}, and the demo folder {root} holds files the demo generator did not "
                 f"write, so no demo set is generated over them: build shards with `python -m "
                 f"eve_lightning.data.make_shards --out {train} ...`, or set paths.data_dir to another folder"
             )
-        summaries = demo.generate(root, **params, workers=os.cpu_count() or 1, overwrite=True)
+        summaries = synthetic_shapes.generate(root, **params, workers=os.cpu_count() or 1, overwrite=True)
         for name, summary in summaries.items():
             log.info("demo data %s: %s", name, summary.line())
 

@@ -30,7 +30,7 @@ from eve_lightning.data.conversation import ConversationError
 from eve_lightning.data.encoding import encode_parts, fit_length
 from eve_lightning.data.geometry import band_geometry
 from eve_lightning.data.image import open_image, prepare_image
-from eve_lightning.data.plan import (
+from eve_lightning.data.sharding import (
     ExactPlan,
     WindowBatcher,
     exact_batches_per_rank,

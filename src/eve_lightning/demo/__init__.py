@@ -1,5 +1,1 @@
-"""Local web demo: chat with a trained EVE model about an image in the browser.
-
-`python -m eve_lightning.demo [--model DIR] [--port 7860] [--host 127.0.0.1]` serves the page; `server.create_app`
-builds the same app in-process around a loaded engine (tests do that).
-"""
+"""``python -m eve_lightning.demo``: the web demo under the name users know; the code is ``eve_lightning.webui``."""

@@ -4,8 +4,8 @@
 docs/evaluation.md). Modules: ``metrics`` (pure metric functions), ``base`` (questions, scores, the
 ``Benchmark`` base class), ``benchmarks.*`` (one module per benchmark family), ``registry`` (names to classes),
 ``prompts`` (protocol prompts), ``generation`` (batched answers from a model), ``runner`` (batches, resume,
-answers JSONL, worker processes), ``callback`` (benchmark validation during training), ``cli`` (the Hydra entry
-point).
+answers JSONL, worker processes), ``cli`` (the Hydra entry point). Benchmark validation during training is the
+callback ``eve_lightning.callbacks.benchmark_validation.BenchmarkValidation`` (also importable from here).
 
 Public names are imported lazily, so ``eve_lightning.eval.metrics`` never imports torch.
 """
@@ -24,13 +24,15 @@ _EXPORTS = {
     "register_benchmark": "registry",
     "run_questions": "runner",
     "BatchAnswerer": "generation",
-    "BenchmarkValidation": "callback",
 }
+_ELSEWHERE = {"BenchmarkValidation": "eve_lightning.callbacks.benchmark_validation"}
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, *_ELSEWHERE])
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    if name in _ELSEWHERE:
+        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

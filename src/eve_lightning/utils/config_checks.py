@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from eve_lightning.checkpoints.resume import check_resume_source, newest_complete, resume_candidates
+from eve_lightning.utils import run_names  # noqa: F401  (registers the resolvers conf/train.yaml uses)
 
 CONF_DIR = Path(os.environ.get("EVE_CONF_DIR", Path(__file__).resolve().parents[3] / "conf"))
 
@@ -184,13 +185,14 @@ def check_multirun(cfg: DictConfig, mode_is_multirun: bool, launcher: str | None
 # No prefix matches: a package also holds loaders and converters that must never run from a command line.
 ALLOWED_TARGETS = frozenset(
     {
+        "eve_lightning.callbacks.benchmark_validation.BenchmarkValidation",
         "eve_lightning.callbacks.checkpoint.LastStepCheckpoint",
         "eve_lightning.callbacks.progress.StepProgressBar",
         "eve_lightning.callbacks.stage_export.StageExport",
         "eve_lightning.callbacks.step_profiler.StepProfiler",
         "eve_lightning.callbacks.throughput.Throughput",
         "eve_lightning.data.datamodule.EveDataModule",
-        "eve_lightning.eval.callback.BenchmarkValidation",
+        "eve_lightning.eval.callback.BenchmarkValidation",  # its earlier path, still named by older configs
         "eve_lightning.lit.strategies.fsdp_strategy",
         "eve_lightning.models.build.build_eve_model",
         "lightning.pytorch.callbacks.EarlyStopping",

@@ -2,7 +2,7 @@
 
 Every figure is a run of ``python -m eve_lightning.bench.train`` on our path (compiled decoder and teacher blocks,
 ``torch_varlen`` attention, balanced packed rows, no activation checkpointing, one GPU), committed as a JSON under
-``benchmarks/results/`` and listed in ``benchmarks/README.md``; ``tests/training/test_plan.py`` checks every
+``benchmarks/results/`` and listed in ``benchmarks/README.md``; ``tests/test_plan.py`` checks every
 number here against its JSON. The decoder MFU of a run counts 6 x decoder parameters (4 x for a frozen decoder) x
 tokens plus causal attention over ``REFERENCE_PEAK_TFLOPS`` (``eve_lightning.utils.flops.samples_flops``); the
 teacher and the patch embedding run inside the timed step but are not counted.
@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eve_lightning.bench.train import ASPECTS
 from eve_lightning.data.geometry import band_geometry, max_image_tokens
 
+# Aspect ratios (W:H) of the benchmark's synthetic images, equally likely; ``bench.train.draw_samples`` draws from them.
+ASPECTS = ((1, 1), (4, 3), (3, 4), (16, 9), (9, 16), (2, 1), (1, 2))
 REFERENCE_PEAK_TFLOPS = 989.0  # dense BF16 peak of the H100 SXM and of the H200: the benchmark's MFU denominator
 RESULTS_DIR = "benchmarks/results"
 

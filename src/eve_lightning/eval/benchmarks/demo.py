@@ -1,4 +1,4 @@
-"""The demo benchmark: held-out questions and captions of the procedural shapes data (``eve_lightning.data.demo``).
+"""The demo benchmark: held-out questions and captions of the procedural shapes data (``data.synthetic_shapes``).
 
 Expected files under ``data.root`` (what ``make train`` or ``python -m eve_lightning.data.demo --out DIR`` writes;
 default ``data/demo``)::
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eve_lightning.constants import IMAGE_PLACEHOLDER
-from eve_lightning.data import demo as generator
+from eve_lightning.data import synthetic_shapes as generator
 from eve_lightning.eval.base import Benchmark, BenchmarkDataError, Question, Scores, percent, read_json
 from eve_lightning.eval.metrics import exact_match, mean
 
@@ -74,7 +74,7 @@ def drawn_objects(caption: str) -> list[tuple[str, str]]:
     """(colour, shape) of every shape a demo caption records, checked against its count word.
 
     Raises:
-        BenchmarkDataError: the text is not a caption written by ``eve_lightning.data.demo.caption``.
+        BenchmarkDataError: the text is not a caption written by ``eve_lightning.data.synthetic_shapes.caption``.
     """
     found = [(m.group(2), m.group(3)) for m in _DRAWN.finditer(caption.lower())]
     count = caption.split(" ", 1)[0].lower()

@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from repo_paths import CONF, REPO
+from tests.helpers.repo_paths import CONF, REPO
 
 # Small, fast runs: 2 samples per device, 2 accumulation steps, no progress bar, CSV metrics only.
 FAST = [
@@ -34,10 +34,18 @@ def compose_train(overrides: list[str], root: Path, data_dir: Path, fast: bool =
         return compose("train", overrides=[*(FAST if fast else []), *paths, *overrides])
 
 
+def child_pythonpath(env: dict[str, str]) -> str:
+    """``PYTHONPATH`` for a subprocess that imports ``tests.helpers``: the repository root, then what ``env`` had."""
+    return os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+
+
 def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m eve_lightning.train ARGS` in `cwd`, as a user would type it."""
+    """`python -m eve_lightning.train ARGS` in `cwd`, as a user would type it.
+
+    The repository root is on the child's ``PYTHONPATH``, so ARGS can name the test callbacks of ``tests.helpers``.
+    """
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests" / "training"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = child_pythonpath(env)
     return subprocess.run(
         [sys.executable, "-m", "eve_lightning.train", *args],
         cwd=cwd,

@@ -17,7 +17,7 @@ from eve_lightning.bench.train import draw_samples
 from eve_lightning.utils import throughput_tables as tt
 from eve_lightning.utils.flops import samples_flops
 from eve_lightning.utils.memory_model import GIB, model_states
-from repo_paths import REPO
+from tests.helpers.repo_paths import REPO
 
 RESULTS = REPO / "benchmarks" / "results"
 MEASURED = {  # benchmark JSON -> role of the measurement for the memory model
@@ -178,6 +178,7 @@ def test_a_config_off_the_measured_path_is_flagged(capsys):
     assert "OFF THE MEASURED PATH" in out and "expect longer" in out and "the paper" not in out
 
 
+@pytest.mark.slow
 def test_help_exits_0():
     done = subprocess.run(
         [sys.executable, "-m", "eve_lightning.plan", "--help"], capture_output=True, text=True, timeout=120

@@ -9,9 +9,9 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
+from eve_lightning.callbacks.benchmark_validation import BenchmarkValidation, spread
 from eve_lightning.data.tokenizer import load_tokenizer
 from eve_lightning.eval.base import Question
-from eve_lightning.eval.callback import BenchmarkValidation, spread
 from eve_lightning.inference.loading import load_model
 
 
@@ -40,8 +40,8 @@ class TinyData(pl.LightningDataModule):
         return DataLoader(torch.arange(16), batch_size=2)
 
 
-def test_logs_val_metrics_every_n_steps_and_restores_training_mode(eval_export, demo_root, tmp_path):
-    vlm = load_model(eval_export, device="cpu").vlm
+def test_logs_val_metrics_every_n_steps_and_restores_training_mode(tiny_export, demo_root, tmp_path):
+    vlm = load_model(tiny_export, device="cpu").vlm
     vlm.train()
     vlm.patch_embed.eval()  # a submodule deliberately in eval mode stays so
     callback = BenchmarkValidation("demo", root=str(demo_root), every_n_steps=2, limit=3, max_new_tokens=3)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from demo_helpers import FakeEngine
 
 from eve_lightning.inference.engine import ChatEngine
+from tests.helpers.webui import FakeEngine
 
 
 @pytest.fixture(scope="session")

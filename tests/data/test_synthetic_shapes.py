@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eve_lightning.data import demo
+from eve_lightning.data import demo as demo_cli  # `python -m eve_lightning.data.demo`, as users type it
+from eve_lightning.data import synthetic_shapes
 
 
 def digest(root: Path) -> str:
@@ -24,10 +25,10 @@ def digest(root: Path) -> str:
 
 def test_reproducible_with_any_worker_count(tmp_path):
     kw = {"num_pretrain": 10, "num_sft": 10, "num_val": 4, "seed": 11, "shard_size": 4}
-    demo.generate(tmp_path / "a", workers=1, **kw)
-    demo.generate(tmp_path / "b", workers=2, **kw)
+    synthetic_shapes.generate(tmp_path / "a", workers=1, **kw)
+    synthetic_shapes.generate(tmp_path / "b", workers=2, **kw)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
-    demo.generate(tmp_path / "c", workers=1, **{**kw, "seed": 12})
+    synthetic_shapes.generate(tmp_path / "c", workers=1, **{**kw, "seed": 12})
     assert digest(tmp_path / "a") != digest(tmp_path / "c")
 
 
@@ -55,7 +56,7 @@ def check_pictures_match_captions(records: list[dict], images: Path) -> None:
         img = np.asarray(Image.open(images / rec["image"]).convert("RGB"))
         h, w, _ = img.shape
         long_axis = 0 if h > w else 1  # thirds run along the long side
-        for colour, rgb in demo.COLOURS.items():
+        for colour, rgb in synthetic_shapes.COLOURS.items():
             ys, xs = np.nonzero((img == rgb).all(-1))
             if colour not in rec["caption"]:
                 assert len(ys) == 0, (rec["id"], colour)
@@ -75,37 +76,41 @@ def test_pictures_match_captions(demo_dir):
     check_pictures_match_captions(json.loads((raw / "pretrain_train.json").read_text())[:30], raw / "images")
 
 
+@pytest.mark.slow
 def test_shuffled_captions_list_the_same_objects_in_another_order(tmp_path):
-    make = lambda i, share: demo.make_record(  # noqa: E731
+    make = lambda i, share: synthetic_shapes.make_record(  # noqa: E731
         i, task="pretrain", split="train", seed=3, images_dir=str(tmp_path), text_only=0.0, shuffled_captions=share
     )
     plain = [make(i, 0.0) for i in range(300)]
     shuffled = [make(i, 0.5) for i in range(300)]
     assert plain[:50] == [make(i, 0.0) for i in range(50)]  # no share, no draw: the default stream
     check_pictures_match_captions(shuffled[:60], tmp_path)  # every object still where its phrase says
-    listing = lambda c: [w for w in c.replace(",", "").replace(".", "").split() if w in demo.SHAPES]  # noqa: E731
+    listing = lambda c: [w for w in c.replace(",", "").replace(".", "").split() if w in synthetic_shapes.SHAPES]  # noqa: E731
     multi = [(p, s) for p, s in zip(plain, shuffled) if len(listing(p["caption"])) > 1]
     reordered = [s for p, s in multi if listing(s["caption"]) != listing(p["caption"])]
     assert all(sorted(listing(s["caption"])) == sorted(listing(p["caption"])) for p, s in multi)
     # half are shuffled; a shuffle keeps the order 1/2 (two objects) or 1/6 (three objects) of the time
     assert 0.2 < len(reordered) / len(multi) < 0.5
     with pytest.raises(ValueError, match="shuffled_captions is a share"):
-        demo.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, shuffled_captions=1.5)
+        synthetic_shapes.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, shuffled_captions=1.5)
 
 
 def test_restated_answers_name_their_object_and_keep_the_conversations(tmp_path):
-    scene = demo.Scene(
+    scene = synthetic_shapes.Scene(
         800, 400, (250, 250, 250),
-        (demo.ShapeSpec("circle", "red", "small", 0), demo.ShapeSpec("square", "blue", "large", 2)),
+        (synthetic_shapes.ShapeSpec("circle", "red", "small", 0),
+         synthetic_shapes.ShapeSpec("square", "blue", "large", 2)),
     )  # fmt: skip
-    qa = dict(demo.questions(scene, np.random.default_rng(0)))
-    restated = {q: a for q, a, _ in demo.question_items(scene, np.random.default_rng(0), answers="restated")}
+    qa = dict(synthetic_shapes.questions(scene, np.random.default_rng(0)))
+    restated = {
+        q: a for q, a, _ in synthetic_shapes.question_items(scene, np.random.default_rng(0), answers="restated")
+    }
     assert restated["What colour is the circle?"] == "the circle is red."
     assert restated["What shape is the blue object?"] == "the blue object is a square."
     assert restated["Where is the blue square?"] == "the blue square is on the right."
     assert restated["Is the red circle small or large?"] == "the red circle is small."
     assert restated["How many shapes are there?"] == qa["How many shapes are there?"] == "two."
-    make = lambda i, answers: demo.make_record(  # noqa: E731
+    make = lambda i, answers: synthetic_shapes.make_record(  # noqa: E731
         i, task="sft", split="val", seed=0, images_dir=str(tmp_path), text_only=0.1, max_turns=10,
         turns="independent", answers=answers,
     )  # fmt: skip
@@ -115,11 +120,11 @@ def test_restated_answers_name_their_object_and_keep_the_conversations(tmp_path)
         assert all(b == a or b.endswith(f" is {a}") for a, b in zip(
             [t["value"] for t in short[1::2]], [t["value"] for t in long[1::2]]))  # fmt: skip
     with pytest.raises(ValueError, match="answers must be one of short, restated"):
-        demo.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, answers="long")
+        synthetic_shapes.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, answers="long")
 
 
 def test_shape_first_captions_name_the_same_objects_and_only_in_training(tmp_path):
-    make = lambda i, split, share: demo.make_record(  # noqa: E731
+    make = lambda i, split, share: synthetic_shapes.make_record(  # noqa: E731
         i, task="pretrain", split=split, seed=3, images_dir=str(tmp_path), text_only=0.0, shuffled_captions=0.5,
         shape_first_captions=share,
     )  # fmt: skip
@@ -137,7 +142,7 @@ def test_shape_first_captions_name_the_same_objects_and_only_in_training(tmp_pat
     held_out = [make(i, "val", 1.0)["caption"] for i in range(20)]  # the evaluation reads the canonical form
     assert held_out == [make(i, "val", 0.0)["caption"] for i in range(20)]
     with pytest.raises(ValueError, match="shape_first_captions is a share"):
-        demo.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, shape_first_captions=-0.1)
+        synthetic_shapes.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, shape_first_captions=-0.1)
 
 
 def answer_given_away(conversation: list[dict]) -> list[bool]:
@@ -157,7 +162,7 @@ def answer_given_away(conversation: list[dict]) -> list[bool]:
 
 
 def test_independent_turns_never_give_an_answer_away(tmp_path):
-    make = lambda i, turns: demo.make_record(  # noqa: E731
+    make = lambda i, turns: synthetic_shapes.make_record(  # noqa: E731
         i, task="sft", split="train", seed=0, images_dir=str(tmp_path), text_only=0.1, max_turns=10, turns=turns
     )
     free = [make(i, "any") for i in range(300)]
@@ -174,19 +179,22 @@ def test_independent_turns_never_give_an_answer_away(tmp_path):
     alone = sum(1 for r in with_image if len(r["conversations"]) == 2 and "Describe" in r["conversations"][0]["value"])
     assert 0.2 < alone / len(with_image) < 0.5  # DESCRIBE_ALONE = 1/3
     with pytest.raises(ValueError, match="turns must be one of any, independent"):
-        demo.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, turns="some")
+        synthetic_shapes.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, turns="some")
 
 
 def test_caption_and_questions_of_a_fixed_scene():
-    scene = demo.Scene(
+    scene = synthetic_shapes.Scene(
         800,
         400,
         (250, 250, 250),
-        (demo.ShapeSpec("circle", "red", "small", 0), demo.ShapeSpec("square", "blue", "large", 2)),
+        (
+            synthetic_shapes.ShapeSpec("circle", "red", "small", 0),
+            synthetic_shapes.ShapeSpec("square", "blue", "large", 2),
+        ),
     )
     text = "two shapes: a small red circle on the left and a large blue square on the right."
-    assert demo.caption(scene) == text
-    qa = dict(demo.questions(scene, np.random.default_rng(0)))
+    assert synthetic_shapes.caption(scene) == text
+    qa = dict(synthetic_shapes.questions(scene, np.random.default_rng(0)))
     assert qa["What colour is the circle?"] == "red."
     assert qa["What shape is the blue object?"] == "a square."
     assert qa["Where is the blue square?"] == "on the right."
@@ -195,12 +203,14 @@ def test_caption_and_questions_of_a_fixed_scene():
 
 
 def test_max_turns_gives_denser_conversations_and_keeps_the_default_stream(tmp_path):
-    default = [demo.make_record(i, task="sft", split="val", seed=0, images_dir=str(tmp_path), text_only=0.1)
+    default = [synthetic_shapes.make_record(i, task="sft", split="val", seed=0, images_dir=str(tmp_path), text_only=0.1)
                for i in range(40)]  # fmt: skip
-    dense = [demo.make_record(i, task="sft", split="val", seed=0, images_dir=str(tmp_path), text_only=0.1,
+    dense = [synthetic_shapes.make_record(i, task="sft", split="val", seed=0, images_dir=str(tmp_path), text_only=0.1,
                               max_turns=10) for i in range(40)]  # fmt: skip
     assert default == [
-        demo.make_record(i, task="sft", split="val", seed=0, images_dir=str(tmp_path), text_only=0.1, max_turns=3)
+        synthetic_shapes.make_record(
+            i, task="sft", split="val", seed=0, images_dir=str(tmp_path), text_only=0.1, max_turns=3
+        )
         for i in range(40)
     ]
     turns = lambda recs: [len(r["conversations"]) // 2 for r in recs if "image" in r]  # noqa: E731
@@ -210,13 +220,13 @@ def test_max_turns_gives_denser_conversations_and_keeps_the_default_stream(tmp_p
         questions = [t["value"].replace("<image>", "").strip() for t in r["conversations"][::2]]
         assert len(questions) == len(set(questions)) <= 10
     with pytest.raises(ValueError, match="max_turns must be at least 1"):
-        demo.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, max_turns=0)
+        synthetic_shapes.generate(tmp_path / "x", num_pretrain=1, num_sft=1, num_val=1, max_turns=0)
 
 
 def test_default_records_are_pinned(tmp_path):
     """The default stream of records (what every existing demo set holds) must not move by accident."""
     records = [
-        demo.make_record(i, task=task, split=split, seed=0, images_dir=str(tmp_path), text_only=0.1)
+        synthetic_shapes.make_record(i, task=task, split=split, seed=0, images_dir=str(tmp_path), text_only=0.1)
         for task in ("sft", "pretrain")
         for split in ("train", "val")
         for i in range(12)
@@ -228,31 +238,31 @@ def test_default_records_are_pinned(tmp_path):
 def test_reuse_keeps_a_set_of_the_same_parameters_and_regenerates_another(tmp_path, capsys):
     out = tmp_path / "d"
     args = ["--out", str(out), "--num-pretrain", "2", "--num-sft", "2", "--num-val", "1", "--workers", "1"]
-    demo.main([*args, "--reuse"])
-    assert demo.recorded_params(out)["max_turns"] == 3
+    demo_cli.main([*args, "--reuse"])
+    assert synthetic_shapes.recorded_params(out)["max_turns"] == 3
     stamp = (out / "sft" / "train" / "index.json").stat().st_mtime_ns
-    demo.main([*args, "--reuse"])
+    demo_cli.main([*args, "--reuse"])
     assert "same parameters already; kept" in capsys.readouterr().out
     assert (out / "sft" / "train" / "index.json").stat().st_mtime_ns == stamp
-    demo.main([*args, "--reuse", "--max-turns", "6"])
-    assert demo.recorded_params(out)["max_turns"] == 6
+    demo_cli.main([*args, "--reuse", "--max-turns", "6"])
+    assert synthetic_shapes.recorded_params(out)["max_turns"] == 6
     assert (out / "sft" / "train" / "index.json").stat().st_mtime_ns != stamp  # really made again
     (out / "pretrain" / "val" / "index.json").unlink()  # an incomplete set is made again too
-    demo.main([*args, "--reuse", "--max-turns", "6"])
+    demo_cli.main([*args, "--reuse", "--max-turns", "6"])
     assert (out / "pretrain" / "val" / "index.json").is_file()
-    (out / demo.PARAMS_FILE).write_text("{trunc")
-    assert demo.recorded_params(out) is None
+    (out / synthetic_shapes.PARAMS_FILE).write_text("{trunc")
+    assert synthetic_shapes.recorded_params(out) is None
 
 
 def test_an_interrupted_generation_leaves_no_record(tmp_path, monkeypatch):
     out = tmp_path / "d"
-    demo.generate(out, num_pretrain=2, num_sft=2, num_val=1)
-    assert demo.recorded_params(out) is not None
+    synthetic_shapes.generate(out, num_pretrain=2, num_sft=2, num_val=1)
+    assert synthetic_shapes.recorded_params(out) is not None
 
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo, "generate_split", fail)
+    monkeypatch.setattr(synthetic_shapes, "generate_split", fail)
     with pytest.raises(KeyboardInterrupt):
-        demo.generate(out, num_pretrain=5, num_sft=5, num_val=1, overwrite=True)
-    assert demo.recorded_params(out) is None
+        synthetic_shapes.generate(out, num_pretrain=5, num_sft=5, num_val=1, overwrite=True)
+    assert synthetic_shapes.recorded_params(out) is None

@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
+from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
 BG = (122, 116, 104)
 
 
@@ -60,3 +62,36 @@ def batch_views(images: list[Image.Image | None], side: int):
         tv.append(p)
         tm.append(m)
     return torch.stack(ev), torch.stack(em), torch.stack(tv), torch.stack(tm)
+
+
+def make_batch(side, max_text=40, seed=0):
+    """4 rows: landscape, portrait, text-only, square; random text with supervised spans; right padding."""
+    g = torch.Generator().manual_seed(seed)
+    images = [photo("astronaut", (600, 300)), photo("coffee", (200, 560)), None, photo("chelsea", (300, 300))]
+    pix, mask, tpix, tmask = batch_views(images, side)
+    lengths = [30, 17, 40, 25]
+    img_at = [1, 6, None, 24]  # image first, in the middle, none, at the very end
+    ids = torch.zeros(4, max_text, dtype=torch.long)
+    labels = torch.full((4, max_text), IGNORE_INDEX)
+    attn = torch.zeros(4, max_text, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        row = torch.randint(3, 32000, (n,), generator=g)
+        row[0] = 1
+        if img_at[b] is not None:
+            row[img_at[b]] = IMAGE_TOKEN_INDEX
+        ids[b, :n] = row
+        attn[b, :n] = True
+        sup = torch.rand(n, generator=g) < 0.6
+        sup[0] = False
+        lab = torch.where(sup, row, IGNORE_INDEX)
+        lab[row == IMAGE_TOKEN_INDEX] = IGNORE_INDEX
+        labels[b, :n] = lab
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": attn,
+        "pixel_values": pix,
+        "pixel_mask": mask,
+        "teacher_pixel_values": tpix,
+        "teacher_pixel_mask": tmask,
+    }

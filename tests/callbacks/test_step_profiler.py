@@ -8,9 +8,10 @@ import pytest
 
 from eve_lightning.callbacks.step_profiler import StepProfiler
 from eve_lightning.train import train
-from runs import compose_train
+from tests.helpers.runs import compose_train
 
 
+@pytest.mark.slow
 def test_debug_profile_writes_a_trace_and_the_top_operators(tmp_path, demo_data_dir):
     cfg = compose_train(
         ["+stage=pretrain", "debug=profile", "callbacks.step_profiler.start_step=1", "callbacks.step_profiler.steps=2"],

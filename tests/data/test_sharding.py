@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from test_streams import sft_stream
 
 from eve_lightning.data.datamodule import EveDataModule
-from eve_lightning.data.plan import plan_global_order
+from eve_lightning.data.sharding import plan_global_order
+from tests.helpers.streams import sft_stream
 
 COUNTS = [7, 5, 9, 3]  # 24 samples in 4 shards of uneven sizes
 

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from eve_lightning.bench.train import draw_samples, packed_batch, padded_batch, reference_loss
-from repo_paths import CONF
+from tests.helpers.repo_paths import CONF
 
 
 @pytest.mark.parametrize("workload", ["pretrain", "sft"])
@@ -44,6 +44,7 @@ def test_reference_and_ours_give_the_same_loss(workload):
     torch.testing.assert_close(model(balanced).loss, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_flex_attention_block_mask_gives_the_padded_loss():
     cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "tiny.yaml"), resolve=True)
     cfg["llm"]["config"]["max_position_embeddings"] = 8192
@@ -77,9 +78,9 @@ def test_forward_timer_sums_every_call_of_the_timed_modules():
 
 
 def test_bench_builds_a_model_from_a_config_file_and_freezes_the_decoder_for_prealign():
-    from eve_lightning.bench.train import build_model
+    from eve_lightning.models.shapes import build_random_model
 
-    model = build_model(str(CONF / "model" / "tiny.yaml"), "prealign", torch.device("cpu"), "sdpa")
+    model = build_random_model(str(CONF / "model" / "tiny.yaml"), "prealign", torch.device("cpu"), "sdpa")
     llm = model.vlm.llm
     assert all(not p.requires_grad and p.dtype == torch.bfloat16 for p in llm.parameters())
     assert model.vlm.config.max_length == 4096 and model.teacher is not None
@@ -87,9 +88,10 @@ def test_bench_builds_a_model_from_a_config_file_and_freezes_the_decoder_for_pre
 
 
 def test_profile_writes_a_trace_and_the_top_operators(tmp_path):
-    from eve_lightning.bench.train import build_model, profile_path
+    from eve_lightning.bench.train import profile_path
+    from eve_lightning.models.shapes import build_random_model
 
-    model = build_model(str(CONF / "model" / "tiny.yaml"), "pretrain", torch.device("cpu"), "sdpa").float()
+    model = build_random_model(str(CONF / "model" / "tiny.yaml"), "pretrain", torch.device("cpu"), "sdpa").float()
     batch = padded_batch(draw_samples("pretrain", 2, np.random.default_rng(0)))
     table = profile_path("ours", model, [batch], 1, tmp_path)
     assert (tmp_path / "trace_ours.json").stat().st_size > 1000

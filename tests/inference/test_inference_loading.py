@@ -9,15 +9,14 @@ import shutil
 import pytest
 import torch
 from hydra.utils import instantiate
-from test_official_import import official_layout, save_sharded_bin
-from test_vlm_equivalence import make_batch
-from views import photo
 
 from eve_lightning.data.tokenizer import default_tokenizer_path
 from eve_lightning.inference.engine import ChatEngine
 from eve_lightning.inference.generate import GenerationConfig, PromptTooLongError, generate_tokens
 from eve_lightning.inference.loading import load_model
 from eve_lightning.models.export_format import save_export
+from tests.helpers.official_checkpoint import official_layout, save_sharded_bin
+from tests.helpers.views import make_batch, photo
 
 
 def tiny(cfg, seed=0, **eve):

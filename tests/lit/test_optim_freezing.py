@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from eve_lightning.lit.freezing import apply_freezing, format_freezing_table, freezing_table
 from eve_lightning.lit.optim import build_optimizer, param_groups, warmup_cosine
-from repo_paths import CONF
+from tests.helpers.repo_paths import CONF
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,15 @@ import threading
 import numpy as np
 import pytest
 import uvicorn
-from demo_helpers import FakeEngine
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from eve_lightning.demo import server
-from eve_lightning.demo.__main__ import main
-from eve_lightning.demo.server import create_app
 from eve_lightning.inference.engine import ChatEngine
 from eve_lightning.inference.generate import GenerationConfig, GenerationConfigError
+from eve_lightning.webui import server
+from eve_lightning.webui.__main__ import main
+from eve_lightning.webui.server import create_app
+from tests.helpers.webui import FakeEngine
 
 
 def png_bytes(width: int = 900, height: int = 700, mode: str = "RGB") -> bytes:

@@ -1,8 +1,8 @@
 """Write real DeepSpeed ZeRO-2 and ZeRO-3 checkpoint folders of a tiny EVE model from 2 CPU ranks (gloo).
 
-`python zero_folders.py OUT` writes OUT/zero2 and OUT/zero3 as Lightning's DeepSpeedStrategy lays them out (the
-module under `_forward_module.`, our checkpoint config as client state), after one AdamW step with two parameter
-groups, a frozen part and several ZeRO-3 sub-groups, and OUT/zero{2,3}.reference.pt: DeepSpeed's own fp32
+`python tests/helpers/zero_folders.py OUT` writes OUT/zero2 and OUT/zero3 as Lightning's DeepSpeedStrategy lays them
+out (the module under `_forward_module.`, our checkpoint config as client state), after one AdamW step with two
+parameter groups, a frozen part and several ZeRO-3 sub-groups, and OUT/zero{2,3}.reference.pt: DeepSpeed's own fp32
 consolidation of each folder, the oracle the tests compare ours with.
 """
 

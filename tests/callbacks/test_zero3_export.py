@@ -11,9 +11,10 @@ import sys
 
 import pytest
 
-from repo_paths import REPO
+from tests.helpers.repo_paths import REPO
 
 pytest.importorskip("deepspeed")
+pytestmark = pytest.mark.slow  # DeepSpeed in a fresh process
 
 SCRIPT = """
 import importlib, os, torch, deepspeed

@@ -9,18 +9,20 @@ import sys
 import pytest
 import torch
 from hydra.utils import instantiate
-from views import photo
 
 from eve_lightning.data.tokenizer import default_tokenizer_path
 from eve_lightning.inference.loading import load_model
 from eve_lightning.models.export_format import save_export
+from tests.helpers.views import photo
+
+pytestmark = pytest.mark.slow  # each test runs the chat or export CLI in a fresh process
 
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
     from omegaconf import OmegaConf
 
-    from repo_paths import CONF
+    from tests.helpers.repo_paths import CONF
 
     cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "tiny.yaml"), resolve=True)
     cfg = copy.deepcopy(cfg)

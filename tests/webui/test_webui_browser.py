@@ -12,10 +12,10 @@ import re
 from pathlib import Path
 
 import pytest
-from demo_helpers import LiveServer, RecordingEngine
 from PIL import Image
 
-from eve_lightning.demo.server import create_app
+from eve_lightning.webui.server import create_app
+from tests.helpers.webui import LiveServer, RecordingEngine
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -37,6 +37,7 @@ MAX_NEW_TOKENS = 12
 SCREENSHOT = os.environ.get("EVE_DEMO_SCREENSHOT")
 
 pytestmark = [
+    pytest.mark.browser,
     pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed (pip install playwright)"),
     pytest.mark.skipif(not CHROMIUM.is_file(), reason="no browser at /usr/bin/chromium (apt-get install chromium)"),
 ]

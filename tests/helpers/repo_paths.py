@@ -1,0 +1,6 @@
+"""Paths of the repository, for tests."""
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CONF = REPO / "conf"
