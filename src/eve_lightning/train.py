@@ -102,12 +102,12 @@ def build_callbacks(cfg: DictConfig, data_module: Any) -> list[pl.Callback]:
     """Callbacks of `cfg.callbacks` (a null entry is left out); progress bars only with trainer.enable_progress_bar."""
     callbacks = []
     for name, spec in (cfg.get("callbacks") or {}).items():
+        if spec is None:
+            continue
         kwargs = {}
         if name == "stage_export":
             kwargs["tokenizer_files"] = tokenizer_files(getattr(data_module, "tokenizer_source", None))
             kwargs["teacher_args"] = OmegaConf.to_container(cfg.model.teacher) if cfg.model.get("teacher") else None
-        if spec is None:
-            continue
         callback = instantiate(spec, **kwargs)
         if isinstance(callback, ProgressBar) and not cfg.trainer.get("enable_progress_bar", True):
             continue  # Lightning refuses a progress bar callback when the trainer's bar is off
