@@ -146,12 +146,24 @@ def test_drops_are_counted_and_batch_counts_stay_equal(demo_dir, tok):
     assert len(seen) + sum(dropped.values()) == 60 and len(set(seen)) == len(seen)
 
 
-def test_data_configs_list_every_constructor_argument():
+def data_config(name: str):
+    """conf/data/<name>.yaml merged over the _base it extends, as Hydra composes it (defaults: [_base, _self_])."""
+    own = OmegaConf.load(CONF_DATA / f"{name}.yaml")
+    assert list(own.pop("defaults")) == ["_base", "_self_"], name
+    return OmegaConf.merge(OmegaConf.load(CONF_DATA / "_base.yaml"), own)
+
+
+def test_data_configs_list_every_constructor_argument_once():
     params = set(inspect.signature(EveDataModule.__init__).parameters) - {"self"}
-    for path in sorted(CONF_DATA.glob("*.yaml")):
-        cfg = OmegaConf.load(path)
-        assert cfg._target_ == "eve_lightning.data.datamodule.EveDataModule", path.name
-        assert set(cfg.keys()) - {"_target_"} == params, path.name
+    base = OmegaConf.load(CONF_DATA / "_base.yaml")
+    assert base._target_ == "eve_lightning.data.datamodule.EveDataModule"
+    assert set(base.keys()) - {"_target_"} == params  # the one place that names every option
+    for path in sorted(CONF_DATA.glob("[!_]*.yaml")):
+        own = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        defaults = OmegaConf.to_container(base, resolve=False)
+        assert set(own) - {"defaults"} <= params, path.name  # only options, and only what differs
+        assert all(own[k] != defaults[k] for k in own if k != "defaults"), path.name
+        assert set(data_config(path.stem).keys()) - {"_target_"} == params, path.name
 
 
 @pytest.mark.parametrize("stage", [("pretrain", "plain"), ("sft", "vicuna_v1")])
@@ -164,7 +176,7 @@ def test_demo_config_instantiates(demo_dir, tmp_path, stage):
             "stage": {"data_task": stage[0], "template": stage[1]},
             "model": {"eve": {"image_size": 672, "max_length": 2048}},
             "seed": 3,
-            "data": OmegaConf.load(CONF_DATA / "demo.yaml"),
+            "data": data_config("demo"),
         }
     )
     OmegaConf.resolve(cfg)

@@ -28,8 +28,8 @@ class ConfigError(ValueError):
 
 
 def available(group: str) -> list[str]:
-    """Option names of a config group (file stems under conf/<group>)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    """Option names of a config group (file stems under conf/<group>; `_base` and other `_` files are parts)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def check_group_overrides(argv: list[str]) -> str | None:
