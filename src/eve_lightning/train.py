@@ -72,17 +72,6 @@ def require_wandb() -> None:
         ) from err
 
 
-def tokenizer_files(source: str | None) -> list[str]:
-    """Files that make up a tokenizer (a SentencePiece file or a folder's tokenizer files), for exports."""
-    if not source:
-        return []
-    path = Path(source)
-    if path.is_file():
-        return [str(path)]
-    names = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-    return [str(path / n) for n in names if (path / n).is_file()]
-
-
 def build_loggers(cfg: DictConfig) -> list[Any]:
     """Loggers of `cfg.logger`; W&B is checked for, set offline without a key, and kept to a short summary."""
     loggers = []
@@ -98,17 +87,13 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     return loggers
 
 
-def build_callbacks(cfg: DictConfig, data_module: Any) -> list[pl.Callback]:
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """Callbacks of `cfg.callbacks` (a null entry is left out); progress bars only with trainer.enable_progress_bar."""
     callbacks = []
-    for name, spec in (cfg.get("callbacks") or {}).items():
+    for spec in (cfg.get("callbacks") or {}).values():
         if spec is None:
             continue
-        kwargs = {}
-        if name == "stage_export":
-            kwargs["tokenizer_files"] = tokenizer_files(getattr(data_module, "tokenizer_source", None))
-            kwargs["teacher_args"] = OmegaConf.to_container(cfg.model.teacher) if cfg.model.get("teacher") else None
-        callback = instantiate(spec, **kwargs)
+        callback = instantiate(spec, _convert_="all")
         if isinstance(callback, ProgressBar) and not cfg.trainer.get("enable_progress_bar", True):
             continue  # Lightning refuses a progress bar callback when the trainer's bar is off
         callbacks.append(callback)
@@ -184,7 +169,7 @@ def build(cfg: DictConfig) -> Run:
         plugins=plugins,
         strategy=strategy,
         accumulate_grad_batches=accumulate,
-        callbacks=build_callbacks(cfg, data_module),
+        callbacks=build_callbacks(cfg),
         logger=loggers or False,
     )
     return Run(data_module, module, trainer, ckpt_path, accumulate)

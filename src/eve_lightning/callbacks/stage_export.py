@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from eve_lightning.data.tokenizer import tokenizer_files
 from eve_lightning.models.export_format import save_export
 from eve_lightning.utils.logging import get_logger
 
@@ -53,9 +54,11 @@ class StageExport(pl.Callback):
 
     Args:
         dirpath: export folder of this run (e.g. `${paths.output_dir}/export`).
-        tokenizer_files: tokenizer files copied into the export.
-        teacher_args: teacher build arguments recorded in the export; when its `path` is None (a random
-            teacher) the teacher weights are stored too, so the next stage aligns to the same teacher.
+        tokenizer_files: tokenizer files copied into the export; None = those of the DataModule's tokenizer
+            (`tokenizer_source`), found when fit starts.
+        teacher_args: teacher build arguments recorded in the export (the config's `model.teacher`); when its
+            `path` is None (a random teacher) the teacher weights are stored too, so the next stage aligns to the
+            same teacher.
         publish_to: folders that receive a copy (e.g. `runs/demo/prealign`, `runs/demo/latest`), with `publish`.
         publish: copy to `publish_to` (the config's `publish=true`); off, nothing outside the run dir is written.
     """
@@ -63,16 +66,20 @@ class StageExport(pl.Callback):
     def __init__(
         self,
         dirpath: str,
-        tokenizer_files: list[str] = (),
+        tokenizer_files: list[str] | None = None,
         teacher_args: dict | None = None,
         publish_to: list[str] = (),
         publish: bool = False,
     ) -> None:
         self.dirpath = dirpath
-        self.tokenizer_files = list(tokenizer_files)
+        self.tokenizer_files = None if tokenizer_files is None else list(tokenizer_files)
         self.teacher_args = teacher_args
         self.publish_to = list(publish_to) if publish else []
         self.written: Path | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.tokenizer_files is None:
+            self.tokenizer_files = tokenizer_files(getattr(trainer.datamodule, "tokenizer_source", None))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         full = full_state_dict(trainer, pl_module)  # every rank takes part: sharded weights are gathered
@@ -90,7 +97,7 @@ class StageExport(pl.Callback):
             state=vlm_state,
             teacher_state=teacher_state,
             teacher_args=self.teacher_args,
-            tokenizer_files=self.tokenizer_files,
+            tokenizer_files=self.tokenizer_files or [],
             stage=pl_module.hparams.stage["name"],
             extra={"global_step": trainer.global_step},
         )

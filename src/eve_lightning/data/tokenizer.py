@@ -158,3 +158,14 @@ def load_tokenizer(path: str | Path | None = None, backend: Backend = "auto") ->
             raise FileNotFoundError(f"{p} has no tokenizer.model for the sentencepiece backend")
         return SentencePieceTokenizer(sp_file)
     return HFTokenizer(p)
+
+
+def tokenizer_files(source: str | None) -> list[str]:
+    """Files that make up a tokenizer (a SentencePiece file or a folder's tokenizer files), for exports."""
+    if not source:
+        return []
+    path = Path(source)
+    if path.is_file():
+        return [str(path)]
+    names = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+    return [str(path / n) for n in names if (path / n).is_file()]
