@@ -8,7 +8,6 @@ and the logs are. Returns the final training loss, the objective of Hydra sweeps
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
@@ -49,41 +49,16 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
-def wandb_offline_if_no_key() -> str | None:
-    """Switch W&B to offline mode when no API key is configured, so a run never waits on the network."""
-    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
-        return os.environ.get("WANDB_MODE")
-    netrc = Path.home() / ".netrc"
-    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-        return None
-    os.environ["WANDB_MODE"] = "offline"
-    log.warning("W&B: no API key found (WANDB_API_KEY or `wandb login`): logging offline; `wandb sync` uploads later")
-    return "offline"
-
-
-def require_wandb() -> None:
-    """Fail before any work starts when ``logger=wandb`` is asked for and the package is missing."""
-    try:
-        import wandb  # noqa: F401
-    except ImportError as err:
-        raise RuntimeError(
-            "logger=wandb needs the wandb package, which is not installed in this environment: pip install wandb, "
-            "or log to CSV alone with logger=csv"
-        ) from err
-
-
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    """Loggers of `cfg.logger`; W&B is checked for, set offline without a key, and kept to a short summary."""
+    """Loggers of `cfg.logger` (a null entry is left out); a logger that cannot be built raises its own error."""
     loggers = []
-    for name, spec in (cfg.get("logger") or {}).items():
-        kwargs = {}
-        if name == "wandb":
-            require_wandb()
-            wandb_offline_if_no_key()
-            if spec.get("id") is None and os.environ.get("SLURM_JOB_ID"):
-                kwargs["id"] = re.sub(r"[^\w.-]", "-", str(cfg.run_name))  # stable across SLURM requeues
-            os.environ.setdefault("WANDB_QUIET", "true")  # no history/summary tables at exit: report_outputs says where
-        loggers.append(instantiate(spec, **kwargs))
+    for spec in (cfg.get("logger") or {}).values():
+        if spec is None:
+            continue
+        try:
+            loggers.append(instantiate(spec, _convert_="all"))
+        except InstantiationException as err:  # e.g. logger=wandb without the package: show the reason itself
+            raise (err.__cause__ or err) from None
     return loggers
 
 

@@ -193,6 +193,7 @@ ALLOWED_TARGETS = frozenset(
         "eve_lightning.callbacks.throughput.Throughput",
         "eve_lightning.data.datamodule.EveDataModule",
         "eve_lightning.eval.callback.BenchmarkValidation",  # its earlier path, still named by older configs
+        "eve_lightning.lit.loggers.wandb_logger",
         "eve_lightning.lit.strategies.fsdp_strategy",
         "eve_lightning.models.build.build_eve_model",
         "lightning.pytorch.callbacks.EarlyStopping",
