@@ -28,6 +28,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 import eve_lightning.train  # noqa: F401  (registers the config resolvers: eve_cwd, eve_run_id)
+from eve_lightning.data.geometry import max_image_tokens
 from eve_lightning.lit.freezing import apply_freezing
 from eve_lightning.models.build import build_eve_model
 from eve_lightning.models.shapes import CLIP_L14_336, VICUNA_7B, build_random_model
@@ -228,13 +229,12 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
     tps = float(given[task]) if task in given else tokens_per_sample(task, size)
     square_tps = float(given[task]) if task in given else tokens_per_sample(task, size, square=True)
     grid = size // int(cfg.model.eve.patch_size)
-    cells = grid // int(cfg.model.eve.pool_stride)
     work = Workload(
         micro_batch=int(cfg.data.batch_size),
         tokens_per_sample=square_tps,
         images_per_sample=IMAGE_SHARE.get(task, 1.0),
         patches_per_image=grid * grid,
-        image_tokens_per_image=cells * (cells + 1) + 1,
+        image_tokens_per_image=max_image_tokens(size),  # memory: a square image, the most tokens
         vision_width=int(cfg.model.eve.vision_hidden),
         # FSDP's own option checkpoints every block, like gradient_checkpointing=true
         checkpointing=bool(cfg.get("gradient_checkpointing", False))
@@ -325,7 +325,7 @@ def bench_step_memory(result: dict[str, Any]) -> MemoryPlan:
         tokens_per_sample=ours["tokens_per_s"] / ours["samples_per_s"],
         images_per_sample=share,
         patches_per_image=48 * 48,
-        image_tokens_per_image=601,
+        image_tokens_per_image=max_image_tokens(MEASURED_IMAGE_SIZE),
         vision_width=model.vlm.config.vision_hidden,
         compiled=bool(result.get("compile_ours")),
     )

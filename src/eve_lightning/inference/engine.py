@@ -17,6 +17,7 @@ from PIL import Image
 from eve_lightning.constants import IMAGE_PLACEHOLDER
 from eve_lightning.data.conversation import Turn
 from eve_lightning.data.encoding import encode_parts
+from eve_lightning.data.geometry import image_token_count
 from eve_lightning.data.image import eve_view, to_rgb
 from eve_lightning.data.templates import get_template
 from eve_lightning.inference.generate import (
@@ -143,7 +144,7 @@ class ChatEngine:
         n = int(batch["input_ids"].shape[1])
         if "pixel_mask" in batch:
             _, _, h, w = self.loaded.vlm.patch_embed.bands(batch["pixel_mask"])[0].tolist()
-            n += h * (w + 1)
+            n += image_token_count(h, w) - 1  # the placeholder's position is the first image token
         return n
 
     def chat(

@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from eve_lightning.checkpoints.resume import check_resume_source, newest_complete, resume_candidates
+from eve_lightning.data.geometry import max_image_tokens
 from eve_lightning.utils import run_names  # noqa: F401  (registers the resolvers conf/train.yaml uses)
 
 CONF_DIR = Path(os.environ.get("EVE_CONF_DIR", Path(__file__).resolve().parents[3] / "conf"))
@@ -66,12 +67,6 @@ def world_size(trainer: DictConfig) -> int:
     return int(devices) * int(trainer.get("num_nodes", 1))
 
 
-def square_image_tokens(image_size: int) -> int:
-    """EVE tokens of a square image at this canvas size: 1 + g (g + 1), g = image_size / 28."""
-    g = image_size // 28
-    return 1 + g * (g + 1)
-
-
 def check_stage(cfg: DictConfig) -> None:
     stages = available("stage")
     stage = cfg.get("stage")
@@ -105,7 +100,7 @@ def check_resolution(cfg: DictConfig) -> None:
     if want and have and want != have:
         raise ConfigError(f"stage {cfg.stage.name} trains at {want} but resolution={have}: add resolution={want}")
     size, max_len = int(cfg.model.eve.image_size), int(cfg.model.eve.max_length)
-    need = square_image_tokens(size)
+    need = max_image_tokens(size)
     if need + 8 > max_len:
         raise ConfigError(
             f"a square {size}-px image takes {need} tokens, which leaves no room in model.eve.max_length={max_len}: "
