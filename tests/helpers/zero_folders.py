@@ -88,6 +88,10 @@ def rank_main(rank: int, out: str) -> None:
             ref = get_fp32_state_dict_from_zero_checkpoint(str(folder))
             torch.save({k.removeprefix("_forward_module."): v for k, v in ref.items()}, f"{folder}.reference.pt")
         torch.distributed.barrier()
+        engine.destroy()
+    # A rank that exits with the process group alive can abort in the backend's threads ("terminate called without
+    # an active exception"): take the group down before returning.
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
