@@ -173,7 +173,8 @@ def test_tokens_per_sample_is_the_mean_of_the_benchmark_samples():
 
 def test_a_config_off_the_measured_path_is_flagged(capsys):
     plans = plan.main(["experiment=eve7b_pretrain_r672", "cluster=a100_2x8"])  # as committed: ZeRO-3, eager
-    assert plans[0].off_path == ["compile.enabled=False", "model.llm.attn_implementation=sdpa", "data.collate=padded"]
+    off = ["compile.enabled=False", "model.llm.attn_implementation=sdpa", "data.packing.collate=padded"]
+    assert plans[0].off_path == off
     out = capsys.readouterr().out
     assert "OFF THE MEASURED PATH" in out and "expect longer" in out and "the paper" not in out
 

@@ -4,7 +4,7 @@ each on the held-out demo benchmark, and append one JSON line per variant to RES
     python experiments/cpu_demo/sweep.py --out RESULTS [VARIANT ...]
 
 A variant is a set of overrides on `experiment=demo` (VARIANTS below: steps per stage, then overrides for every
-stage). Variants with the same `data.demo_*` options share one generated data set. Wall times are real: run it on
+stage). Variants with the same `data.synthetic.*` options share one generated data set. Wall times are real: run it on
 an otherwise idle machine, and one variant at a time (the default), since parallel runs on two cores slow each
 other down far more than twofold (OpenMP threads and loader workers compete).
 """
@@ -22,25 +22,25 @@ from pathlib import Path
 
 BASE = ["logger=csv", "trainer.enable_progress_bar=false", "callbacks.benchmark_val.every_n_steps=100000"]
 # the data settings of the GPU demo recipe, at CPU scale
-RICH = ["data.demo_max_turns=10", "data.demo_turns=independent", "data.demo_answers=restated",
-        "data.demo_shuffled_captions=0.5", "data.demo_shape_first_captions=0.5"]  # fmt: skip
+RICH = ["data.synthetic.max_turns=10", "data.synthetic.turns=independent", "data.synthetic.answers=restated",
+        "data.synthetic.shuffled_captions=0.5", "data.synthetic.shape_first_captions=0.5"]  # fmt: skip
 # short answers ('red.'): exact match needs one word, not a restated phrase
 SHORT = [x.replace("restated", "short") for x in RICH]
 VARIANTS: dict[str, tuple[dict[str, int], list[str]]] = {
     "smoke": ({"prealign": 2, "pretrain": 2, "sft": 2}, []),  # checks the script itself
     "current": ({"prealign": 60, "pretrain": 60, "sft": 60}, []),
-    "rich_4k": ({"prealign": 50, "pretrain": 400, "sft": 800}, [*RICH, "data.demo_samples=4000"]),
+    "rich_4k": ({"prealign": 50, "pretrain": 400, "sft": 800}, [*RICH, "data.synthetic.samples=4000"]),
     "rich_4k_lr3": ({"prealign": 50, "pretrain": 400, "sft": 800},
-                    [*RICH, "data.demo_samples=4000", "demo_lr.pretrain=3e-3", "demo_lr.sft=3e-3"]),
+                    [*RICH, "data.synthetic.samples=4000", "demo_lr.pretrain=3e-3", "demo_lr.sft=3e-3"]),
     "rich_4k_w128": ({"prealign": 50, "pretrain": 400, "sft": 800},
-                     [*RICH, "data.demo_samples=4000", "model.llm.config.hidden_size=128",
+                     [*RICH, "data.synthetic.samples=4000", "model.llm.config.hidden_size=128",
                       "model.llm.config.intermediate_size=256", "model.eve.vision_hidden=128"]),
     "short_4k_lr3": ({"prealign": 50, "pretrain": 400, "sft": 800},
-                     [*SHORT, "data.demo_samples=4000", "demo_lr.pretrain=3e-3", "demo_lr.sft=3e-3"]),
+                     [*SHORT, "data.synthetic.samples=4000", "demo_lr.pretrain=3e-3", "demo_lr.sft=3e-3"]),
     "short_4k_lr3_sft1400": ({"prealign": 50, "pretrain": 400, "sft": 1400},
-                             [*SHORT, "data.demo_samples=4000", "demo_lr.pretrain=3e-3", "demo_lr.sft=3e-3"]),
-    "short_4k": ({"prealign": 50, "pretrain": 400, "sft": 800}, [*SHORT, "data.demo_samples=4000"]),
-    "rich_4k_long": ({"prealign": 50, "pretrain": 600, "sft": 1400}, [*RICH, "data.demo_samples=4000"]),
+                             [*SHORT, "data.synthetic.samples=4000", "demo_lr.pretrain=3e-3", "demo_lr.sft=3e-3"]),
+    "short_4k": ({"prealign": 50, "pretrain": 400, "sft": 800}, [*SHORT, "data.synthetic.samples=4000"]),
+    "rich_4k_long": ({"prealign": 50, "pretrain": 600, "sft": 1400}, [*RICH, "data.synthetic.samples=4000"]),
 }  # fmt: skip
 
 
@@ -48,7 +48,7 @@ def run_variant(name: str, out: Path) -> dict:
     steps, extra = VARIANTS[name]
     root = out / name
     root.mkdir(parents=True, exist_ok=True)
-    options = "".join(sorted(x for x in extra if x.startswith("data.demo_")))
+    options = "".join(sorted(x for x in extra if x.startswith("data.synthetic.")))
     data = out / ("data_" + hashlib.sha1(options.encode()).hexdigest()[:8])
     env = {**os.environ, "EVE_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
     result, prev, started = {"variant": name, "steps": steps, "overrides": extra}, None, time.time()

@@ -16,15 +16,15 @@
 #   TIME_CAPS  on | off: keep or lift the stages' max_time (default: on alone, off with PARALLEL=1)
 #   TOKENIZER  tokenizer.model file (default: the one shipped by mistral-common)
 #   EXTRA      extra Hydra overrides for every training command (e.g. "model=tiny cluster=cpu" for a smoke run)
-#   SAMPLES    training samples per task of the generated data (default 153600, as data.demo_samples: SFT sees
+#   SAMPLES    training samples per task of the generated data (default 153600, as data.synthetic.samples: SFT sees
 #              each sample once; 400 held out per task)
-#   MAX_TURNS  most questions per image conversation of the generated data (default 10, as data.demo_max_turns)
-#   TURNS      how a conversation's questions are picked: independent (default, as data.demo_turns; no turn can be
+#   MAX_TURNS  most questions per image conversation of the generated data (default 10, as data.synthetic.max_turns)
+#   TURNS      how a conversation's questions are picked: independent (default, as data.synthetic.turns; no turn can be
 #              answered from the text of the others) or any
-#   SHUFFLED   share of captions that list the objects in random order (default 0.5, as data.demo_shuffled_captions)
-#   ANSWERS    short ("red.") or restated ("the circle is red.", default, as data.demo_answers)
+#   SHUFFLED   share of captions that list the objects in random order (default 0.5, as data.synthetic.shuffled_captions)
+#   ANSWERS    short ("red.") or restated ("the circle is red.", default, as data.synthetic.answers)
 #   SHAPE_FIRST share of training captions that name each shape first (default 0.5, as
-#              data.demo_shape_first_captions)
+#              data.synthetic.shape_first_captions)
 #   STOP_AFTER prealign | pretrain | sft: stop every variant after this stage (a later call goes on from there:
 #              stages whose export and timing exist are skipped)
 # Summarize afterwards with: python experiments/demo_recipe/summarize.py --results $RESULTS

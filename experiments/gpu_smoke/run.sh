@@ -19,7 +19,7 @@ PY
 [[ -z "$ONLY" ]] && python3 -m pytest -q -m gpu tests 2>&1 | tail -3 | tee "$RESULTS/pytest_gpu.txt"
 
 common=(cluster=gpu1 logger=csv "${tok[@]}" paths.root_dir="$PWD/gpu_smoke_run" trainer.enable_progress_bar=false
-        data.num_workers=4 data.pin_memory=true data.demo_samples=512)
+        data.loader.num_workers=4 data.loader.pin_memory=true data.synthetic.samples=512)
 summary() {  # $1 = name, $2 = run log; prints the last losses, throughput and peak memory
   python3 - "$1" "$2" "$RESULTS" <<'PY'
 import csv, glob, json, re, sys

@@ -5,7 +5,7 @@
 Parts (every run is ``python -m eve_lightning.train``, as users start it; figures are read back from its CSV log):
 
 * ``losses``: ``+stage=pretrain`` for ``--steps`` steps on 1 GPU (micro-batch = the global batch), then on N GPUs
-  under each strategy (micro-batch = global / N), all with ``data.order=global`` (the same samples every step on
+  under each strategy (micro-batch = global / N), all with ``data.stream.order=global`` (the same samples every step on
   any layout) and the default global loss normalization. Per run: the loss of every step against the 1-GPU run,
   samples/s and rank 0's peak memory. Every run writes a checkpoint halfway and its stage export (safetensors).
 * ``resume``: from the halfway checkpoint of the ZeRO-3 and FSDP runs, resume on N GPUs and on 1 GPU; the resumed
@@ -69,8 +69,8 @@ class Runner:
             "trainer.enable_progress_bar=false",
             "trainer.val_check_interval=1000000",
             "trainer.limit_val_batches=0",
-            "data.num_workers=2",
-            f"data.demo_samples={args.samples}",
+            "data.loader.num_workers=2",
+            f"data.synthetic.samples={args.samples}",
             f"seed={args.seed}",
         ]
         if args.tokenizer:
@@ -167,7 +167,7 @@ class Runner:
         micro = a.global_batch // n
         out = [
             "+stage=pretrain",
-            "data.order=global",
+            "data.stream.order=global",
             f"global_batch_size={a.global_batch}",
             f"data.batch_size={micro}",
             f"trainer.devices={n}",
@@ -243,14 +243,14 @@ class Runner:
             over = [
                 "+stage=pretrain",
                 *model,
-                "data.collate=packed",
-                f"data.pack_length={a.pack_length}",
+                "data.packing.collate=packed",
+                f"data.packing.pack_length={a.pack_length}",
                 f"data.batch_size={a.scaling_micro}",
                 f"global_batch_size={a.scaling_micro * n}",
                 f"trainer.devices={n}",
                 f"trainer.max_steps={a.scaling_steps}",
                 "callbacks.model_checkpoint.every_n_train_steps=100000",
-                f"data.num_workers={a.scaling_workers}",  # the loaders must keep up with eve_1b on every GPU
+                f"data.loader.num_workers={a.scaling_workers}",  # the loaders must keep up with eve_1b on every GPU
             ] + (["strategy=ddp"] if n > 1 else [])
             res[n] = self.record(name, self.train(name, over), n_gpus=n, strategy="ddp" if n > 1 else "single")
         one, many = res[1].get("samples_per_s"), res[a.gpus].get("samples_per_s")

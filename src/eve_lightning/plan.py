@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 import eve_lightning.train  # noqa: F401  (registers the config resolvers: eve_cwd, eve_run_id)
 from eve_lightning.data.geometry import max_image_tokens
 from eve_lightning.lit.freezing import apply_freezing
+from eve_lightning.models import attention
 from eve_lightning.models.build import build_eve_model
 from eve_lightning.models.shapes import CLIP_L14_336, VICUNA_7B, build_random_model
 from eve_lightning.utils.config_checks import ConfigError, check_speed_options
@@ -66,8 +67,8 @@ RECIPES = {
 RECIPE_PATH = [
     "strategy=fsdp",
     "compile.enabled=true",
-    "model.llm.attn_implementation=torch_varlen",
-    "data.collate=packed",
+    f"{attention.CONFIG_KEY}={attention.VARLEN}",
+    "data.packing.collate=packed",
 ]
 # The paper's EVE-7B training time (16M prealign + 33M pretrain + 665K SFT) on two 8-A100-40G nodes (paper, README)
 PAPER_DAYS, PAPER_GPUS, PAPER_PEAK_TFLOPS = 9.0, 16, 312.0
@@ -171,7 +172,7 @@ def count_parameters(cfg: DictConfig, notes: list[str]) -> dict[str, Any]:
     eve = OmegaConf.to_container(cfg.model.eve, resolve=True)
     with torch.device("meta"):
         model = build_eve_model(
-            llm={"config": llm_shape, "attn_implementation": "sdpa"},
+            llm={"config": llm_shape, "attn_implementation": attention.SDPA},
             eve=eve,
             teacher={"config": teacher_shape, "select_layer": -2},
         )
@@ -280,7 +281,7 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
     notes.append(
         f"{strategy}, {n_gpus} GPUs, micro-batch {work.micro_batch}, "
         f"checkpointing {f'{checkpointed}/{shape.layers} layers' if checkpointed else 'off'}, {blocks} blocks, "
-        f"{cfg.model.llm.get('attn_implementation')} attention, {cfg.data.get('collate')} rows, "
+        f"{OmegaConf.select(cfg, attention.CONFIG_KEY)} attention, {cfg.data.packing.collate} rows, "
         f"decoder {'trained' if trained_llm else 'frozen'}"
     )
     return StagePlan(
@@ -312,7 +313,7 @@ def bench_step_memory(result: dict[str, Any]) -> MemoryPlan:
     factors.
     """
     with torch.device("meta"):
-        model = build_random_model(result["model"], result["workload"], torch.device("meta"), "sdpa")
+        model = build_random_model(result["model"], result["workload"], torch.device("meta"), attention.SDPA)
     params = list(model.parameters())
     trained = sum(p.numel() for p in params if p.requires_grad)
     frozen = sum(p.numel() for p in params if not p.requires_grad)

@@ -55,7 +55,9 @@ def with_bomb(src: Path, dst: Path) -> str:
 def test_the_reader_drops_an_image_over_the_pixel_cap_without_decoding_it(demo_data_dir, tmp_path):
     shards = tmp_path / "sft"
     key = with_bomb(demo_data_dir / "demo" / "sft" / "train", shards)
-    dm = EveDataModule(train_shards=str(shards), task="sft", batch_size=4, num_workers=0, pin_memory=False)
+    dm = EveDataModule(
+        train_shards=str(shards), task="sft", batch_size=4, loader={"num_workers": 0, "pin_memory": False}
+    )
     batches = list(dm.train_dataloader())
     stats = [b["meta"]["stats"] for b in batches]
     assert sum(s.get("dropped_too_many_pixels", 0) for s in stats) == 1
@@ -137,8 +139,8 @@ def test_make_shards_usage_errors_exit_2_in_one_line_before_any_work(annotations
 
 
 def demo_module(train: Path, root: Path) -> EveDataModule:
-    return EveDataModule(train_shards=str(train), task="sft", demo_root=str(root), demo_samples=8, num_workers=0,
-                         pin_memory=False)  # fmt: skip
+    return EveDataModule(train_shards=str(train), task="sft", synthetic={"root": str(root), "samples": 8},
+                         loader={"num_workers": 0, "pin_memory": False})  # fmt: skip
 
 
 def test_demo_data_is_never_generated_over_a_users_folder(tmp_path):

@@ -64,9 +64,11 @@ def test_streams_of_two_ranks_give_the_one_rank_steps(demo_dir, tok):
 
 
 def test_global_order_turns_off_the_task_defaults_it_cannot_follow(demo_dir):
-    dm = EveDataModule(str(demo_dir / "pretrain" / "train"), task="pretrain", order="global", accumulation=2)
+    dm = EveDataModule(
+        str(demo_dir / "pretrain" / "train"), task="pretrain", stream={"order": "global"}, accumulation=2
+    )
     assert not dm.resampled and not dm.group and dm.accumulation == 2
-    with pytest.raises(ValueError, match=r"data\.order must be 'rank' or 'global'"):
-        EveDataModule(str(demo_dir / "pretrain" / "train"), order="by_rank")
-    with pytest.raises(ValueError, match=r"set data\.resampled=false and data\.group_by_modality_length=false"):
+    with pytest.raises(ValueError, match=r"data\.stream\.order must be 'rank' or 'global'"):
+        EveDataModule(str(demo_dir / "pretrain" / "train"), stream={"order": "by_rank"})
+    with pytest.raises(ValueError, match=r"set data\.stream\.resampled=false and data\.stream\.group_by_modality"):
         sft_stream(demo_dir / "sft" / "train", None, 0, 1, 1, order="global")  # grouping on

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 
 import lightning as L
@@ -15,9 +16,11 @@ from omegaconf import OmegaConf
 
 from eve_lightning.data.datamodule import EveDataModule
 from eve_lightning.data.make_shards import build_shards
+from eve_lightning.data.options import LoaderOptions, PackingOptions, StreamOptions, SyntheticShapesSpec
 from eve_lightning.data.records import BuildOptions, read_annotations
 from eve_lightning.data.shards import resolve_shards
 from eve_lightning.data.stream import ShardStream
+from eve_lightning.utils import config_checks  # noqa: F401  (registers the resolvers conf/data uses)
 from tests.helpers.streams import sft_stream
 
 CONF_DATA = Path(__file__).resolve().parents[2] / "conf" / "data"
@@ -85,7 +88,7 @@ def test_exact_pass_uneven_shards_many_ranks(uneven_sft, tok):
 
 def test_real_dataloader_workers_match_the_simulation(demo_dir, tok):
     folder = demo_dir / "sft" / "train"
-    dm = EveDataModule(str(folder), task="sft", batch_size=4, num_workers=2, rank=1, world_size=2, seed=5)
+    dm = EveDataModule(str(folder), task="sft", batch_size=4, rank=1, world_size=2, seed=5, loader={"num_workers": 2})
     dm._tokenizer = tok
     loader = dm.train_dataloader()
     got = [k for batch in loader for k in batch["meta"]["keys"]]
@@ -102,11 +105,11 @@ def test_resampled_epochs(demo_dir, tok):
             str(folder),
             task="pretrain",
             batch_size=8,
-            num_workers=2,
             rank=rank,
             world_size=2,
             seed=1,
-            shuffle_buffer=16,
+            loader=LoaderOptions(num_workers=2),
+            stream=StreamOptions(shuffle_buffer=16),
         )
         dm._tokenizer = tok
         streams[rank] = dm.train_stream()
@@ -153,17 +156,30 @@ def data_config(name: str):
     return OmegaConf.merge(OmegaConf.load(CONF_DATA / "_base.yaml"), own)
 
 
+GROUPS = {"loader": LoaderOptions, "stream": StreamOptions, "packing": PackingOptions}
+
+
 def test_data_configs_list_every_constructor_argument_once():
     params = set(inspect.signature(EveDataModule.__init__).parameters) - {"self"}
     base = OmegaConf.load(CONF_DATA / "_base.yaml")
     assert base._target_ == "eve_lightning.data.datamodule.EveDataModule"
     assert set(base.keys()) - {"_target_"} == params  # the one place that names every option
+    for group, cls in GROUPS.items():  # ... and every field of every option group
+        assert list(base[group]) == [f.name for f in fields(cls)], group
+    assert base.synthetic is None  # real data sets generate nothing
+    defaults = OmegaConf.to_container(base, resolve=False)
     for path in sorted(CONF_DATA.glob("[!_]*.yaml")):
         own = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-        defaults = OmegaConf.to_container(base, resolve=False)
         assert set(own) - {"defaults"} <= params, path.name  # only options, and only what differs
-        assert all(own[k] != defaults[k] for k in own if k != "defaults"), path.name
+        for key, value in own.items():
+            if key in GROUPS:
+                assert set(value) <= set(defaults[key]), (path.name, key)
+                assert all(value[k] != defaults[key][k] for k in value), (path.name, key)
+            elif key not in ("defaults", "synthetic"):
+                assert value != defaults[key], (path.name, key)
         assert set(data_config(path.stem).keys()) - {"_target_"} == params, path.name
+    synthetic = OmegaConf.load(CONF_DATA / "demo.yaml").synthetic
+    assert list(synthetic) == [f.name for f in fields(SyntheticShapesSpec)]  # the demo set spells out its spec
 
 
 @pytest.mark.parametrize("stage", [("pretrain", "plain"), ("sft", "vicuna_v1")])
@@ -174,18 +190,22 @@ def test_demo_config_instantiates(demo_dir, tmp_path, stage):
         {
             "paths": {"data_dir": str(tmp_path / "data")},
             "stage": {"data_task": stage[0], "template": stage[1]},
-            "model": {"eve": {"image_size": 672, "max_length": 2048}},
+            "model": {"eve": {"image_size": 672, "max_length": 2048, "align_weight": 1.0}},
+            "trainer": {"accumulate_grad_batches": 1},
             "seed": 3,
             "data": data_config("demo"),
         }
     )
+    cfg.data.loader.num_workers = 0
     OmegaConf.resolve(cfg)
-    dm = instantiate(cfg.data, _convert_="all", num_workers=0)
-    assert (dm.task, dm.template, dm.resampled, dm.group) == (
+    dm = instantiate(cfg.data, _convert_="all")
+    assert dm.synthetic == SyntheticShapesSpec(root=str(tmp_path / "data" / "demo"))
+    assert (dm.task, dm.template, dm.resampled, dm.group, dm.sample_cfg.teacher_view) == (
         stage[0],
         stage[1],
         stage[0] == "pretrain",
         stage[0] == "sft",
+        True,  # align_weight > 0: the teacher view is built
     )
     dm.prepare_data()  # shards exist: nothing generated
     batch = next(iter(dm.train_dataloader()))
@@ -197,7 +217,9 @@ def test_demo_config_instantiates(demo_dir, tmp_path, stage):
 
 def test_prepare_data_generates_missing_demo(tmp_path):
     root = tmp_path / "demo"
-    dm = EveDataModule(str(root / "sft" / "train"), str(root / "sft" / "val"), demo_root=str(root), demo_samples=12)
+    dm = EveDataModule(
+        str(root / "sft" / "train"), str(root / "sft" / "val"), synthetic={"root": str(root), "samples": 12}
+    )
     dm.prepare_data()
     assert resolve_shards(str(root / "pretrain" / "train"))[0].num_samples == 12
     assert sum(s.num_samples for s in resolve_shards(str(root / "sft" / "val"))) == 50
@@ -220,7 +242,7 @@ class _Consumer(L.LightningModule):
 
 
 def test_lightning_fit_runs_one_exact_pass_per_epoch(demo_dir, tok):
-    dm = EveDataModule(str(demo_dir / "sft" / "train"), task="sft", batch_size=8, num_workers=0, seed=2)
+    dm = EveDataModule(str(demo_dir / "sft" / "train"), task="sft", batch_size=8, seed=2, loader={"num_workers": 0})
     dm._tokenizer = tok
     module = _Consumer()
     trainer = L.Trainer(

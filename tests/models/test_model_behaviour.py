@@ -91,3 +91,51 @@ def test_activation_checkpointing_gives_the_same_losses_and_grads(model):
     torch.testing.assert_close(out.loss, ref.loss)
     for n, g in ref_grads.items():
         torch.testing.assert_close(model.vlm.get_parameter(n).grad, g, msg=n)
+
+
+def test_prepare_inputs_gives_a_padded_layout_per_pad_side_and_a_packed_layout_for_packed_rows(model):
+    from dataclasses import FrozenInstanceError
+
+    import numpy as np
+
+    from eve_lightning.bench.train import draw_samples, packed_batch
+    from eve_lightning.models.attention import PackedLayout, PaddedLayout
+
+    batch = make_batch(672)
+    args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["pixel_mask"])
+    right = model.vlm.prepare_inputs(*args)
+    left = model.vlm.prepare_inputs(*args, pad_side="left")
+    for mm in (right, left):
+        assert isinstance(mm.layout, PaddedLayout) and mm.seq_ids is None
+        assert mm.attention_mask is mm.layout.attention_mask and mm.position_ids is mm.layout.position_ids
+        n = mm.attention_mask.sum(1)
+        for r in range(4):  # positions count the real tokens from 0, whichever side the padding is on
+            assert mm.position_ids[r][mm.attention_mask[r]].tolist() == list(range(int(n[r])))
+    assert torch.equal(right.attention_mask.sum(1), left.attention_mask.sum(1))
+    assert bool(left.attention_mask[:, -1].all()) and bool(right.attention_mask[:, 0].all())
+    with pytest.raises(FrozenInstanceError):
+        right.layout.attention_mask = left.attention_mask
+
+    packed = packed_batch(draw_samples("pretrain", 3, np.random.default_rng(0)), 4096)
+    mm = model.vlm.prepare_inputs(
+        packed["input_ids"], packed["attention_mask"], packed["pixel_values"], packed["pixel_mask"],
+        position_ids=packed["position_ids"], seq_ids=packed["seq_ids"],
+    )  # fmt: skip
+    assert isinstance(mm.layout, PackedLayout) and mm.seq_ids is mm.layout.seq_ids
+    assert torch.equal(mm.attention_mask, mm.seq_ids >= 0)
+    assert mm.seq_ids.shape[0] == 1 and set(mm.seq_ids[mm.attention_mask].tolist()) == {0, 1, 2}  # one row of 3
+
+
+@pytest.mark.parametrize("backend", ["eager", "torch_varlen"])
+def test_packed_rows_give_the_sdpa_loss_under_other_backends(model, backend):
+    import numpy as np
+
+    from eve_lightning.bench.train import draw_samples, packed_batch
+    from eve_lightning.models import attention
+
+    batch = packed_batch(draw_samples("pretrain", 3, np.random.default_rng(0)), 4096)
+    with torch.no_grad():
+        want = model(batch).loss
+        attention.set_backend(model.vlm.llm, backend)
+        got = model(batch).loss
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

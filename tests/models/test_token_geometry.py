@@ -58,3 +58,34 @@ def test_unaligned_mask_band_is_refused(pel):
     mask = torch.roll(mask, 14, dims=1)  # band now starts on an odd patch row
     with pytest.raises(ValueError, match="whole 2x2-patch cells"):
         pel(pix, mask)
+
+
+# (W, H) from very wide to very tall, odd sizes included: every band width the rule can give at 672 px
+ASPECT_RATIOS = [(1000, 100), (640, 480), (1920, 1080), (333, 334), (512, 512), (300, 451), (90, 1000), (7, 5)]
+
+
+@pytest.mark.parametrize("side", [672, 1344])
+def test_the_model_counts_image_tokens_by_the_data_pipelines_rule(pel, side):
+    """PatchEmbedding lengths equal data.geometry's count of the same image: both come from one rule."""
+    from eve_lightning.data.geometry import band_geometry, image_token_count
+    from eve_lightning.data.image import blank_canvas
+    from eve_lightning.geometry import band_token_count
+
+    pix, mask, expected = [], [], []
+    for w0, h0 in ASPECT_RATIOS:
+        geom = band_geometry(w0, h0, side)
+        pixels, band = blank_canvas(side)
+        band[geom.eve.y0 : geom.eve.y1, geom.eve.x0 : geom.eve.x1] = 1  # the data pipeline's band mask
+        pix.append(torch.from_numpy(pixels))
+        mask.append(torch.from_numpy(band))
+        expected.append(geom.num_image_tokens)
+        assert geom.num_image_tokens == image_token_count(geom.grid_h, geom.grid_w) == band_token_count(
+            geom.grid_h, geom.grid_w
+        )  # fmt: skip
+    with torch.no_grad():
+        out = pel(torch.stack(pix), torch.stack(mask))
+    assert out.lengths.tolist() == expected
+    assert out.grids[:, 2:].tolist() == [[band_geometry(w, h, side).grid_h, band_geometry(w, h, side).grid_w]
+                                         for w, h in ASPECT_RATIOS]  # fmt: skip
+    assert torch.equal(band_token_count(out.grids[:, 2], out.grids[:, 3]), out.lengths)  # the rule on tensors
+    assert len(set(expected)) >= 6  # the ratios really give different counts

@@ -10,7 +10,7 @@ import pytest
 from eve_lightning.train import build, train
 from tests.helpers.runs import compose_train
 
-PACKED = ["+stage=pretrain", "data.collate=packed", "data.pack_length=4096"]
+PACKED = ["+stage=pretrain", "data.packing.collate=packed", "data.packing.pack_length=4096"]
 
 
 def losses(run_dir):
@@ -78,7 +78,7 @@ def test_compile_is_refused_under_deepspeed_zero3(tmp_path, demo_data_dir, monke
 
 
 def test_demo_data_made_with_other_settings_is_kept_and_reported(tmp_path, demo_data_dir, caplog):
-    run = build(compose_train(["+stage=pretrain", "data.demo_max_turns=7"], tmp_path, demo_data_dir))
+    run = build(compose_train(["+stage=pretrain", "data.synthetic.max_turns=7"], tmp_path, demo_data_dir))
     stamp = (demo_data_dir / "demo" / "sft" / "train" / "index.json").stat().st_mtime_ns
     with caplog.at_level("WARNING"):
         run.data_module.prepare_data()

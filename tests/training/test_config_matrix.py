@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from eve_lightning.utils.config_checks import accumulation, available, validate
+from eve_lightning.utils.config_checks import ConfigError, accumulation, available, validate
 from tests.helpers.repo_paths import CONF
 from tests.helpers.runs import compose_train
 
@@ -57,8 +57,9 @@ def test_recipe_x_cluster_composes_and_builds(tmp_path, experiment, cluster):
     strategy = cfg.trainer.strategy
     if not isinstance(strategy, str):
         instantiate(strategy, _convert_="all")
-    model = instantiate(cfg.model, _convert_="all")
+    model = instantiate(cfg.module, _convert_="all").model_factory()  # the LitModule node, as training builds it
     assert model.vlm.config.max_length == cfg.model.eve.max_length
+    assert data.accumulation == cfg.trainer.accumulate_grad_batches == acc
 
 
 def test_demo_recipe_model_has_a_125m_decoder_and_a_small_teacher(tmp_path):
@@ -66,7 +67,7 @@ def test_demo_recipe_model_has_a_125m_decoder_and_a_small_teacher(tmp_path):
     OmegaConf.resolve(cfg)
     assert cfg.model.llm.config.hidden_size == 768 and cfg.trainer.max_steps == 100
     assert cfg.compile.enabled and cfg.compile.teacher and cfg.model.llm.attn_implementation == "torch_varlen"
-    assert cfg.data.collate == "packed" and cfg.data.batch_size == cfg.global_batch_size == 64
+    assert cfg.data.packing.collate == "packed" and cfg.data.batch_size == cfg.global_batch_size == 64
     model = instantiate(cfg.model, _convert_="all")
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert 100e6 < count(model.vlm.llm) < 150e6
@@ -108,6 +109,25 @@ def test_accumulation_is_derived_from_topology(tmp_path):
     overrides = ["+stage=sft", "cluster=a100_2x8", "data.batch_size=4", "global_batch_size=128"]
     cfg = compose_train(overrides, tmp_path, tmp_path)
     assert accumulation(cfg) == 2
+    # an interpolation, not a value written by the entry point: Trainer and data module read the same number
+    assert validate(cfg) == cfg.trainer.accumulate_grad_batches == cfg.data.accumulation == 2
+    assert OmegaConf.is_interpolation(cfg.trainer, "accumulate_grad_batches")
+    cfg.data.batch_size = 8  # follows a later change
+    assert cfg.trainer.accumulate_grad_batches == cfg.data.accumulation == 1
+
+
+def test_accumulation_set_by_hand_against_the_global_batch_is_refused(tmp_path):
+    cfg = compose_train(["+stage=sft", "trainer.accumulate_grad_batches=3"], tmp_path, tmp_path)
+    with pytest.raises(ConfigError, match=r"trainer.accumulate_grad_batches=3 but global_batch_size / .* = 2: the"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize(("align_weight", "teacher_view"), [("1.0", True), ("0", False), ("0.0", False)])
+def test_the_teacher_view_follows_the_alignment_weight(tmp_path, align_weight, teacher_view):
+    cfg = compose_train(["+stage=pretrain", f"model.eve.align_weight={align_weight}"], tmp_path, tmp_path)
+    assert cfg.data.teacher_view is teacher_view
+    OmegaConf.resolve(cfg)
+    assert instantiate(cfg.data, _convert_="all").sample_cfg.teacher_view is teacher_view
 
 
 def test_optuna_search_config_composes(tmp_path):

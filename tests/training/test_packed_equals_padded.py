@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from eve_lightning.data.datamodule import EveDataModule
+from eve_lightning.data.options import LoaderOptions, PackingOptions, StreamOptions
 from eve_lightning.models import varlen_attention
 from tests.helpers.repo_paths import CONF
 
@@ -20,12 +21,9 @@ def first_batch(data_dir, task, collate):
         train_shards=str(data_dir / "demo" / task / "train"),
         task=task,
         batch_size=6,
-        num_workers=0,
-        pin_memory=False,
-        shuffle=False,
-        collate=collate,
-        pack_length=4096,
-        epoch_samples=12,
+        loader=LoaderOptions(num_workers=0, pin_memory=False),
+        stream=StreamOptions(shuffle=False, epoch_samples=12),
+        packing=PackingOptions(collate=collate, pack_length=4096),
     )
     batch = next(iter(dm.train_dataloader()))
     keys = batch.pop("meta")["keys"]

@@ -39,7 +39,9 @@ def test_one_percent_corrupt_images_are_skipped_counted_and_never_slept_on(sft_2
         raise AssertionError("the data path slept")
 
     monkeypatch.setattr(time, "sleep", no_sleep)  # inherited by the forked loader workers
-    dm = EveDataModule(train_shards=str(shards), task="sft", batch_size=4, num_workers=2, pin_memory=False)
+    dm = EveDataModule(
+        train_shards=str(shards), task="sft", batch_size=4, loader={"num_workers": 2, "pin_memory": False}
+    )
     batches = list(dm.train_dataloader())
     keys = [k for b in batches for k in b["meta"]["keys"] if k != "<filler>"]
     dropped = sum(b["meta"]["stats"].get("dropped_bad_image", 0) for b in batches)
@@ -75,8 +77,10 @@ def test_the_training_run_completes_and_reports_the_drops(sft_200, tmp_path):
 def test_mostly_corrupt_shards_stop_the_run_with_a_clear_message(sft_200, tmp_path):
     shards = tmp_path / "sft"
     corrupt_copy(sft_200 / "demo" / "sft" / "train", shards, 0.3)
-    dm = EveDataModule(train_shards=str(shards), task="sft", batch_size=4, num_workers=0, pin_memory=False)
+    dm = EveDataModule(
+        train_shards=str(shards), task="sft", batch_size=4, loader={"num_workers": 0, "pin_memory": False}
+    )
     with pytest.raises(
-        DropRateError, match=r"were dropped \(\{'bad_image': \d+\}\), more than data.max_drop_rate=10.0%"
+        DropRateError, match=r"were dropped \(\{'bad_image': \d+\}\), more than data.stream.max_drop_rate=10.0%"
     ):
         list(dm.train_dataloader())

@@ -16,7 +16,8 @@ import torch
 
 from eve_lightning.inference.loading import load_model
 from eve_lightning.lit.checkpoint_io import AtomicCheckpointIO
-from eve_lightning.train import build, build_loggers, train
+from eve_lightning.lit.trainer import build_loggers
+from eve_lightning.train import build, train
 from eve_lightning.utils.config_checks import ConfigError
 from tests.helpers.repo_paths import REPO
 from tests.helpers.runs import FAST, compose_train
@@ -99,6 +100,20 @@ def test_targets_outside_the_allowlist_are_refused(tmp_path, demo_data_dir):
         build(cfg)
 
 
+@pytest.mark.parametrize(
+    "override",
+    [
+        "+callbacks.evil='${oc.create:{_target_:os.system,command:touch pwned}}'",
+        "module.model_factory='${eve_partial:${oc.create:{_target_:os.system,command:touch pwned}}}'",
+    ],
+)
+def test_targets_made_by_a_resolver_are_refused_too(tmp_path, demo_data_dir, override):
+    cfg = compose_train(["+stage=sft", override], tmp_path, demo_data_dir)
+    with pytest.raises(ConfigError, match=r"_target_=os.system is not in the instantiation allowlist"):
+        build(cfg)
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_a_missing_wandb_package_fails_before_training_and_names_the_csv_logger(tmp_path, demo_data_dir, monkeypatch):
     cfg = compose_train(["+stage=prealign", "logger=wandb"], tmp_path, demo_data_dir)
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb now raises ImportError
@@ -137,7 +152,7 @@ def test_slurm_jobs_requeue_on_the_preset_signal_into_their_own_run_dir(tmp_path
 
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    from eve_lightning import train as train_module
+    from eve_lightning.utils import run_names
 
     for var, value in {
         "SLURM_JOB_ID": "4242",
@@ -147,9 +162,9 @@ def test_slurm_jobs_requeue_on_the_preset_signal_into_their_own_run_dir(tmp_path
     }.items():
         monkeypatch.setenv(var, value)
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
-    train_module.run_id.cache_clear()
-    assert train_module.run_id() == "slurm-4242"  # the same name after a requeue: the run resumes from its dir
-    train_module.run_id.cache_clear()
+    run_names.run_id.cache_clear()
+    assert run_names.run_id() == "slurm-4242"  # the same name after a requeue: the run resumes from its dir
+    run_names.run_id.cache_clear()
     cfg = compose_train(["+stage=pretrain", "+slurm={requeue_signal: SIGUSR2}"], tmp_path, demo_data_dir)
     run = build(cfg)
     env = run.trainer._accelerator_connector.cluster_environment

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from eve_lightning.data.datamodule import EveDataModule
+from eve_lightning.data.options import LoaderOptions, StreamOptions
 from tests.helpers.runs import FAST, child_pythonpath
 
 pytestmark = pytest.mark.reliability
@@ -29,9 +30,8 @@ def test_skipping_k_batches_yields_exactly_the_rest_of_the_pass(demo_data_dir, t
         train_shards=str(demo_data_dir / "demo" / task / "train"),
         task=task,
         batch_size=3,
-        num_workers=2,
-        pin_memory=False,
-        epoch_samples=40,
+        loader=LoaderOptions(num_workers=2, pin_memory=False),
+        stream=StreamOptions(epoch_samples=40),
     )
     full = keys_of(dm.train_dataloader())
     assert len(full) >= 8
@@ -57,7 +57,9 @@ def index_keys(folder: Path) -> list[str]:
 
 def test_sft_epoch_interrupted_twice_sees_every_sample_of_the_index_exactly_once(demo_data_dir):
     folder = demo_data_dir / "demo" / "sft" / "train"
-    dm = EveDataModule(train_shards=str(folder), task="sft", batch_size=2, num_workers=2, pin_memory=False)
+    dm = EveDataModule(
+        train_shards=str(folder), task="sft", batch_size=2, loader={"num_workers": 2, "pin_memory": False}
+    )
     batches = len(dm.train_stream())
     seen, done = [], 0
     for stop in (3, 7, batches):  # two interruptions, each resumed from the batches already trained on
@@ -108,12 +110,12 @@ def test_kill9_then_resume_from_last_matches_an_uninterrupted_run(tmp_path, demo
         "+stage=pretrain",
         *FAST,
         f"paths.data_dir={demo_data_dir}",
-        "data.num_workers=2",
+        "data.loader.num_workers=2",
         "global_batch_size=2",  # one batch per optimizer step
         "trainer.max_steps=10",
         "trainer.val_check_interval=1000",
         "callbacks.model_checkpoint.every_n_train_steps=3",
-        "data.epoch_samples=64",
+        "data.stream.epoch_samples=64",
     ]
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
     ref_dir.mkdir(), cut_dir.mkdir()
@@ -138,8 +140,9 @@ def test_kill9_then_resume_from_last_matches_an_uninterrupted_run(tmp_path, demo
 def test_global_order_resumes_at_the_same_step_when_the_accumulation_changes(demo_data_dir):
     def module(batch_size, accumulation):
         return EveDataModule(
-            train_shards=str(demo_data_dir / "demo" / "pretrain" / "train"), task="pretrain", order="global",
-            batch_size=batch_size, accumulation=accumulation, num_workers=2, pin_memory=False,
+            train_shards=str(demo_data_dir / "demo" / "pretrain" / "train"), task="pretrain",
+            batch_size=batch_size, accumulation=accumulation, stream={"order": "global"},
+            loader={"num_workers": 2, "pin_memory": False},
         )  # fmt: skip
 
     def steps(dm, accumulation):

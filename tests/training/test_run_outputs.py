@@ -71,7 +71,7 @@ def three_sample_shards(demo_data_dir: Path, out: Path) -> Path:
 @pytest.mark.parametrize(("batch", "workers"), [(1, 2), (2, 4)])
 def test_a_three_sample_dataset_trains(tmp_path, demo_data_dir, batch, workers):
     shards = three_sample_shards(demo_data_dir, tmp_path / "three")
-    data = [f"data.train_shards={shards}", "data.val_shards=null", f"data.num_workers={workers}"]
+    data = [f"data.train_shards={shards}", "data.val_shards=null", f"data.loader.num_workers={workers}"]
     layout = [f"data.batch_size={batch}", f"global_batch_size={batch}", "trainer.max_steps=4"]
     loss = train(compose_train(["+stage=sft", *data, *layout], tmp_path, demo_data_dir))
     assert loss is not None and loss == loss

@@ -59,6 +59,8 @@ def test_unknown_stage_names_the_choices(tmp_path):
         (["data.train_shards={root}/nowhere"], "data: {root}/nowhere does not exist: build shards there with"),
         (["data.train_shards="], "data: the data source is empty: set data.train_shards"),
         (["-m", "publish=true", "optim.lr=1e-3,2e-3"], "publish=true in a multirun would have every point replace"),
+        (["data.num_workers=2"], "data.num_workers is now data.loader.num_workers: write data.loader.num_workers=2"),
+        (["+data.loader.num_worker=2"], "data.loader has no option num_worker: its options are num_workers, "),
     ],
 )
 def test_impossible_configs_fail_in_one_line_naming_the_fix(tmp_path, args, message):

@@ -27,14 +27,9 @@ def real_token_share(shards: str, task: str, batch_size: int, pack_length: int, 
         train_shards=shards,
         task=task,
         batch_size=batch_size,
-        num_workers=0,
-        pin_memory=False,
-        shuffle=False,
-        resampled=False,
-        collate="packed",
-        pack_length=pack_length,
-        pad_to_multiple_of=128,
-        epoch_samples=batch_size * batches,
+        loader={"num_workers": 0, "pin_memory": False},
+        stream={"shuffle": False, "resampled": False, "epoch_samples": batch_size * batches},
+        packing={"collate": "packed", "pack_length": pack_length, "pad_to_multiple_of": 128},
     )
     stream = dm.train_stream()  # collates in this process (no workers)
     stream.collator.packer = collate.pack_balanced if balanced else collate.pack_first_fit

@@ -40,11 +40,14 @@ import torch.nn.functional as F
 from eve_lightning.constants import BACKGROUND_RGB, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from eve_lightning.data.collate import pack_balanced, pack_first_fit
 from eve_lightning.data.geometry import band_geometry
+from eve_lightning.models import attention
 from eve_lightning.models.build import EveWithTeacher, teacher_cell_mask
 from eve_lightning.models.compile import compile_decoder_layers, compile_layers
+from eve_lightning.models.fp8 import RECIPES as FP8_RECIPES
+from eve_lightning.models.fp8 import convert_decoder_to_fp8
+from eve_lightning.models.fused_ce import CE_IMPLS
 from eve_lightning.models.losses import cosine_alignment_loss
 from eve_lightning.models.shapes import DECODERS, build_random_model
-from eve_lightning.models.varlen_attention import NAME
 from eve_lightning.utils.flops import samples_flops
 from eve_lightning.utils.throughput_tables import ASPECTS
 
@@ -328,7 +331,8 @@ def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     model = build_random_model(args.model, args.workload, device, args.attention)
     trained = args.workload != "prealign"
-    init = {k: v.clone() for k, v in model.state_dict().items()}
+    # every path starts from the same weights; the copy waits in host memory (a 7B copy would not fit beside it)
+    init = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     draws = [draw_samples(args.workload, args.micro_batch, rng) for _ in range(4)]
     lengths = [[len(s["ids"]) - 1 + (s["geom"].num_image_tokens if s["geom"] else 1) for s in d] for d in draws]
     results: dict[str, Any] = {
@@ -336,24 +340,29 @@ def run(args: argparse.Namespace) -> dict:
         "model": args.model,
         "workload": args.workload,
         "micro_batch": args.micro_batch,
-        "attention": model.vlm.llm.config._attn_implementation,
+        "attention": attention.backend_of(model.vlm.llm),
         "checkpointing_ours": args.checkpoint_ours,
         "token_budget": args.token_budget,
         "compile_ours": args.compile,
         "compile_teacher_ours": bool(args.compile and args.compile_teacher),
         "rows_ours": args.rows,
+        "ce_impl_ours": args.ce_impl,
+        "fp8_recipe": args.fp8_recipe if "ours_fp8" in args.paths else None,
         "paths": {},
     }
-    attention = model.vlm.llm.config._attn_implementation
+    backend = attention.backend_of(model.vlm.llm)
     paths = args.paths.split(",")
-    if args.compile:  # compiling is in place: the eager reference path goes first
-        paths.sort(key=lambda name: name != "reference")
+    # compiling and the FP8 swap are in place: the eager reference path goes first, the FP8 one last
+    paths.sort(key=lambda name: {"reference": 0, "ours_fp8": 2}.get(name, 1))
     for path in paths:
         model.load_state_dict(init)
-        # the reference path calls the HF decoder as the original does; torch_varlen needs our segment offsets
-        llm_cfg = model.vlm.llm.config
-        llm_cfg._attn_implementation = "sdpa" if path == "reference" and args.attention == NAME else attention
-        if path == "ours" and args.compile:
+        model.vlm.config.ce_impl = args.ce_impl if path != "reference" else "torch"
+        if path == "ours_fp8":
+            n_fp8 = convert_decoder_to_fp8(model.vlm.llm, args.fp8_recipe)
+            print(f"ours_fp8: {n_fp8} decoder linear layers in float8 ({args.fp8_recipe})", flush=True)
+        # the reference path calls the HF decoder as the original does, without our layout's segment offsets
+        attention.set_backend(model.vlm.llm, attention.bare_decoder_name(backend) if path == "reference" else backend)
+        if path in ("ours", "ours_fp8") and args.compile:
             mode = None if args.compile == "default" else args.compile
             compile_decoder_layers(model.vlm.llm, mode=mode)
             if args.compile_teacher and model.teacher is not None:
@@ -378,6 +387,12 @@ def run(args: argparse.Namespace) -> dict:
         p = results["paths"]
         results["speedup"] = round(p["ours"]["samples_per_s"] / p["reference"]["samples_per_s"], 2)
         results["first_loss_diff"] = round(abs(p["ours"]["first_loss"] - p["reference"]["first_loss"]), 4)
+    if {"ours", "ours_fp8"} <= set(results["paths"]):
+        p = results["paths"]
+        results["speedup_vs_bf16"] = round(p["ours_fp8"]["samples_per_s"] / p["ours"]["samples_per_s"], 3)
+        results["fp8_first_loss_rel_diff"] = round(
+            abs(p["ours_fp8"]["first_loss"] - p["ours"]["first_loss"]) / abs(p["ours"]["first_loss"]), 5
+        )
     return results
 
 
@@ -391,13 +406,21 @@ def main(argv: list[str] | None = None) -> dict:
         "--model", default="eve_1b", help=f"{' | '.join(sorted(DECODERS))} | a model config file (conf/model/*.yaml)"
     )
     p.add_argument("--workload", choices=["sft", "pretrain", "prealign"], default="sft")
-    p.add_argument("--paths", default="ours,reference", help="comma-separated: ours, reference")
+    p.add_argument(
+        "--paths",
+        default="ours,reference",
+        help="comma-separated: ours, reference, ours_fp8 (our path with the decoder's linears in float8, run last)",
+    )
+    p.add_argument(
+        "--ce-impl", choices=list(CE_IMPLS), default="torch", help="our paths' LM head + loss (models/fused_ce.py)"
+    )
+    p.add_argument("--fp8-recipe", choices=list(FP8_RECIPES), default="tensorwise", help="the ours_fp8 path's recipe")
     p.add_argument("--micro-batch", type=int, default=16, help="samples per optimizer step (both paths)")
     p.add_argument("--token-budget", type=int, default=16384, help="packed row budget of our path")
     p.add_argument(
         "--attention",
-        choices=["sdpa", "flex_attention", "flash_attention_2", NAME],
-        help=f"default: flash or flex ({NAME}: PyTorch's variable-length flash kernel on our path)",
+        choices=[name for name in attention.BACKENDS if name != attention.EAGER],
+        help=f"default: flash or flex ({attention.VARLEN}: PyTorch's variable-length flash kernel on our path)",
     )
     p.add_argument("--checkpoint-ours", action="store_true", help="activation checkpointing on our path too")
     p.add_argument(
@@ -426,6 +449,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be at least 1")
+    unknown = set(args.paths.split(",")) - {"ours", "reference", "ours_fp8"}
+    if unknown:
+        p.error(f"--paths: unknown {', '.join(sorted(unknown))}; use ours, reference, ours_fp8")
     if args.model not in DECODERS and not Path(args.model).is_file():
         p.error(f"--model {args.model!r}: use {' | '.join(sorted(DECODERS))} or an existing model config file")
     if not torch.cuda.is_available():

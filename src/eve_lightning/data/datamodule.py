@@ -1,20 +1,21 @@
 """``EveDataModule``: the LightningDataModule that streams shards for every EVE stage.
 
 ``task="pretrain"`` defaults to the ``plain`` template and an endless resampled stream cut into epochs of
-``epoch_samples`` samples; ``task="sft"`` defaults to ``vicuna_v1``, one exact pass per epoch and modality/length
+``stream.epoch_samples`` samples; ``task="sft"`` defaults to ``vicuna_v1``, one exact pass per epoch and modality/length
 grouping. Validation is always one exact, unshuffled pass. Rank and world size come from ``torch.distributed``
 when it is initialized, else from the ``rank``/``world_size`` arguments, else from the ``RANK``/``WORLD_SIZE``
 environment variables; every rank yields the same number of batches.
 
 Each DataLoader runs with ``batch_size=None``: workers yield collated batches (see ``collate`` for the keys and
-``eve_lightning.constants`` for the contract).
+``eve_lightning.constants`` for the contract). Loading, streaming, packing and demo-set options come in typed groups
+(``data.options``), one nested node each in ``conf/data``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,8 +23,16 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from eve_lightning.constants import MAX_IMAGE_PIXELS
+from eve_lightning.data.options import (
+    LoaderOptions,
+    PackingOptions,
+    StreamOptions,
+    SyntheticShapesSpec,
+    as_options,
+    synthetic_spec,
+)
 from eve_lightning.data.shards import INDEX_FILE, DataSizeError, DataSourceError, ShardInfo, resolve_shards
-from eve_lightning.data.stream import CollateMode, SampleConfig, ShardStream
+from eve_lightning.data.stream import SampleConfig, ShardStream
 from eve_lightning.data.tokenizer import Backend, TextTokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -79,11 +88,9 @@ class EveDataModule(L.LightningDataModule):
     Args:
         train_shards: shard directory (with ``index.json``), index file, tar glob/brace pattern, or a list of them.
         val_shards: the same for validation, or None.
-        task: ``pretrain`` or ``sft``; sets the defaults of ``template``, ``resampled`` and
-            ``group_by_modality_length`` (each None = task default).
+        task: ``pretrain`` or ``sft``; sets the defaults of ``template``, ``stream.resampled`` and
+            ``stream.group_by_modality_length`` (each None = task default).
         template: chat template name (``plain``, ``vicuna_v1`` or a registered one).
-        resampled: endless resampled stream with epochs of ``epoch_samples`` (else one exact pass per epoch).
-        group_by_modality_length: single-modality, length-sorted batches within each window.
         tokenizer: local HF tokenizer directory or SentencePiece ``.model`` file; None = mistral-common's
             LLaMA-style model (demo / tiny setups).
         tokenizer_backend: ``auto``, ``sentencepiece`` or ``hf`` (see ``data.tokenizer``).
@@ -94,41 +101,16 @@ class EveDataModule(L.LightningDataModule):
         max_length: limit on the expanded sequence length (text + image tokens).
         batch_size: samples per batch per rank.
         val_batch_size: validation batch size (None = ``batch_size``).
-        collate: ``padded`` or ``packed``.
-        pack_length: packed row budget in expanded tokens (None = ``max_length``).
-        pad_to_multiple_of: round row lengths up to a multiple.
-        epoch_samples: resampled mode: samples per epoch over all ranks (None = the shard set's size).
-        shuffle: shuffle the training data.
-        shuffle_buffer: resampled mode: raw samples in the shuffle buffer of each worker.
-        group_window: batches per shuffle/grouping window.
-        num_workers: DataLoader worker processes per rank.
-        val_num_workers: validation workers (None = ``num_workers``).
-        pin_memory: pin batches for faster host-to-device copies.
-        persistent_workers: keep workers alive between epochs.
-        prefetch_factor: batches prefetched per worker.
         seed: base seed (must be the same on every rank).
         rank: rank override when torch.distributed is not initialized.
         world_size: world size override when torch.distributed is not initialized.
-        demo_root: the demo data set's own folder. When ``train_shards`` lies inside it and has no index yet,
-            ``prepare_data`` generates the demo set there (``eve_lightning.data.synthetic_shapes``; shards under
-            ``demo_root/{pretrain,sft}/{train,val}``), provided the folder is new, empty or a demo set's own
-            (never over files it did not write). Shards anywhere else are never generated.
-        demo_samples: training samples per task when the demo set is generated.
-        demo_held_out: held-out samples per task of a generated demo set (None: 5% of ``demo_samples``, >= 50).
-        demo_max_turns: most questions per image conversation of a generated demo set.
-        demo_turns: how a generated conversation's questions are picked: ``any``, or ``independent`` (no turn
-            answerable from the text of the others; ``eve_lightning.data.synthetic_shapes.pick_turns``).
-        demo_shuffled_captions: share of a generated set's captions that list the objects in random order.
-        demo_answers: answer form of a generated set's object questions: ``short`` (``red.``) or ``restated``
-            (``the circle is red.``).
-        demo_shape_first_captions: share of a generated set's training captions that name each shape first.
-        max_drop_rate: share of unusable training samples tolerated per worker before the run stops with a clear
-            error (None = no limit); drops are always counted and logged as ``data/dropped``.
-        order: ``rank`` (each rank streams its own share of the data), or ``global``: every optimizer step trains
-            on the same samples whatever the number of GPUs, workers and accumulation steps, to compare cluster
-            layouts step by step (one pass per epoch in a fixed order; no resampling, no modality grouping).
-        accumulation: micro-batches per optimizer step and rank; the training entry point sets it from
-            ``global_batch_size`` (used by ``order=global``).
+        accumulation: micro-batches per optimizer step and rank (used by ``stream.order=global``); the training
+            config derives it from ``global_batch_size``.
+        loader: DataLoader processes and memory (``LoaderOptions`` or a mapping of its fields).
+        stream: which samples each rank and worker streams, in which order (``StreamOptions`` or a mapping).
+        packing: how samples become batch rows (``PackingOptions`` or a mapping).
+        synthetic: the demo set to generate when the training shards lie inside its ``root`` and have no index yet
+            (``SyntheticShapesSpec`` or a mapping), or None: shards are never generated.
     """
 
     def __init__(
@@ -137,8 +119,6 @@ class EveDataModule(L.LightningDataModule):
         val_shards: str | Sequence[str] | None = None,
         task: Task = "sft",
         template: str | None = None,
-        resampled: bool | None = None,
-        group_by_modality_length: bool | None = None,
         tokenizer: str | None = None,
         tokenizer_backend: Backend = "auto",
         image_size: int = 672,
@@ -148,80 +128,40 @@ class EveDataModule(L.LightningDataModule):
         max_length: int = 2048,
         batch_size: int = 4,
         val_batch_size: int | None = None,
-        collate: CollateMode = "padded",
-        pack_length: int | None = None,
-        pad_to_multiple_of: int = 1,
-        epoch_samples: int | None = None,
-        shuffle: bool = True,
-        shuffle_buffer: int = 1000,
-        group_window: int = 16,
-        num_workers: int = 4,
-        val_num_workers: int | None = None,
-        pin_memory: bool = True,
-        persistent_workers: bool = False,
-        prefetch_factor: int | None = 2,
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
-        demo_root: str | None = None,
-        demo_samples: int = 2000,
-        demo_held_out: int | None = None,
-        demo_max_turns: int = 3,
-        demo_turns: str = "any",
-        demo_shuffled_captions: float = 0.0,
-        demo_answers: str = "short",
-        demo_shape_first_captions: float = 0.0,
-        max_drop_rate: float | None = 0.1,
-        order: str = "rank",
         accumulation: int = 1,
+        loader: LoaderOptions | Mapping[str, Any] | None = None,
+        stream: StreamOptions | Mapping[str, Any] | None = None,
+        packing: PackingOptions | Mapping[str, Any] | None = None,
+        synthetic: SyntheticShapesSpec | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if task not in _TASK_DEFAULTS:
             raise ValueError(f"task must be one of {sorted(_TASK_DEFAULTS)}, got {task!r}")
+        self.loader_options = as_options(LoaderOptions, loader)
+        self.stream_options = as_options(StreamOptions, stream)
+        self.packing_options = as_options(PackingOptions, packing)
+        self.synthetic = synthetic_spec(synthetic)
         defaults = _TASK_DEFAULTS[task]
         self.train_source = _plain(train_shards)
         self.val_source = _plain(val_shards) if val_shards else None
         self.task = task
         self.template = template or defaults["template"]
-        if order not in ("rank", "global"):
-            raise ValueError(f"data.order must be 'rank' or 'global', got {order!r}")
-        self.order = order
+        self.order = self.stream_options.order
         self.accumulation = accumulation
-        global_order = order == "global"  # a fixed pass: the task's resampling and grouping defaults do not apply
+        global_order = self.order == "global"  # a fixed pass: the task's resampling and grouping defaults do not apply
+        resampled, group = self.stream_options.resampled, self.stream_options.group_by_modality_length
         self.resampled = (defaults["resampled"] and not global_order) if resampled is None else bool(resampled)
-        self.group = (
-            (defaults["group_by_modality_length"] and not global_order)
-            if group_by_modality_length is None
-            else group_by_modality_length
-        )
+        self.group = (defaults["group_by_modality_length"] and not global_order) if group is None else bool(group)
         self.tokenizer_path = tokenizer
         self.tokenizer_backend = tokenizer_backend
         self.sample_cfg = SampleConfig(self.template, image_size, max_length, teacher_view, exact_teacher, max_pixels)
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
-        self.collate = collate
-        self.pack_length = pack_length
-        self.pad_to_multiple_of = pad_to_multiple_of
-        self.epoch_samples = epoch_samples
-        self.shuffle = shuffle
-        self.shuffle_buffer = shuffle_buffer
-        self.group_window = group_window
-        self.num_workers = num_workers
-        self.val_num_workers = num_workers if val_num_workers is None else val_num_workers
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers
-        self.prefetch_factor = prefetch_factor
         self.seed = seed
         self._rank_arg, self._world_arg = rank, world_size
-        self.max_drop_rate = max_drop_rate
-        self.demo_root = demo_root
-        self.demo_samples = demo_samples
-        self.demo_held_out = demo_held_out
-        self.demo_max_turns = demo_max_turns
-        self.demo_turns = demo_turns
-        self.demo_shuffled_captions = demo_shuffled_captions
-        self.demo_answers = demo_answers
-        self.demo_shape_first_captions = demo_shape_first_captions
         self._tokenizer: TextTokenizer | None = None
         self._train_shards: list[ShardInfo] | None = None
         self._val_shards: list[ShardInfo] | None = None
@@ -242,30 +182,18 @@ class EveDataModule(L.LightningDataModule):
         """Generate the demo data set when the training shards are the demo set's and do not exist yet.
 
         Existing shards are used as they are; if they were generated with other settings than configured (sample
-        counts, ``demo_max_turns``, ...), a warning names the differences. Shards outside ``demo_root`` are never
-        generated, and a ``demo_root`` holding files the generator did not write is never written over.
+        counts, ``synthetic.max_turns``, ...), a warning names the differences. Shards outside ``synthetic.root`` are
+        never generated, and a root holding files the generator did not write is never written over.
 
         Raises:
             DataSourceError: the training folder has no index and is not the demo set's to generate.
         """
-        if self.demo_root is None or not isinstance(self.train_source, str):
+        if self.synthetic is None or not isinstance(self.train_source, str):
             return
         from eve_lightning.data import synthetic_shapes
 
-        train, root = Path(self.train_source), Path(self.demo_root)
-        held_out = self.demo_held_out if self.demo_held_out is not None else max(50, self.demo_samples // 20)
-        params = dict(
-            num_pretrain=self.demo_samples,
-            num_sft=self.demo_samples,
-            num_val=held_out,
-            seed=0,
-            max_side=self.sample_cfg.image_size,
-            max_turns=self.demo_max_turns,
-            turns=self.demo_turns,
-            shuffled_captions=self.demo_shuffled_captions,
-            answers=self.demo_answers,
-            shape_first_captions=self.demo_shape_first_captions,
-        )
+        train, root = Path(self.train_source), Path(self.synthetic.root)
+        params = self.synthetic.generator_params(self.sample_cfg.image_size)
         if (train / INDEX_FILE).is_file():  # existing shards are kept; a difference is reported
             wanted, recorded = synthetic_shapes.generation_params(**params), synthetic_shapes.recorded_params(root)
             changed = {k: (recorded[k], v) for k, v in wanted.items() if recorded and recorded.get(k) != v}
@@ -298,9 +226,9 @@ class EveDataModule(L.LightningDataModule):
             DataSourceError: missing shards or index (the message names make_shards).
             DataSizeError: too few samples for ranks, workers and batch size.
         """
-        if self.demo_root is not None and isinstance(self.train_source, str):
+        if self.synthetic is not None and isinstance(self.train_source, str):
             train = Path(self.train_source)
-            if _inside(train, Path(self.demo_root)) and not (train / INDEX_FILE).is_file():
+            if _inside(train, Path(self.synthetic.root)) and not (train / INDEX_FILE).is_file():
                 return
         self.setup("fit")
         if self.val_source:
@@ -325,10 +253,11 @@ class EveDataModule(L.LightningDataModule):
             if not self.resampled:
                 stream.plan(0)
         except ValueError as err:
-            workers = f"{self.num_workers} loader workers, " if self.num_workers > 1 else ""
+            workers = self.loader_options.num_workers
+            workers = f"{workers} loader workers, " if workers > 1 else ""
             raise DataSizeError(
-                f"{self.train_source} has {total} samples, too few for {workers}batch size {self.batch_size} "
-                f"on {stream.world_size} rank(s) ({err}): lower data.num_workers or data.batch_size, or add samples"
+                f"{self.train_source} has {total} samples, too few for {workers}batch size {self.batch_size} on "
+                f"{stream.world_size} rank(s) ({err}): lower data.loader.num_workers or data.batch_size, or add samples"
             ) from None
 
     def _epoch(self) -> int | None:
@@ -339,9 +268,9 @@ class EveDataModule(L.LightningDataModule):
         """A ``ShardStream`` of this rank with the module's shared options (``options`` override them)."""
         rank, world = resolve_rank_world(self._rank_arg, self._world_arg)
         shared: dict[str, Any] = {
-            "collate": self.collate,
-            "pack_length": self.pack_length,
-            "pad_to_multiple_of": self.pad_to_multiple_of,
+            "collate": self.packing_options.collate,
+            "pack_length": self.packing_options.pack_length,
+            "pad_to_multiple_of": self.packing_options.pad_to_multiple_of,
             "seed": self.seed,
             "rank": rank,
             "world_size": world,
@@ -355,19 +284,19 @@ class EveDataModule(L.LightningDataModule):
         batches_per_rank = None
         if self.resampled:
             _, world = resolve_rank_world(self._rank_arg, self._world_arg)
-            total = self.epoch_samples or sum(s.num_samples for s in self._train_shards)
+            total = self.stream_options.epoch_samples or sum(s.num_samples for s in self._train_shards)
             batches_per_rank = max(1, -(-total // (world * self.batch_size)))
         return self._stream(
             self._train_shards,
             batch_size=self.batch_size,
             resampled=self.resampled,
             batches_per_rank=batches_per_rank,
-            shuffle=self.shuffle,
+            shuffle=self.stream_options.shuffle,
             group_by_modality=self.group,
-            window=self.group_window,
-            shuffle_buffer=self.shuffle_buffer,
-            num_workers=self.num_workers,
-            max_drop_rate=self.max_drop_rate,
+            window=self.stream_options.group_window,
+            shuffle_buffer=self.stream_options.shuffle_buffer,
+            num_workers=self.loader_options.num_workers,
+            max_drop_rate=self.stream_options.max_drop_rate,
             order=self.order,
             accumulation=self.accumulation,
         )
@@ -383,7 +312,7 @@ class EveDataModule(L.LightningDataModule):
             resampled=False,
             shuffle=False,
             group_by_modality=False,
-            num_workers=self.val_num_workers,
+            num_workers=self.loader_options.val_workers,
         )
 
     # -- exact resume -------------------------------------------------------------------------------------
@@ -422,21 +351,22 @@ class EveDataModule(L.LightningDataModule):
         epoch_fn: Callable[[], int | None] | None,
         skip_fn: Callable[[int], int] | None = None,
     ) -> EpochLoader:
+        options = self.loader_options
         extra: dict[str, Any] = {}
         if workers > 0:
-            extra["persistent_workers"] = self.persistent_workers
-            if self.prefetch_factor is not None:
-                extra["prefetch_factor"] = self.prefetch_factor
-        return EpochLoader(stream, epoch_fn, skip_fn, num_workers=workers, pin_memory=self.pin_memory, **extra)
+            extra["persistent_workers"] = options.persistent_workers
+            if options.prefetch_factor is not None:
+                extra["prefetch_factor"] = options.prefetch_factor
+        return EpochLoader(stream, epoch_fn, skip_fn, num_workers=workers, pin_memory=options.pin_memory, **extra)
 
     def train_dataloader(self) -> EpochLoader:
-        return self._loader(self.train_stream(), self.num_workers, self._epoch, self._resume_skip)
+        return self._loader(self.train_stream(), self.loader_options.num_workers, self._epoch, self._resume_skip)
 
     def val_dataloader(self) -> EpochLoader | list:
         stream = self.val_stream()
         if stream is None:
             return []
-        return self._loader(stream, self.val_num_workers, lambda: 0)
+        return self._loader(stream, self.loader_options.val_workers, lambda: 0)
 
 
 def _inside(path: Path, root: Path) -> bool:

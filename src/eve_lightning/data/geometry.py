@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from eve_lightning.constants import PATCH_SIZE, POOL_STRIDE, TEACHER_IMAGE_SIZE
+from eve_lightning.geometry import band_token_count  # the rule itself, shared with the model
 
 TEACHER_GRID = TEACHER_IMAGE_SIZE // PATCH_SIZE  # 24 teacher patches per side
 TOKEN_CELL = PATCH_SIZE * POOL_STRIDE  # 28 px: one EVE token covers a 28 x 28 px cell
@@ -78,7 +79,7 @@ def image_token_count(grid_h: int, grid_w: int) -> int:
     """
     if grid_h < 1 or grid_w < 1:
         raise ValueError(f"token grid must be at least 1 x 1, got {grid_h} x {grid_w}")
-    return 1 + grid_h * (grid_w + 1)
+    return band_token_count(grid_h, grid_w)
 
 
 def scale_factor(image_size: int) -> int:

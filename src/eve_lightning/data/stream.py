@@ -30,6 +30,7 @@ from eve_lightning.data.conversation import ConversationError
 from eve_lightning.data.encoding import encode_parts, fit_length
 from eve_lightning.data.geometry import band_geometry
 from eve_lightning.data.image import open_image, prepare_image
+from eve_lightning.data.options import CollateMode
 from eve_lightning.data.sharding import (
     ExactPlan,
     WindowBatcher,
@@ -49,7 +50,6 @@ from eve_lightning.data.shards import (
 from eve_lightning.data.templates import get_template
 from eve_lightning.data.tokenizer import TextTokenizer
 
-CollateMode = Literal["padded", "packed"]
 MAX_CONSECUTIVE_DROPS = 10_000
 DROP_RATE_MIN_SAMPLES = 100  # samples a worker processes before its drop rate is judged
 
@@ -75,7 +75,8 @@ class DropMonitor:
         if self.max_rate is not None and self.seen >= DROP_RATE_MIN_SAMPLES and dropped > self.max_rate * self.seen:
             raise DropRateError(
                 f"{dropped} of {self.seen} samples ({dropped / self.seen:.1%}) were dropped ({dict(self.reasons)}), "
-                f"more than data.max_drop_rate={self.max_rate:.1%}: check the shards (or raise data.max_drop_rate)"
+                f"more than data.stream.max_drop_rate={self.max_rate:.1%}: check the shards "
+                "(or raise data.stream.max_drop_rate)"
             )
 
 
@@ -215,8 +216,8 @@ class ShardStream(IterableDataset):
             raise ValueError(f"order must be 'rank' or 'global', got {order!r}")
         if order == "global" and (resampled or group_by_modality):
             raise ValueError(
-                "data.order=global plans one pass of fixed global batches: set data.resampled=false and "
-                "data.group_by_modality_length=false"
+                "data.stream.order=global plans one pass of fixed global batches: set data.stream.resampled=false "
+                "and data.stream.group_by_modality_length=false"
             )
         if accumulation < 1:
             raise ValueError(f"accumulation must be >= 1, got {accumulation}")

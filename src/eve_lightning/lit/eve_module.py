@@ -46,7 +46,8 @@ class EveLitModule(pl.LightningModule):
         init_from: stage export to start from (weights only), or None.
         gradient_checkpointing: recompute decoder activations in backward.
         gradient_checkpointing_layers: with checkpointing on, only the first N decoder blocks (None: all).
-        tokenizer: the tokenizer's path, recorded in checkpoints so they load on their own.
+        tokenizer: the configured tokenizer path (None = the data module's default). Checkpoints record the one
+            the attached data module actually loads (its ``tokenizer_source``), so they load on their own.
         max_consecutive_nonfinite: steps in a row with a non-finite loss or gradient norm before the run stops
             (each such step is skipped on every rank and its sample keys are logged).
         compile: `compile_decoder_layers` keyword arguments plus `enabled` and `teacher` (also compile the teacher's
@@ -222,9 +223,14 @@ class EveLitModule(pl.LightningModule):
         checkpoint["eve_lightning_config"] = {
             "eve": vlm.config.to_dict(),
             "llm": vlm.llm.config.to_dict(),
-            "tokenizer": self.hparams.tokenizer,
+            "tokenizer": self.tokenizer_source(),
             "stage": self.hparams.stage["name"],
         }
+
+    def tokenizer_source(self) -> str | None:
+        """The tokenizer files in use: the attached data module's, else the configured path."""
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        return getattr(datamodule, "tokenizer_source", None) or self.hparams.tokenizer
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt, sched = build_optimizer(self.model, self.hparams.total_steps, **self.hparams.optim)

@@ -10,6 +10,7 @@ from torch import nn
 
 from eve_lightning.models.clip_teacher import ClipTeacher, build_teacher
 from eve_lightning.models.eve_vlm import EveConfig, EveOutput, EveVLM
+from eve_lightning.models.fp8 import convert_decoder_to_fp8
 from eve_lightning.models.llm import build_llm
 
 
@@ -56,7 +57,10 @@ class EveWithTeacher(nn.Module):
 
 
 def build_eve_model(
-    llm: dict[str, Any], eve: dict[str, Any] | None = None, teacher: dict[str, Any] | None = None
+    llm: dict[str, Any],
+    eve: dict[str, Any] | None = None,
+    teacher: dict[str, Any] | None = None,
+    fp8: str | None = None,
 ) -> EveWithTeacher:
     """Build VLM and (when the alignment loss is on) teacher from plain dicts.
 
@@ -65,6 +69,8 @@ def build_eve_model(
         eve: `EveConfig` fields. The teacher's width, image size and patch size are taken from the teacher.
         teacher: `build_teacher` arguments (path | config, select_layer, dtype); ignored when
             `eve.align_weight` is 0, in which case no teacher is built or loaded.
+        fp8: a float8 recipe for the decoder blocks' linear layers (``models.fp8``: tensorwise | rowwise |
+            rowwise_with_gw_hp), or None for none. Needs a GPU with FP8 tensor cores and torchao.
     """
     cfg = EveConfig(**(eve or {}))
     tmodel = None
@@ -76,5 +82,7 @@ def build_eve_model(
         cfg.teacher_hidden = tcfg.hidden_size
         cfg.teacher_image_size = tcfg.image_size
         cfg.teacher_patch_size = tcfg.patch_size
-    vlm = EveVLM(build_llm(**llm), cfg)
-    return EveWithTeacher(vlm, tmodel)
+    decoder = build_llm(**llm)
+    if fp8:
+        convert_decoder_to_fp8(decoder, fp8)
+    return EveWithTeacher(EveVLM(decoder, cfg), tmodel)

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from eve_lightning.models import attention
 from eve_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
 MODES = (None, "default", "max-autotune-no-cudagraphs")
-TRAINING_ONLY_ATTENTION = ("flex_attention", "torch_varlen")  # packed-row kernels; generation runs SDPA
 
 
 def decoder_layers(llm: nn.Module) -> nn.ModuleList:
@@ -94,20 +94,16 @@ def compile_layers(
 def eager_generation(llm: nn.Module) -> Iterator[None]:
     """Run KV-cache generation with the training model as an inference model would: eager blocks, SDPA.
 
-    Inside, compiled block forwards are set aside (decoding shapes change every token) and a FlexAttention or
-    ``torch_varlen`` decoder uses SDPA (both are for the training's packed rows); both come back on exit.
+    Inside, compiled block forwards are set aside (decoding shapes change every token) and the decoder runs the
+    generation backend of ``models.attention`` (SDPA in place of the packed-row training kernels); both come back
+    on exit.
     """
     layers = decoder_layers(llm)
-    config = llm.config
-    impl = getattr(config, "_attn_implementation", None)
     compiled: dict[int, object] = {}
     try:
         compiled = {i: layer.__dict__.pop("forward") for i, layer in enumerate(layers) if "forward" in layer.__dict__}
-        if impl in TRAINING_ONLY_ATTENTION:
-            config._attn_implementation = "sdpa"
-        yield
+        with attention.generation_backend(llm):
+            yield
     finally:
-        if impl in TRAINING_ONLY_ATTENTION:
-            config._attn_implementation = impl
         for i, forward in compiled.items():
             layers[i].forward = forward

@@ -17,8 +17,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, TEACHER_IMAGE_SIZE
-from eve_lightning.models import varlen_attention
-from eve_lightning.models.block_mask import packed_block_mask
+from eve_lightning.models import attention
+from eve_lightning.models.attention import Layout, PackedLayout, PaddedLayout
 from eve_lightning.models.losses import causal_lm_loss, cosine_alignment_loss, supervised_positions
 from eve_lightning.models.patch_aligner import PatchAligner
 from eve_lightning.models.patch_embedding import PatchEmbedding, token_layout
@@ -44,6 +44,8 @@ class EveConfig:
         teacher_image_size: teacher view side in px (336).
         teacher_patch_size: teacher patch in px (14).
         check_alignment: verify per image that the aligned cells are exactly the teacher's valid cells.
+        ce_impl: how the LM head and the CE loss run: "torch" (logits per chunk), "fused" or "liger" (one pass
+            keeping no logits, ``models.fused_ce``); the same loss.
     """
 
     image_size: int = 672
@@ -60,6 +62,7 @@ class EveConfig:
     teacher_image_size: int = TEACHER_IMAGE_SIZE
     teacher_patch_size: int = 14
     check_alignment: bool = True
+    ce_impl: str = "torch"
 
     @property
     def canvas_grid(self) -> int:
@@ -79,26 +82,38 @@ class MultimodalInputs:
 
     Attributes:
         inputs_embeds: [B, L', H].
-        attention_mask: bool [B, L'].
-        position_ids: [B, L'].
+        layout: the rows' attention layout: ``PaddedLayout`` (one sample per row) or ``PackedLayout`` (several);
+            ``layout.decoder_kwargs(backend)`` gives the decoder's mask, positions and segment arguments.
         labels: [B, L'] or None.
         image_rows: [N] batch row of each image.
         cell_rows, cell_pos: [M] row and sequence position of every image cell token of a complete image.
         cell_teacher: [M] teacher cell id (image * g_t^2 + row * g_t + col) of those tokens.
         n_truncated: tokens dropped by the max-length cap, per row [B].
-        seq_ids: packed rows only: [B, L'] sample index of every token within its row (-1 on padding).
     """
 
     inputs_embeds: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
+    layout: Layout
     labels: torch.Tensor | None
     image_rows: torch.Tensor
     cell_rows: torch.Tensor
     cell_pos: torch.Tensor
     cell_teacher: torch.Tensor
     n_truncated: torch.Tensor
-    seq_ids: torch.Tensor | None = None
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """The [B, L'] bool padding mask: True on real tokens."""
+        return self.layout.attention_mask
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """[B, L'] decoder positions (restarting per sample in packed rows)."""
+        return self.layout.position_ids
+
+    @property
+    def seq_ids(self) -> torch.Tensor | None:
+        """Packed rows: [B, L'] sample index of every token within its row (-1 on padding); None when padded."""
+        return self.layout.seq_ids if isinstance(self.layout, PackedLayout) else None
 
 
 @dataclass
@@ -244,26 +259,21 @@ class EveVLM(nn.Module):
 
         pos = torch.arange(out_len, device=device)[None, :]  # [1, L']
         if packed:
-            mask = new_seq >= 0
-            position_ids = new_pos
+            layout: Layout = PackedLayout(seq_ids=new_seq, position_ids=new_pos)
         elif pad_side == "left":
             start = out_len - kept_len[:, None]
-            mask = pos >= start
-            position_ids = (pos - start).clamp(min=0)
+            layout = PaddedLayout(attention_mask=pos >= start, position_ids=(pos - start).clamp(min=0))
         else:
-            mask = pos < kept_len[:, None]
-            position_ids = pos.expand(bsz, -1)
+            layout = PaddedLayout(attention_mask=pos < kept_len[:, None], position_ids=pos.expand(bsz, -1))
         return MultimodalInputs(
             inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=position_ids,
+            layout=layout,
             labels=new_labels,
             image_rows=rows,
             cell_rows=cell_rows,
             cell_pos=cell_pos,
             cell_teacher=cell_teacher,
             n_truncated=new_len - kept_len,
-            seq_ids=new_seq,
         )
 
     # ------------------------------------------------------------------ forward
@@ -315,24 +325,20 @@ class EveVLM(nn.Module):
             "n_images": int(mm.image_rows.numel()),
         }
         n_truncated = int(mm.n_truncated.sum())
-        segments = self._segment_kwargs(mm)
+        decoder_kwargs = mm.layout.decoder_kwargs(attention.backend_of(self.llm))  # mask or segment offsets
 
         captured: dict[int, torch.Tensor] = {}
         handles = self._capture_hooks(mm, captured) if align is not None else []
         try:
             decoder = self.llm.get_decoder()
-            out = decoder(
-                inputs_embeds=mm.inputs_embeds,
-                attention_mask=self.decoder_mask(mm),
-                position_ids=mm.position_ids,
-                use_cache=False,
-                **segments,
-            )
+            out = decoder(inputs_embeds=mm.inputs_embeds, use_cache=False, **decoder_kwargs)
         finally:
             for h in handles:
                 h.remove()
         last = out.last_hidden_state  # [B, L', H], final-norm output
-        loss_ce, n_tok = causal_lm_loss(last, mm.labels, self.llm.get_output_embeddings(), positions=ce_positions)
+        loss_ce, n_tok = causal_lm_loss(
+            last, mm.labels, self.llm.get_output_embeddings(), positions=ce_positions, impl=self.config.ce_impl
+        )
 
         loss_align = last.new_zeros((), dtype=torch.float32)
         n_align = 0
@@ -358,36 +364,6 @@ class EveVLM(nn.Module):
             stats=stats,
             terms=(loss_ce, align_term),
         )
-
-    def decoder_mask(self, mm: MultimodalInputs) -> torch.Tensor | None:
-        """Attention mask for the decoder.
-
-        Padded rows: the [B, L'] padding mask (the decoder adds causality). Packed rows: with flash-attention the
-        restarting position ids already delimit the samples (variable-length kernels), and ``torch_varlen`` gets
-        segment offsets instead (``_segment_kwargs``), so no mask; with
-        FlexAttention a block mask of the same rule; otherwise a block-diagonal causal [B, 1, L', L'] boolean mask
-        keeps attention inside each sample (padding attends to itself only, so no row is empty).
-        """
-        if mm.seq_ids is None:
-            return mm.attention_mask
-        impl = getattr(self.llm.config, "_attn_implementation", "")
-        if impl in ("flash_attention_2", varlen_attention.NAME):
-            return None
-        seq = mm.seq_ids  # [B, L']
-        length = seq.shape[1]
-        if impl == "flex_attention":  # a sparse block mask: only the diagonal blocks of each sample are computed
-            return packed_block_mask(seq)
-        idx = torch.arange(length, device=seq.device)
-        causal = idx[None, :] <= idx[:, None]  # [L', L'] key <= query
-        same = (seq[:, :, None] == seq[:, None, :]) & (seq[:, None, :] >= 0)  # [B, L', L']
-        return ((same & causal) | torch.eye(length, dtype=torch.bool, device=seq.device))[:, None]
-
-    def _segment_kwargs(self, mm: MultimodalInputs) -> dict:
-        """Segment offsets for the ``torch_varlen`` attention (packed rows, or padded rows as one sample each)."""
-        if getattr(self.llm.config, "_attn_implementation", "") != varlen_attention.NAME:
-            return {}
-        seq = mm.seq_ids if mm.seq_ids is not None else torch.where(mm.attention_mask.bool(), 0, -1)  # [B, L']
-        return varlen_attention.decoder_kwargs(seq)
 
     def _capture_hooks(self, mm: MultimodalInputs, store: dict[int, torch.Tensor]) -> list:
         """Forward hooks keeping decoder-layer outputs at image cells, for the aligner's middle indices."""

@@ -7,14 +7,14 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from eve_lightning.models import varlen_attention
+from eve_lightning.models import attention
 
 
 def build_llm(
     path: str | None = None,
     config: dict | None = None,
     dtype: str | None = None,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str = attention.DEFAULT,
 ) -> PreTrainedModel:
     """Build the decoder.
 
@@ -23,11 +23,13 @@ def build_llm(
         config: keyword arguments of the model config, with `model_type` (default "llama"); used when `path`
             is None, giving random weights (tests, debug, small from-scratch runs).
         dtype: torch dtype name for the weights (e.g. "bfloat16"); default float32.
-        attn_implementation: "sdpa", "eager", "flash_attention_2", "flex_attention" or "torch_varlen" (packed rows
-            through PyTorch's variable-length flash kernel, ``models.varlen_attention``).
+        attn_implementation: the attention backend (config key ``model.llm.attn_implementation``), one of
+            ``models.attention.BACKENDS``; checked, and handed to transformers, by ``models.attention``.
+
+    Raises:
+        ValueError: an unknown attention backend (the message lists the choices).
     """
-    if attn_implementation == varlen_attention.NAME:
-        varlen_attention.register()
+    backend = attention.validate(attn_implementation)
     torch_dtype = getattr(torch, dtype) if dtype else torch.float32
     if path is not None:
         if not Path(path).is_dir():
@@ -36,11 +38,11 @@ def build_llm(
                 "(e.g. a downloaded vicuna-7b-v1.5)"
             )
         return AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, dtype=torch_dtype, attn_implementation=attn_implementation
+            path, local_files_only=True, dtype=torch_dtype, **attention.load_kwargs(backend)
         )
     if config is None:
         raise ValueError("build_llm needs a local `path` or a `config`")
     cfg = dict(config)
     cfg_obj = AutoConfig.for_model(cfg.pop("model_type", "llama"), **cfg)
-    cfg_obj._attn_implementation = attn_implementation
+    attention.configure(cfg_obj, backend)
     return AutoModelForCausalLM.from_config(cfg_obj, dtype=torch_dtype)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eve_lightning.constants import IGNORE_INDEX
+from eve_lightning.models.fused_ce import linear_cross_entropy_sum
 
 
 def supervised_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -29,6 +30,7 @@ def causal_lm_loss(
     lm_head: nn.Module,
     chunk_size: int = 4096,
     positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    impl: str = "torch",
 ) -> tuple[torch.Tensor, int]:
     """Mean next-token cross entropy, computing logits only where a label is supervised.
 
@@ -39,6 +41,8 @@ def causal_lm_loss(
         chunk_size: supervised positions per logits chunk (bounds the [chunk, V] float32 buffer).
         positions: `supervised_positions(labels)` when already known (finding them reads a count back from the
             device, which is cheaper before the decoder is queued than after).
+        impl: "torch" (logits per chunk, then ``F.cross_entropy``), "fused" or "liger" (the LM head and the loss
+            in one pass that keeps no logits: ``models.fused_ce``); the same loss either way.
 
     Returns:
         (loss, n_tokens). With no supervised token the loss is an exact 0 that still keeps the graph
@@ -49,6 +53,9 @@ def causal_lm_loss(
     if n == 0:
         return hidden.sum() * 0.0, 0
     h = hidden[rows, cols]  # [K, H]
+    if impl != "torch":
+        weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
+        return linear_cross_entropy_sum(h, weight, bias, targets, impl, chunk_size) / n, n
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, n, chunk_size):
         logits = lm_head(h[start : start + chunk_size]).float()  # [k, V]

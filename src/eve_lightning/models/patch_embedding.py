@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eve_lightning.constants import CLIP_MEAN, CLIP_STD
+from eve_lightning.geometry import band_token_count
 from eve_lightning.models.patchify import PatchConv2d
 
 # Text-only rows carry an all-zero mask; the reference function then reads the top-left 16x16 patches.
@@ -222,7 +223,7 @@ class PatchEmbedding(nn.Module):
         g_agg = torch.einsum("nhp,nphc->nhc", logits.softmax(-1), gv).flatten(1)  # [N, D]
         cls = self.cls_token.to(feat.dtype) + self.global_attn.out_proj(g_agg)  # [N, D]
 
-        lengths = 1 + h * (w + 1)  # [N]
+        lengths = band_token_count(h, w)  # [N], the data pipeline's count of the same band
         lay = token_layout(grids, lengths, g)
         flat_cells = canvas.reshape(n * g * g, d)[lay["image"] * g * g + lay["cell"]]  # [T, D]
         tokens = torch.where(lay["is_spl"][:, None], self.split_token.to(feat.dtype), flat_cells)

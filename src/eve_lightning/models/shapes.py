@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from eve_lightning.models import attention
 from eve_lightning.models.build import EveWithTeacher, build_eve_model
 from eve_lightning.models.clip_teacher import build_teacher
 from eve_lightning.models.eve_vlm import EveConfig, EveVLM
@@ -39,10 +40,10 @@ def build_random_model(name: str, workload: str, device: torch.device, attn: str
 
     ``name`` is a key of ``DECODERS`` (with the EVE-7B patch embedding and a CLIP ViT-L/14-336-shaped teacher) or
     a model config file that gives the shapes (``llm.config`` and ``teacher.config``, e.g. conf/model/demo_125m.yaml):
-    decoder, patch embedding and teacher as configured there, with random weights. ``attn`` defaults to
-    ``flash_attention_2`` when flash-attn is installed, else ``flex_attention``.
+    decoder, patch embedding and teacher as configured there, with random weights. ``attn`` (an attention backend)
+    defaults to ``attention.fastest_packed_backend()``: flash-attention when flash-attn is installed, else flex.
     """
-    attn = attn or ("flash_attention_2" if _has_flash_attn() else "flex_attention")
+    attn = attention.validate(attn or attention.fastest_packed_backend())
     if name.endswith(".yaml"):
         from omegaconf import OmegaConf
 
@@ -68,11 +69,3 @@ def build_random_model(name: str, workload: str, device: torch.device, attn: str
     if workload == "prealign":
         llm.to(torch.bfloat16).requires_grad_(False)
     return model
-
-
-def _has_flash_attn() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -8,7 +8,7 @@ is built and no empty block is visited: the kernel works from the segment offset
 
 The kernel needs CUDA and half precision (float32 inputs under autocast are cast to its dtype, as SDPA does);
 elsewhere the same rule runs as SDPA with a dense block-diagonal mask (tests, CPU runs). KV-cache generation uses
-SDPA (``models.compile.eager_generation``).
+SDPA (``models.attention.generation_backend``). The backend choice itself lives in ``models.attention``.
 """
 
 from __future__ import annotations
@@ -140,8 +140,8 @@ def varlen_attention_forward(
     offsets = kwargs.get("cu_seq_lens_q")
     if offsets is None:
         raise ValueError(
-            f"attn_implementation {NAME!r} needs the segment offsets of the rows (EveVLM passes them); for "
-            "generation or a bare decoder use 'sdpa'"
+            f"attn_implementation {NAME!r} needs the segment offsets of the rows (a models.attention layout's "
+            "decoder_kwargs give them); for generation or a bare decoder use 'sdpa'"
         )
     if dropout:
         raise ValueError(f"attn_implementation {NAME!r} has no attention dropout; set attention_dropout=0")

@@ -1,18 +1,33 @@
-"""Start-up validation of a composed training config.
+"""Start-up validation of a composed training config, and the resolvers that derive its dependent values.
 
-Every impossible combination fails before any model is built, with one line that names the fix.
+Every impossible combination fails before any model is built, with one line that names the fix. Values that follow
+from others are interpolations, never written into a resolved config: `${eve_accumulation:...}` (gradient
+accumulation from the global batch and the topology), `${eve_uses_teacher:...}` (the teacher view from the
+alignment weight) and `${eve_partial:...}` (a config node built as a factory, e.g. the LitModule's model).
 """
 
 from __future__ import annotations
 
 import glob
+import inspect
 import os
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from eve_lightning.checkpoints.resume import check_resume_source, newest_complete, resume_candidates
 from eve_lightning.data.geometry import max_image_tokens
+from eve_lightning.data.options import (
+    LoaderOptions,
+    OptionsError,
+    PackingOptions,
+    StreamOptions,
+    SyntheticShapesSpec,
+    as_options,
+    synthetic_spec,
+)
 from eve_lightning.utils import run_names  # noqa: F401  (registers the resolvers conf/train.yaml uses)
 
 CONF_DIR = Path(os.environ.get("EVE_CONF_DIR", Path(__file__).resolve().parents[3] / "conf"))
@@ -52,11 +67,36 @@ def check_group_overrides(argv: list[str]) -> str | None:
     return None
 
 
+def _moved_data_keys() -> dict[str, str]:
+    """Flat `data.*` keys of earlier versions -> their place in the typed option groups (`data.options`)."""
+    moved = {}
+    for group, cls in (("loader", LoaderOptions), ("stream", StreamOptions), ("packing", PackingOptions)):
+        moved |= {f"data.{f.name}": f"data.{group}.{f.name}" for f in fields(cls)}
+    moved |= {f"data.demo_{f.name}": f"data.synthetic.{f.name}" for f in fields(SyntheticShapesSpec)}
+    return moved
+
+
+MOVED_DATA_KEYS = _moved_data_keys()
+
+
+def check_moved_keys(argv: list[str]) -> str | None:
+    """The first command-line override of a data key that moved into an option group, as a one-line fix."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if sep and key in MOVED_DATA_KEYS:
+            return f"{key} is now {MOVED_DATA_KEYS[key]}: write {MOVED_DATA_KEYS[key]}={value}"
+    return None
+
+
 def world_size(trainer: DictConfig) -> int:
     """Devices x nodes of the Trainer config (GPU 'auto'/-1 counts the visible GPUs)."""
-    devices = trainer.get("devices", 1)
+    return topology_size(trainer.get("devices", 1), trainer.get("num_nodes", 1), trainer.get("accelerator"))
+
+
+def topology_size(devices: Any, num_nodes: Any, accelerator: str | None) -> int:
+    """Devices x nodes; `devices` may be a count, a list of device ids, or 'auto'/-1 (the visible GPUs)."""
     if devices in ("auto", -1, "-1"):
-        if trainer.get("accelerator") == "cpu":
+        if accelerator == "cpu":
             devices = 1
         else:
             import torch
@@ -64,7 +104,7 @@ def world_size(trainer: DictConfig) -> int:
             devices = max(1, torch.cuda.device_count())
     if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
         devices = len(devices)
-    return int(devices) * int(trainer.get("num_nodes", 1))
+    return int(devices) * int(num_nodes or 1)
 
 
 def check_stage(cfg: DictConfig) -> None:
@@ -77,14 +117,15 @@ def check_stage(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown stage {name!r}: use +stage=<{'|'.join(stages)}>")
 
 
-def accumulation(cfg: DictConfig) -> int:
-    """Gradient accumulation that turns micro-batch x world size into the global batch; checks it divides."""
-    micro = int(cfg.data.batch_size)
-    world = world_size(cfg.trainer)
-    glob_bs = cfg.get("global_batch_size")
-    if glob_bs in (None, "null"):
+def accumulation_steps(global_batch_size: Any, micro_batch: Any, world: int) -> int:
+    """Micro-batches per optimizer step and rank: global batch / (micro-batch x world); 1 without a global batch.
+
+    Raises:
+        ConfigError: the global batch is not a multiple of micro-batch x world.
+    """
+    if global_batch_size in (None, "null"):
         return 1
-    glob_bs = int(glob_bs)
+    glob_bs, micro = int(global_batch_size), int(micro_batch)
     per_step = micro * world
     if glob_bs % per_step:
         raise ConfigError(
@@ -92,6 +133,52 @@ def accumulation(cfg: DictConfig) -> int:
             f"({world}) = {per_step}: change data.batch_size or global_batch_size so that it divides"
         )
     return glob_bs // per_step
+
+
+def accumulation(cfg: DictConfig) -> int:
+    """Gradient accumulation that turns micro-batch x world size into the global batch; checks it divides."""
+    return accumulation_steps(cfg.get("global_batch_size"), cfg.data.batch_size, world_size(cfg.trainer))
+
+
+def check_accumulation(cfg: DictConfig) -> int:
+    """The derived accumulation, checked against what the Trainer and the data module will be given."""
+    steps = accumulation(cfg)
+    for key in ("trainer.accumulate_grad_batches", "data.accumulation"):
+        given = OmegaConf.select(cfg, key, default=None)
+        if given is not None and int(given) != steps:
+            raise ConfigError(
+                f"{key}={given} but global_batch_size / (data.batch_size x devices x nodes) = {steps}: the "
+                f"accumulation is derived, so set global_batch_size (or data.batch_size) instead of {key}"
+            )
+    return steps
+
+
+def check_data_options(cfg: DictConfig) -> None:
+    """The option groups of `data` (loader, stream, packing, synthetic): known keys and possible values."""
+    data = cfg.get("data")
+    if data is None:
+        return
+    if data.get("_target_") == "eve_lightning.data.datamodule.EveDataModule":
+        from eve_lightning.data.datamodule import EveDataModule
+
+        params = set(inspect.signature(EveDataModule.__init__).parameters) - {"self"}
+        for key in data:
+            if key != "_target_" and key not in params:
+                moved = MOVED_DATA_KEYS.get(f"data.{key}")
+                fix = f"it is now {moved}" if moved else f"the data options are {', '.join(sorted(params))}"
+                raise ConfigError(f"data.{key} is no option of the data module: {fix}")
+    try:
+        for key, cls in (("loader", LoaderOptions), ("stream", StreamOptions), ("packing", PackingOptions)):
+            if key in data:
+                as_options(cls, _plain(data[key]))
+        if "synthetic" in data:
+            synthetic_spec(_plain(data.synthetic))
+    except OptionsError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def check_resolution(cfg: DictConfig) -> None:
@@ -188,9 +275,11 @@ ALLOWED_TARGETS = frozenset(
         "eve_lightning.callbacks.throughput.Throughput",
         "eve_lightning.data.datamodule.EveDataModule",
         "eve_lightning.eval.callback.BenchmarkValidation",  # its earlier path, still named by older configs
+        "eve_lightning.lit.eve_module.EveLitModule",
         "eve_lightning.lit.loggers.wandb_logger",
         "eve_lightning.lit.strategies.fsdp_strategy",
         "eve_lightning.models.build.build_eve_model",
+        "eve_lightning.models.evev2.build.build_evev2_model",
         "lightning.pytorch.callbacks.EarlyStopping",
         "lightning.pytorch.callbacks.LearningRateMonitor",
         "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -269,4 +358,28 @@ def validate(cfg: DictConfig) -> int:
     check_resolution(cfg)
     check_paths(cfg)
     check_speed_options(cfg)
-    return accumulation(cfg)
+    check_data_options(cfg)
+    return check_accumulation(cfg)
+
+
+def _accumulation_resolver(global_batch_size: Any, micro_batch: Any, devices: Any, num_nodes: Any, accel: Any) -> int:
+    return accumulation_steps(global_batch_size, micro_batch, topology_size(devices, num_nodes, accel))
+
+
+def _uses_teacher(align_weight: Any) -> bool:
+    return float(align_weight or 0) > 0
+
+
+def _partial(node: DictConfig) -> DictConfig:
+    """A copy of a `_target_` node that `hydra.utils.instantiate` builds as a factory (`_partial_: true`)."""
+    if not OmegaConf.is_dict(node):
+        raise ConfigError(f"eve_partial takes a config node, e.g. ${{eve_partial:${{model}}}}; got {node!r}")
+    return OmegaConf.create({**OmegaConf.to_container(node, resolve=True), "_partial_": True})
+
+
+# `${eve_accumulation:<global batch>,<micro-batch>,<devices>,<nodes>,<accelerator>}`: the accumulation to use
+OmegaConf.register_new_resolver("eve_accumulation", _accumulation_resolver, replace=True)
+# `${eve_uses_teacher:<model.eve.align_weight>}`: the 336-px teacher view is built only for a positive weight
+OmegaConf.register_new_resolver("eve_uses_teacher", _uses_teacher, replace=True)
+# `${eve_partial:${model}}`: the model node as a factory, called when the LitModule configures its model
+OmegaConf.register_new_resolver("eve_partial", _partial, replace=True)

@@ -98,7 +98,7 @@ MEASURED_PATH = {
     "compile.enabled": True,
     "compile.teacher": True,
     "model.llm.attn_implementation": ("torch_varlen", "flash_attention_2"),  # the same kernel family
-    "data.collate": "packed",
+    "data.packing.collate": "packed",
 }
 
 # Mean text tokens per sample of draw_samples (BOS and text; an image sample's placeholder becomes its image tokens):
