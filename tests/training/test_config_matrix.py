@@ -134,3 +134,25 @@ def test_optuna_search_config_composes(tmp_path):
     cfg = compose_train(["+stage=sft", "hparams_search=sft_lr_optuna"], tmp_path, tmp_path)
     assert cfg.optimized_metric == "train/loss"
     assert (CONF / "hydra" / "launcher" / "submitit_eve.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.eve.ce_impl=fast"], r"model.eve.ce_impl=fast: use one of torch, fused, liger"),
+        (["model.eve.ce_impl=fused", "strategy=deepspeed_zero3"], r"ZeRO-3 partitions: use model.eve.ce_impl=torch"),
+        (["model.fp8=fp4"], r"model.fp8=fp4: use one of tensorwise, rowwise, rowwise_with_gw_hp, or null"),
+    ],
+)
+def test_loss_and_fp8_switches_are_checked_at_start_up(tmp_path, overrides, message):
+    cfg = compose_train(["+stage=pretrain", *overrides], tmp_path, tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where there is no GPU")
+def test_fp8_on_a_machine_without_an_fp8_gpu_is_a_config_error_naming_the_fix(tmp_path):
+    cfg = compose_train(["+stage=pretrain", "model.fp8=tensorwise"], tmp_path, tmp_path)
+    with pytest.raises(ConfigError, match=r"no CUDA device here: set model.fp8=null"):
+        validate(cfg)
+    assert validate(compose_train(["+stage=pretrain", "model.eve.ce_impl=fused"], tmp_path, tmp_path)) >= 1

@@ -28,6 +28,9 @@ from eve_lightning.data.options import (
     as_options,
     synthetic_spec,
 )
+from eve_lightning.models.fp8 import RECIPES as FP8_RECIPES
+from eve_lightning.models.fp8 import Fp8Unavailable, check_fp8_device
+from eve_lightning.models.fused_ce import CE_IMPLS
 from eve_lightning.utils import run_names  # noqa: F401  (registers the resolvers conf/train.yaml uses)
 
 CONF_DIR = Path(os.environ.get("EVE_CONF_DIR", Path(__file__).resolve().parents[3] / "conf"))
@@ -344,6 +347,21 @@ def check_speed_options(cfg: DictConfig) -> None:
             )
     if (cfg.get("compile") or {}).get("enabled") and zero_stage(cfg) == 3:
         raise ConfigError(ZERO3_COMPILE)
+    ce_impl = OmegaConf.select(cfg, "model.eve.ce_impl", default="torch")
+    if ce_impl not in CE_IMPLS:
+        raise ConfigError(f"model.eve.ce_impl={ce_impl}: use one of {', '.join(CE_IMPLS)}")
+    if ce_impl != "torch" and zero_stage(cfg) == 3:
+        raise ConfigError(
+            f"model.eve.ce_impl={ce_impl} reads the whole LM head, which ZeRO-3 partitions: use model.eve.ce_impl=torch"
+        )
+    fp8 = OmegaConf.select(cfg, "model.fp8", default=None)
+    if fp8 is not None:
+        if fp8 not in FP8_RECIPES:
+            raise ConfigError(f"model.fp8={fp8}: use one of {', '.join(FP8_RECIPES)}, or null")
+        try:
+            check_fp8_device()
+        except Fp8Unavailable as err:
+            raise ConfigError(str(err)) from None
 
 
 def zero_stage(cfg: DictConfig) -> int | None:
