@@ -20,8 +20,8 @@ bf16 compute, float32 residual stream; counted from the tensors HF's LLaMA layer
 times an empirical factor for what that count misses (allocator rounding, autocast copies, hooks, temporaries at
 the forward/backward turn): ``ALPHA_TRAINED`` and ``ALPHA_FROZEN``, calibrated on one H100 measurement each
 (``benchmarks/results``: eve_1b pretrain and eve_7b prealign, micro-batch 8) and checked against the others in
-``tests/test_plan.py``. Compiled decoder blocks (``compile.enabled``) keep far less: inductor recomputes
-the cheap elementwise results in the backward instead of saving them. They have their own factors,
+``tests/planner/test_planner_memory.py``. Compiled decoder blocks (``compile.enabled``) keep far less: inductor
+recomputes the cheap elementwise results in the backward instead of saving them. They have their own factors,
 ``ALPHA_TRAINED_COMPILED`` and ``ALPHA_FROZEN_COMPILED``, calibrated on compiled H100 runs with balanced rows
 (eve_1b pretrain micro-batch 32, eve_7b prealign micro-batch 12). With activation checkpointing each checkpointed
 layer keeps only its input (``residual_bytes x h`` per token) and one layer's activations are alive during

@@ -2,10 +2,10 @@
 
 Every figure is a run of ``python -m eve_lightning.bench.train`` on our path (compiled decoder and teacher blocks,
 ``torch_varlen`` attention, balanced packed rows, no activation checkpointing, one GPU), committed as a JSON under
-``benchmarks/results/`` and listed in ``benchmarks/README.md``; ``tests/test_plan.py`` checks every
-number here against its JSON. The decoder MFU of a run counts 6 x decoder parameters (4 x for a frozen decoder) x
-tokens plus causal attention over ``REFERENCE_PEAK_TFLOPS`` (``eve_lightning.utils.flops.samples_flops``); the
-teacher and the patch embedding run inside the timed step but are not counted.
+``benchmarks/results/`` and listed in ``benchmarks/README.md``; ``tests/planner/test_planner_throughput.py`` checks
+every number here against its JSON. The decoder MFU of a run counts 6 x decoder parameters (4 x for a frozen
+decoder) x tokens plus causal attention over ``REFERENCE_PEAK_TFLOPS`` (``eve_lightning.utils.flops.samples_flops``);
+the teacher and the patch embedding run inside the timed step but are not counted.
 
 The trained decoder was measured at 1.1B only (``eve_1b``); the planner carries its MFU to the 7B decoder. The
 tokens per sample of the planner's default workload are those of the benchmark's synthetic samples
