@@ -5,6 +5,12 @@ CKPT may be a Lightning `.ckpt`, a DeepSpeed checkpoint folder, a training run f
 checkpoint folder or another export. The aligner and the teacher are training-only and are not exported.
 OUT must be new or empty; with `--overwrite` the export's own files in it are replaced (each atomically) and every
 other file there is kept.
+
+`--copy-experts` (EVEv2): the copy step between stages 0 and 1.0 as a command. The model is rebuilt with vision
+experts of every decoder part (q/k/v/o, MLP, both RMSNorms), which take the values of their text weights (the source
+may lack them, as a stage-0 export does), and written as a new export:
+`python -m eve_lightning.export --copy-experts --dtype float32 runs/evev2_s0/export runs/evev2_s0_copied`.
+Training stage 1.0 with `stage.init_copy_experts=true` does the same at start-up.
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16")
     parser.add_argument("--shard-gb", type=float, default=5.0, help="safetensors shard size in GiB")
     parser.add_argument("--image-size", type=int, choices=[672, 1344], help="only for official checkpoints")
+    parser.add_argument(
+        "--copy-experts",
+        action="store_true",
+        help="EVEv2: give the model vision experts of every part, set to copies of the text weights (copy step)",
+    )
     args = parser.parse_args(argv)
     if not Path(args.ckpt).exists():
         return fail(
@@ -56,7 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     from eve_lightning.models.export_format import save_export
 
     try:
-        loaded = load_model(args.ckpt, device="cpu", dtype=getattr(torch, args.dtype), image_size=args.image_size)
+        loaded = load_model(
+            args.ckpt,
+            device="cpu",
+            dtype=getattr(torch, args.dtype),
+            image_size=args.image_size,
+            copy_experts=args.copy_experts,
+        )
     except (FileNotFoundError, ValueError) as err:
         return fail(str(err))
     tok_source = Path(loaded.tokenizer.source)
@@ -65,12 +82,17 @@ def main(argv: list[str] | None = None) -> int:
         out_dir.resolve(),  # "." has no name to put a temporary sibling beside
         loaded.vlm,
         tokenizer_files=tokenizer_files,
-        extra={"exported_from": str(Path(args.ckpt).resolve()), "source_kind": loaded.kind},
+        extra={
+            "exported_from": str(Path(args.ckpt).resolve()),
+            "source_kind": loaded.kind,
+            "copy_experts": args.copy_experts,
+        },
         max_shard_bytes=int(args.shard_gb * 2**30),
         keep_other_files=True,
     )
     n = sum(p.numel() for p in loaded.vlm.parameters())
-    print(f"exported {loaded.kind} {args.ckpt} ({n / 1e6:.1f}M parameters, {args.dtype}) -> {out}")
+    copied = " with vision experts copied from the text weights" if args.copy_experts else ""
+    print(f"exported {loaded.kind} {args.ckpt} ({n / 1e6:.1f}M parameters, {args.dtype}){copied} -> {out}")
     return 0
 
 

@@ -17,27 +17,33 @@ EXPERIMENTS = {  # experiment -> extra overrides (the stage for recipes that do 
     "eve7b_pretrain_r672": [],
     "eve7b_sft_r672": [],
     "eve7b_sft_r1344_hd": [],
+    "evev2_7b": ["+stage=evev2_s1_0"],
 }
 EXPECTED_ACCUMULATION = {  # on two 8-GPU nodes: global batch / (micro batch x 16)
     "eve7b_prealign_r672": 2,
     "eve7b_pretrain_r672": 2,
     "eve7b_sft_r672": 2,
     "eve7b_sft_r1344_hd": 4,
+    "evev2_7b": 16,  # stage 1.0: 1024 / (4 x 16)
 }
 
 
 def test_the_matrix_covers_every_shipped_file():
     assert sorted(EXPERIMENTS) == available("experiment")
     assert available("cluster") == ["a100_1x8", "a100_2x8", "cpu", "gpu1"]
-    assert available("stage") == ["prealign", "pretrain", "sft", "sft_hd"]
+    assert available("stage") == [
+        *["evev2_s0", "evev2_s1_0", "evev2_s1_1", "evev2_s2", "evev2_sft"],
+        *["prealign", "pretrain", "sft", "sft_hd"],
+    ]
     assert available("strategy") == ["auto", "ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
 
 
 @pytest.mark.parametrize("cluster", ["cpu", "gpu1", "a100_1x8", "a100_2x8"])
 @pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
 def test_recipe_x_cluster_composes_and_builds(tmp_path, experiment, cluster):
+    tiny = "model=evev2_tiny" if experiment.startswith("evev2") else "model=tiny"
     cfg = compose_train(
-        [f"experiment={experiment}", f"cluster={cluster}", "model=tiny", *EXPERIMENTS[experiment]],
+        [f"experiment={experiment}", f"cluster={cluster}", tiny, *EXPERIMENTS[experiment]],
         tmp_path,
         tmp_path / "data",
         fast=False,
@@ -49,7 +55,7 @@ def test_recipe_x_cluster_composes_and_builds(tmp_path, experiment, cluster):
         assert acc == EXPECTED_ACCUMULATION[experiment]
         assert cfg.slurm.nodes == 2 and cfg.slurm.tasks_per_node == cfg.trainer.devices == 8
     OmegaConf.resolve(cfg)
-    assert cfg.model.eve.image_size == (1344 if "r1344" in experiment else 672)
+    assert cfg.model.eve.image_size == (1344 if "r1344" in experiment else 800 if "evev2" in experiment else 672)
     data = instantiate(cfg.data, _convert_="all")
     assert data.sample_cfg.image_size == cfg.model.eve.image_size
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]

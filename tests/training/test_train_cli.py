@@ -22,7 +22,8 @@ def test_run_without_stage_stops_at_once_listing_the_stages(tmp_path):
     proc = run_cli([], tmp_path)
     assert proc.returncode == 2
     assert error_line(proc) == (
-        "eve_lightning.train: error: no stage given: add +stage=<prealign|pretrain|sft|sft_hd> (e.g. +stage=prealign)"
+        "eve_lightning.train: error: no stage given: add "
+        "+stage=<evev2_s0|evev2_s1_0|evev2_s1_1|evev2_s2|evev2_sft|prealign|pretrain|sft|sft_hd> (e.g. +stage=prealign)"
     )
     assert not (tmp_path / "data").exists()  # nothing was built or generated
 
@@ -54,7 +55,11 @@ def test_unknown_stage_names_the_choices(tmp_path):
             "while the FSDP strategy checkpoints every block",
         ),
         (["strategy=deepspeed_zero3", "compile.enabled=true"], "not supported under DeepSpeed ZeRO-3"),
-        (["resolution=672"], "resolution=672 is not an option of resolution: choose one of r1344, r672"),
+        (
+            ["resolution=672"],
+            "resolution=672 is not an option of resolution: choose one of evev2_r1600, evev2_r1600_sft, evev2_r800, "
+            "r1344, r672",
+        ),
         (["-m", "model=tiny,tiny_7b"], "model=tiny_7b is not an option of model: choose one of demo_125m, eve_1b"),
         (["data.train_shards={root}/nowhere"], "data: {root}/nowhere does not exist: build shards there with"),
         (["data.train_shards="], "data: the data source is empty: set data.train_shards"),

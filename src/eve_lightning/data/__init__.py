@@ -3,11 +3,11 @@
 Public names are imported lazily (``from eve_lightning.data import EveDataModule``), so command-line tools such as
 ``python -m eve_lightning.data.make_shards`` start without importing Lightning.
 
-Modules: ``geometry`` (band placement, token counts), ``image`` (uint8 views and masks), ``tokenizer`` (local
-tokenizer loading), ``conversation`` / ``templates`` / ``encoding`` (turns -> ids and exact labels), ``collate``
-(padded and packed batches), ``shards`` (safe tar reading, index), ``records`` / ``make_shards`` (shard writer),
-``demo`` (procedural demo set), ``plan`` (rank/worker split, grouping), ``stream`` (IterableDataset),
-``datamodule`` (LightningDataModule).
+Modules: ``geometry`` (band placement, EVEv2's resize rule, token counts), ``image`` (uint8 views and masks),
+``tokenizer`` (local tokenizer loading), ``conversation`` / ``templates`` / ``encoding`` (turns -> ids and exact
+labels), ``collate`` (padded and packed batches), ``shards`` (safe tar reading, index), ``records`` /
+``make_shards`` (shard writer), ``demo`` (procedural demo set), ``plan`` (rank/worker split, grouping), ``stream``
+(IterableDataset), ``datamodule`` (LightningDataModule).
 """
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ _EXPORTS = {
     "PackedCollator": "collate",
     "ProcessedSample": "collate",
     "band_geometry": "geometry",
+    "evev2_geometry": "geometry",
     "image_token_count": "geometry",
     "prepare_image": "image",
+    "prepare_image_evev2": "image",
     "eve_view": "image",
+    "evev2_view": "image",
     "teacher_view": "image",
     "to_rgb": "image",
     "load_tokenizer": "tokenizer",

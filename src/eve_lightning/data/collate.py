@@ -12,20 +12,29 @@ padding); images are stacked one per placeholder in row-major order.
 
 Text is scattered into the batch with vectorized index arithmetic; images are pasted band by band into one
 uint8 numpy canvas per view (cheap strided copies), then wrapped as tensors without a copy.
+
+Canvas sizes (``canvas``): ``fixed`` (EVE v1) is ``image_size`` x ``image_size`` whatever the batch; EVEv2's
+bands sit at the top-left of a canvas sized per batch, ``square`` (the longest band side of the batch, both ways)
+or ``rect`` (the batch's tallest band height x widest band width: [N, 3, H, W], the least padding). Both are whole
+32 px cells; a batch without images gets a one-cell canvas.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from eve_lightning.constants import BACKGROUND_RGB, IGNORE_INDEX, TEACHER_IMAGE_SIZE
 from eve_lightning.data.encoding import expanded_length
+from eve_lightning.data.geometry import EVEV2_CELL
 from eve_lightning.data.image import PreparedImage
+
+Canvas = Literal["fixed", "square", "rect"]
+CANVASES = ("fixed", "square", "rect")
 
 
 @dataclass
@@ -91,19 +100,36 @@ def _concat(seqs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return flat.astype(np.int64, copy=False), lengths
 
 
-def render_views(images: Sequence[PreparedImage | None], view: str, side: int) -> tuple[np.ndarray, np.ndarray]:
+def canvas_size(images: Sequence[PreparedImage | None], canvas: Canvas, image_size: int) -> tuple[int, int]:
+    """(height, width) in px of the EVE canvases of a batch (see the module docstring for ``canvas``)."""
+    if canvas == "fixed":
+        return image_size, image_size
+    if canvas not in CANVASES:
+        raise ValueError(f"canvas must be one of {CANVASES}, got {canvas!r}")
+    boxes = [p.geometry.eve for p in images if p is not None]
+    height = max([EVEV2_CELL, *(b.y1 for b in boxes)])
+    width = max([EVEV2_CELL, *(b.x1 for b in boxes)])
+    if canvas == "square":
+        height = width = max(height, width)
+    return height, width
+
+
+def render_views(
+    images: Sequence[PreparedImage | None], view: str, side: int | tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Paste bands onto background canvases.
 
     Args:
         images: one entry per canvas; None gives a background canvas with an all-zero mask.
         view: ``eve`` or ``teacher``.
-        side: canvas side in px.
+        side: canvas side in px, or its (height, width).
 
     Returns:
-        ``(pixels, mask)``: uint8 [N, 3, side, side] and uint8 [N, side, side].
+        ``(pixels, mask)``: uint8 [N, 3, H, W] and uint8 [N, H, W] (H = W = side for an int).
     """
     n = len(images)
-    pixels = np.empty((n, 3, side, side), dtype=np.uint8)
+    height, width = (side, side) if isinstance(side, int) else side
+    pixels = np.empty((n, 3, height, width), dtype=np.uint8)
     for c, value in enumerate(BACKGROUND_RGB):
         pixels[:, c] = value
     boxes = np.zeros((n, 4), dtype=np.int64)  # x0, y0, x1, y1 (empty box for text-only)
@@ -116,24 +142,37 @@ def render_views(images: Sequence[PreparedImage | None], view: str, side: int) -
             raise ValueError(f"sample {i} has no {view} band")
         pixels[i, :, box.y0 : box.y1, box.x0 : box.x1] = band.transpose(2, 0, 1)  # [3, h, w]
         boxes[i] = (box.x0, box.y0, box.x1, box.y1)
-    grid = np.arange(side)
-    rows_in = (grid[None] >= boxes[:, 1:2]) & (grid[None] < boxes[:, 3:4])  # [N, side]
-    cols_in = (grid[None] >= boxes[:, 0:1]) & (grid[None] < boxes[:, 2:3])  # [N, side]
-    mask = (rows_in[:, :, None] & cols_in[:, None, :]).view(np.uint8)  # [N, side, side]
+    rows, cols = np.arange(height), np.arange(width)
+    rows_in = (rows[None] >= boxes[:, 1:2]) & (rows[None] < boxes[:, 3:4])  # [N, H]
+    cols_in = (cols[None] >= boxes[:, 0:1]) & (cols[None] < boxes[:, 2:3])  # [N, W]
+    mask = (rows_in[:, :, None] & cols_in[:, None, :]).view(np.uint8)  # [N, H, W]
     return pixels, mask
 
 
 class _CollatorBase:
-    def __init__(self, pad_id: int, image_size: int, teacher: bool = False, pad_to_multiple_of: int = 1) -> None:
+    def __init__(
+        self,
+        pad_id: int,
+        image_size: int,
+        teacher: bool = False,
+        pad_to_multiple_of: int = 1,
+        canvas: Canvas = "fixed",
+    ) -> None:
+        if canvas not in CANVASES:
+            raise ValueError(f"canvas must be one of {CANVASES}, got {canvas!r}")
+        if teacher and canvas != "fixed":
+            raise ValueError("the teacher view needs the fixed EVE v1 canvas (canvas='fixed')")
         self.pad_id = pad_id
         self.image_size = image_size
         self.teacher = teacher
         self.pad_to_multiple_of = max(1, pad_to_multiple_of)
+        self.canvas = canvas
 
     def _images(self, batch: dict[str, Any], images: Sequence[PreparedImage | None]) -> None:
-        pixels, mask = render_views(images, "eve", self.image_size)
-        batch["pixel_values"] = torch.from_numpy(pixels)  # [N, 3, S, S] uint8
-        batch["pixel_mask"] = torch.from_numpy(mask)  # [N, S, S] uint8
+        size = canvas_size(images, self.canvas, self.image_size)
+        pixels, mask = render_views(images, "eve", size)
+        batch["pixel_values"] = torch.from_numpy(pixels)  # [N, 3, H, W] uint8 (H = W = S for v1)
+        batch["pixel_mask"] = torch.from_numpy(mask)  # [N, H, W] uint8
         if self.teacher:
             t_pixels, t_mask = render_views(images, "teacher", TEACHER_IMAGE_SIZE)
             batch["teacher_pixel_values"] = torch.from_numpy(t_pixels)  # [N, 3, 336, 336]
@@ -159,10 +198,11 @@ class PaddedCollator(_CollatorBase):
 
     Args:
         pad_id: id written into padding positions of ``input_ids``.
-        image_size: EVE canvas side S.
+        image_size: EVE canvas side S (``canvas="fixed"``).
         teacher: also emit the 336 px teacher view.
         pad_to_multiple_of: round the id tensor width up (the model cuts its rows to the longest real row after
             image expansion, so this does not change the decoder's shapes).
+        canvas: ``fixed`` (EVE v1), ``square`` or ``rect`` (EVEv2, sized per batch; see the module docstring).
     """
 
     def __call__(self, samples: Sequence[ProcessedSample]) -> dict[str, Any]:
@@ -253,6 +293,7 @@ class PackedCollator(_CollatorBase):
         pad_to_multiple_of: round the row length up.
         packer: assigns samples to rows from their expanded lengths (``pack_balanced``; ``pack_first_fit`` fills
             rows to the brim and is what ``bench.packing`` compares against).
+        canvas: ``fixed`` (EVE v1), ``square`` or ``rect`` (EVEv2, sized per batch; see the module docstring).
     """
 
     def __init__(
@@ -263,8 +304,9 @@ class PackedCollator(_CollatorBase):
         teacher: bool = False,
         pad_to_multiple_of: int = 1,
         packer: Callable[[Sequence[int], int], list[list[int]]] = pack_balanced,
+        canvas: Canvas = "fixed",
     ) -> None:
-        super().__init__(pad_id, image_size, teacher, pad_to_multiple_of)
+        super().__init__(pad_id, image_size, teacher, pad_to_multiple_of, canvas)
         self.pack_length = pack_length
         self.packer = packer
 

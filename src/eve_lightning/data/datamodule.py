@@ -1,5 +1,8 @@
 """``EveDataModule``: the LightningDataModule that streams shards for every EVE stage.
 
+``family`` selects the model family's image rule: ``eve`` (EVE v1: fixed canvas, optional teacher view) or ``evev2``
+(area about ``image_size ** 2``, 32 px cells, canvases sized per batch, no teacher; ``geometry.evev2_geometry``).
+
 ``task="pretrain"`` defaults to the ``plain`` template and an endless resampled stream cut into epochs of
 ``stream.epoch_samples`` samples; ``task="sft"`` defaults to ``vicuna_v1``, one exact pass per epoch and modality/length
 grouping. Validation is always one exact, unshuffled pass. Rank and world size come from ``torch.distributed``
@@ -23,6 +26,8 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from eve_lightning.constants import MAX_IMAGE_PIXELS
+from eve_lightning.data.collate import Canvas
+from eve_lightning.data.geometry import Family
 from eve_lightning.data.options import (
     LoaderOptions,
     PackingOptions,
@@ -37,6 +42,7 @@ from eve_lightning.data.tokenizer import Backend, TextTokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 Task = Literal["pretrain", "sft"]
+DEMO_SIDE_EVEV2 = 672  # the demo set EVEv2 runs read (see EveDataModule.demo_max_side)
 _TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "pretrain": {"template": "plain", "resampled": True, "group_by_modality_length": False},
     "sft": {"template": "vicuna_v1", "resampled": False, "group_by_modality_length": True},
@@ -94,8 +100,8 @@ class EveDataModule(L.LightningDataModule):
         tokenizer: local HF tokenizer directory or SentencePiece ``.model`` file; None = mistral-common's
             LLaMA-style model (demo / tiny setups).
         tokenizer_backend: ``auto``, ``sentencepiece`` or ``hf`` (see ``data.tokenizer``).
-        image_size: EVE canvas side, 672 or 1344.
-        teacher_view: also produce the 336 px teacher (CLIP) view.
+        image_size: EVE canvas side, 672 or 1344; EVEv2: the resize rule's ``max_size`` (800 or 1600).
+        teacher_view: also produce the 336 px teacher (CLIP) view (EVE v1 only).
         exact_teacher: bicubic teacher resize even from pre-resized shards (slower).
         max_pixels: images with more pixels are dropped (and counted) before they are decoded.
         max_length: limit on the expanded sequence length (text + image tokens).
@@ -111,6 +117,11 @@ class EveDataModule(L.LightningDataModule):
         packing: how samples become batch rows (``PackingOptions`` or a mapping).
         synthetic: the demo set to generate when the training shards lie inside its ``root`` and have no index yet
             (``SyntheticShapesSpec`` or a mapping), or None: shards are never generated.
+        family: ``eve`` (EVE v1) or ``evev2``: the image rule and token geometry of the model (the training config
+            derives it from the model).
+        canvas: canvas of the batches: None = the family's (EVE v1 ``fixed``; EVEv2 ``square``: the batch's longest
+            band side), or ``rect`` (EVEv2: the batch's tallest x widest band, [N, 3, H, W]; needs a model that
+            takes rectangular canvases).
     """
 
     def __init__(
@@ -136,6 +147,8 @@ class EveDataModule(L.LightningDataModule):
         stream: StreamOptions | Mapping[str, Any] | None = None,
         packing: PackingOptions | Mapping[str, Any] | None = None,
         synthetic: SyntheticShapesSpec | Mapping[str, Any] | None = None,
+        family: Family = "eve",
+        canvas: Canvas | None = None,
     ) -> None:
         super().__init__()
         if task not in _TASK_DEFAULTS:
@@ -157,7 +170,9 @@ class EveDataModule(L.LightningDataModule):
         self.group = (defaults["group_by_modality_length"] and not global_order) if group is None else bool(group)
         self.tokenizer_path = tokenizer
         self.tokenizer_backend = tokenizer_backend
-        self.sample_cfg = SampleConfig(self.template, image_size, max_length, teacher_view, exact_teacher, max_pixels)
+        self.sample_cfg = SampleConfig(
+            self.template, image_size, max_length, teacher_view, exact_teacher, max_pixels, family, canvas
+        )
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.seed = seed
@@ -193,7 +208,7 @@ class EveDataModule(L.LightningDataModule):
         from eve_lightning.data import synthetic_shapes
 
         train, root = Path(self.train_source), Path(self.synthetic.root)
-        params = self.synthetic.generator_params(self.sample_cfg.image_size)
+        params = self.synthetic.generator_params(self.demo_max_side)
         if (train / INDEX_FILE).is_file():  # existing shards are kept; a difference is reported
             wanted, recorded = synthetic_shapes.generation_params(**params), synthetic_shapes.recorded_params(root)
             changed = {k: (recorded[k], v) for k, v in wanted.items() if recorded and recorded.get(k) != v}
@@ -216,6 +231,15 @@ class EveDataModule(L.LightningDataModule):
         summaries = synthetic_shapes.generate(root, **params, workers=os.cpu_count() or 1, overwrite=True)
         for name, summary in summaries.items():
             log.info("demo data %s: %s", name, summary.line())
+
+    @property
+    def demo_max_side(self) -> int:
+        """Resolution the demo set's pictures are stored at: the canvas side (EVE v1), else the 672 px set.
+
+        EVEv2 shares the EVE v1 demo set at 672 px (pictures of at most 1024 px that its own rule resizes when
+        they are loaded): the demo shards are the same for both families.
+        """
+        return self.sample_cfg.image_size if self.sample_cfg.family == "eve" else DEMO_SIDE_EVEV2
 
     def preflight(self) -> None:
         """Start-up check, before any training is set up: the shards exist, have an index and can feed the layout.

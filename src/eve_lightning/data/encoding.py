@@ -4,8 +4,8 @@ Consecutive text parts form a run that is tokenized in one call (so ids equal wh
 run as a whole). Inside a run, the boundary between a masked prefix and the supervised text that follows is the
 length of the longest common prefix of ``encode(prefix)`` and ``encode(run)``: tokens the prompt alone already
 produces are masked, every other token (including one that straddles the boundary) is supervised. No token-count
-arithmetic, so the masks are exact for any tokenizer. BOS/EOS are inserted as ids, the image as
-IMAGE_TOKEN_INDEX.
+arithmetic, so the masks are exact for any tokenizer. BOS/EOS (or a template's named end token, such as
+``<|im_end|>``) are inserted as ids, the image as IMAGE_TOKEN_INDEX.
 """
 
 from __future__ import annotations
@@ -98,6 +98,9 @@ def encode_parts(parts: Sequence[Part], tok: TextTokenizer) -> Encoded:
             run = []
         if isinstance(part, Special):
             token = tok.bos_id if part.which == "bos" else tok.eos_id
+            if part.token is not None:
+                named = tok.special_id(part.token)
+                token = token if named is None else named
             if token is not None:
                 ids.append(token)
                 labels.append(token if part.train else IGNORE_INDEX)

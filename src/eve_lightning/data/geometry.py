@@ -5,11 +5,18 @@ the image fills the canvas; the short side covers ``k`` patch rows (landscape) o
 ``k = ceil(24 * short / long)``, centred at ``pre = floor((24 - k) / 2) * 14`` px. The EVE canvas of side
 ``S = r * 336`` (r = 2 at 672 px, 4 at 1344 px) is the same layout scaled by ``r``. Everything here is integer
 arithmetic, so the result equals the original's float formula for every image size.
+
+EVEv2 (``family="evev2"``) has another rule (``evev2_geometry``): no fixed canvas; the image is resized so that its
+area is about ``max_size ** 2`` with each side a multiple of the 32 px token cell (patch 16 x merge 2), aspect
+ratio kept, and pasted at the top-left of a canvas the collator sizes per batch. The token count is the same rule
+(``image_token_count``) on its grid of 32 px cells.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 from eve_lightning.constants import PATCH_SIZE, POOL_STRIDE, TEACHER_IMAGE_SIZE
 from eve_lightning.geometry import band_token_count  # the rule itself, shared with the model
@@ -17,6 +24,9 @@ from eve_lightning.geometry import band_token_count  # the rule itself, shared w
 TEACHER_GRID = TEACHER_IMAGE_SIZE // PATCH_SIZE  # 24 teacher patches per side
 TOKEN_CELL = PATCH_SIZE * POOL_STRIDE  # 28 px: one EVE token covers a 28 x 28 px cell
 SUPPORTED_IMAGE_SIZES = (672, 1344)
+Family = Literal["eve", "evev2"]
+FAMILIES = ("eve", "evev2")  # EVE v1 (this module's band rule) and EVEv2 (``evev2_geometry``)
+EVEV2_CELL = 32  # px per EVEv2 token side: a 16 px patch convolution, then a 2 x 2 merge
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,90 @@ def band_geometry(width: int, height: int, image_size: int) -> BandGeometry:
     )
 
 
-def max_image_tokens(image_size: int) -> int:
-    """Return the token count of a square image (the largest possible) at ``image_size``."""
+def max_image_tokens(image_size: int, family: Family = "eve") -> int:
+    """Return the token count of a square image at ``image_size`` (the canvas side, or EVEv2's ``max_size``).
+
+    EVE v1: the largest possible count (601 at 672 px, 2353 at 1344 px). EVEv2: the count of a square image of area
+    ``max_size ** 2`` (651 at 800 px, 2551 at 1600 px), which sizes the length checks and the planner; a tall image
+    takes one split token per extra row (e.g. 701 for 1:16 at 800 px), and a sample whose image does not fit
+    ``max_length`` is dropped and counted.
+    """
+    if family == "evev2":
+        side = image_size // EVEV2_CELL
+        return image_token_count(side, side)
+    _check_family(family)
     side = image_size // TOKEN_CELL
     return image_token_count(side, side)
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"model family must be one of {FAMILIES} (EVE v1, EVEv2), got {family!r}")
+
+
+@dataclass(frozen=True)
+class GridGeometry:
+    """Placement of one image under EVEv2's rule: a band of whole 32 px cells at the top-left of the canvas.
+
+    Attributes:
+        width: band width in px after the resize (a multiple of ``EVEV2_CELL``).
+        height: band height in px (a multiple of ``EVEV2_CELL``).
+    """
+
+    width: int
+    height: int
+
+    @property
+    def eve(self) -> Box:
+        """The band on the canvas (top-left corner, as the EVEv2 patch embedding expects)."""
+        return Box(0, 0, self.width, self.height)
+
+    @property
+    def grid_h(self) -> int:
+        return self.height // EVEV2_CELL
+
+    @property
+    def grid_w(self) -> int:
+        return self.width // EVEV2_CELL
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Tokens the model puts in place of the image: ``1 + grid_h * (grid_w + 1)``."""
+        return image_token_count(self.grid_h, self.grid_w)
+
+
+def evev2_geometry(width: int, height: int, max_size: int, training: bool = True) -> GridGeometry:
+    """EVEv2's resize rule: area about ``max_size ** 2``, each side a multiple of 32 px, aspect ratio kept.
+
+    With ``s = sqrt(width * height) / max_size``:
+
+    - training (the original's data loader): an image larger than that area is shrunk by ``s`` (a smaller one keeps
+      its size), then each side is rounded to the nearest multiple of 32 px (Python's ``round``, halves to even);
+    - inference (the original's ``process_images``): every image is scaled by ``1 / s``, up or down, and each side
+      is rounded up to a multiple of 32 px.
+
+    Each side is at least one cell (32 px). The long side may exceed ``max_size`` (a 4:1 image at 800 px becomes
+    1600 x 384 px in training).
+
+    Args:
+        width: source width in px (>= 1).
+        height: source height in px (>= 1).
+        max_size: 800 (stages 0 and 1.0) or 1600 (later stages); any multiple of 32 works.
+        training: the training rule (True) or the inference rule (False).
+
+    Returns:
+        The band size and its token grid.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width} x {height}")
+    if max_size < EVEV2_CELL or max_size % EVEV2_CELL:
+        raise ValueError(f"max_size must be a positive multiple of {EVEV2_CELL} px (800 or 1600), got {max_size}")
+    scale = math.sqrt(width * height) / max_size
+    c = EVEV2_CELL
+    if training:
+        w, h = (width / scale, height / scale) if scale > 1 else (width, height)
+        cells_w, cells_h = max(round(w / c), 1), max(round(h / c), 1)
+    else:
+        cells_w = max(math.ceil(width / scale / c), 1)
+        cells_h = max(math.ceil(height / scale / c), 1)
+    return GridGeometry(cells_w * c, cells_h * c)

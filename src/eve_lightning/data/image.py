@@ -1,5 +1,8 @@
 """Image preprocessing as pure functions: any mode to RGB, the EVE view and the 336 px teacher view, with masks.
 
+EVEv2 (``prepare_image_evev2``, ``evev2_view``) keeps no teacher view: one band resized by
+``geometry.evev2_geometry``, pasted at the top-left of a canvas the collator sizes per batch.
+
 Everything stays uint8 (no normalization on the CPU; the model normalizes on the device). The hot path keeps only
 the resized *band* of each view (``PreparedImage``); the collator pastes bands onto the background canvases of a
 whole batch at once. ``eve_view`` / ``teacher_view`` render single full canvases for inference and tests.
@@ -20,7 +23,14 @@ import numpy as np
 from PIL import Image
 
 from eve_lightning.constants import BACKGROUND_RGB, TEACHER_IMAGE_SIZE
-from eve_lightning.data.geometry import BandGeometry, Box, band_geometry, scale_factor
+from eve_lightning.data.geometry import (
+    BandGeometry,
+    Box,
+    GridGeometry,
+    band_geometry,
+    evev2_geometry,
+    scale_factor,
+)
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
@@ -70,12 +80,12 @@ class PreparedImage:
     """The resized bands of one image, ready to be pasted onto canvases.
 
     Attributes:
-        geometry: where the bands go (see ``geometry.band_geometry``).
+        geometry: where the bands go (``geometry.band_geometry``; EVEv2: ``geometry.evev2_geometry``).
         eve_band: uint8 [h, w, 3] with (w, h) = the EVE box size.
         teacher_band: uint8 [h, w, 3] teacher band, or None when the teacher view is off.
     """
 
-    geometry: BandGeometry
+    geometry: BandGeometry | GridGeometry
     eve_band: np.ndarray
     teacher_band: np.ndarray | None
 
@@ -113,6 +123,48 @@ def prepare_image(
     return PreparedImage(geom, np.asarray(eve_img, dtype=np.uint8), teacher_band)
 
 
+def prepare_image_evev2(img: Image.Image, max_size: int, training: bool = True) -> PreparedImage:
+    """Resize one image into its EVEv2 band (bicubic, as the original's ``Image.resize``); no teacher band.
+
+    Args:
+        img: source image of any mode.
+        max_size: EVEv2's ``max_size`` (800 or 1600).
+        training: the training rule (shrink only) or the inference rule (scale up or down); see ``evev2_geometry``.
+
+    Returns:
+        The prepared band (uint8 [h, w, 3], h and w multiples of 32) and its geometry.
+    """
+    rgb = to_rgb(img)
+    geom = evev2_geometry(rgb.width, rgb.height, max_size, training)
+    band = _resized(rgb, geom.eve)
+    return PreparedImage(geom, np.asarray(band, dtype=np.uint8), None)
+
+
+def evev2_view(
+    img: Image.Image, max_size: int, training: bool = False, square: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the EVEv2 view of one image: the band on a canvas of its own size (or a square one).
+
+    Args:
+        img: source image.
+        max_size: EVEv2's ``max_size`` (800 or 1600).
+        training: resize rule (inference by default, as the original's ``process_images``).
+        square: pad the canvas to a square of the longer side (for a model that takes square canvases only).
+
+    Returns:
+        ``(pixels, mask)``: uint8 [3, H, W] and uint8 [H, W] with the band at the top-left (H, W multiples of 32).
+    """
+    prep = prepare_image_evev2(img, max_size, training)
+    height, width = prep.geometry.height, prep.geometry.width
+    if square:
+        height = width = max(height, width)
+    pixels, mask = blank_canvas(height, width)
+    box = prep.geometry.eve
+    pixels[:, : box.height, : box.width] = prep.eve_band.transpose(2, 0, 1)  # [3, h, w]
+    mask[: box.height, : box.width] = 1
+    return pixels, mask
+
+
 def render_canvas(band: np.ndarray, box: Box, side: int) -> tuple[np.ndarray, np.ndarray]:
     """Paste a band onto a background canvas.
 
@@ -132,12 +184,13 @@ def render_canvas(band: np.ndarray, box: Box, side: int) -> tuple[np.ndarray, np
     return pixels, mask
 
 
-def blank_canvas(side: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return the background-filled uint8 [3, side, side] canvas and its all-zero [side, side] mask."""
-    pixels = np.empty((3, side, side), dtype=np.uint8)
+def blank_canvas(side: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return a background uint8 [3, side, width] canvas and its all-zero [side, width] mask (square by default)."""
+    width = side if width is None else width
+    pixels = np.empty((3, side, width), dtype=np.uint8)
     for c, value in enumerate(BACKGROUND_RGB):
         pixels[c] = value
-    return pixels, np.zeros((side, side), dtype=np.uint8)
+    return pixels, np.zeros((side, width), dtype=np.uint8)
 
 
 def eve_view(img: Image.Image, image_size: int) -> tuple[np.ndarray, np.ndarray]:

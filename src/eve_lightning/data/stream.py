@@ -25,11 +25,18 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from eve_lightning.constants import IGNORE_INDEX, MAX_IMAGE_PIXELS
-from eve_lightning.data.collate import PackedCollator, PaddedCollator, ProcessedSample
+from eve_lightning.data.collate import CANVASES, Canvas, PackedCollator, PaddedCollator, ProcessedSample
 from eve_lightning.data.conversation import ConversationError
 from eve_lightning.data.encoding import encode_parts, fit_length
-from eve_lightning.data.geometry import band_geometry
-from eve_lightning.data.image import open_image, prepare_image
+from eve_lightning.data.geometry import (
+    FAMILIES,
+    BandGeometry,
+    Family,
+    GridGeometry,
+    band_geometry,
+    evev2_geometry,
+)
+from eve_lightning.data.image import open_image, prepare_image, prepare_image_evev2
 from eve_lightning.data.options import CollateMode
 from eve_lightning.data.sharding import (
     ExactPlan,
@@ -86,12 +93,16 @@ class SampleConfig:
 
     Attributes:
         template: chat template name.
-        image_size: EVE canvas side (672 or 1344).
+        image_size: EVE canvas side (672 or 1344); EVEv2: ``max_size`` of its resize rule (800 or 1600).
         max_length: limit on the expanded sequence length (text + image tokens).
-        teacher_view: also build the 336 px teacher band.
+        teacher_view: also build the 336 px teacher band (EVE v1 only).
         exact_teacher: resize the teacher band bicubically even from pre-resized images.
         max_pixels: images with more pixels (width x height, read from the header) are dropped undecoded
             (reason ``too_many_pixels``).
+        family: ``eve`` (EVE v1: fixed canvas, centred band, 28 px cells) or ``evev2`` (area rule, 32 px cells,
+            band at the top-left; ``geometry.evev2_geometry`` with the training rule).
+        canvas: canvas of the batches (``collate``): None = the family's (``fixed`` for EVE v1, ``square`` for
+            EVEv2); ``rect`` (EVEv2) pads to the batch's tallest and widest band: [N, 3, H, W].
     """
 
     template: str
@@ -100,6 +111,23 @@ class SampleConfig:
     teacher_view: bool = True
     exact_teacher: bool = False
     max_pixels: int = MAX_IMAGE_PIXELS
+    family: Family = "eve"
+    canvas: Canvas | None = None
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"data.family must be one of {FAMILIES} (EVE v1, EVEv2), got {self.family!r}")
+        canvas = self.canvas or ("fixed" if self.family == "eve" else "square")
+        object.__setattr__(self, "canvas", canvas)
+        if canvas not in CANVASES:
+            raise ValueError(f"data.canvas must be one of {CANVASES} or null, got {canvas!r}")
+        if self.family == "eve" and canvas != "fixed":
+            raise ValueError(f"EVE v1 images go on the fixed {self.image_size}-px canvas: set data.canvas=null")
+        if self.family == "evev2":
+            if canvas == "fixed":
+                raise ValueError("EVEv2 canvases are sized per batch: set data.canvas to square, rect or null")
+            if self.teacher_view:
+                raise ValueError("EVEv2 has no CLIP teacher: set data.teacher_view=false")
 
 
 class SampleProcessor:
@@ -134,7 +162,7 @@ class SampleProcessor:
                 img = open_image(sample.image)
                 if img.width * img.height > self.cfg.max_pixels:
                     return "too_many_pixels"  # checked on the header: the pixels are never decoded
-                num_image_tokens = band_geometry(img.width, img.height, self.cfg.image_size).num_image_tokens
+                num_image_tokens = self._geometry(img.width, img.height).num_image_tokens
             except Exception:
                 return "bad_image"
         enc = encode_parts(self.template.render(sample.turns), self.tokenizer)
@@ -144,11 +172,20 @@ class SampleProcessor:
         prepared = None
         if img is not None:
             try:
-                prepared = prepare_image(img, self.cfg.image_size, self.cfg.teacher_view, self.cfg.exact_teacher)
+                if self.cfg.family == "evev2":
+                    prepared = prepare_image_evev2(img, self.cfg.image_size, training=True)
+                else:
+                    prepared = prepare_image(img, self.cfg.image_size, self.cfg.teacher_view, self.cfg.exact_teacher)
             except Exception:
                 return "bad_image"
         key = f"{sample.url}#{sample.key}"
         return ProcessedSample(key, fitted.input_ids, fitted.labels, fitted.image_pos, prepared, num_image_tokens)
+
+    def _geometry(self, width: int, height: int) -> BandGeometry | GridGeometry:
+        """Where an image of this size goes, and its token count, under the family's rule."""
+        if self.cfg.family == "evev2":
+            return evev2_geometry(width, height, self.cfg.image_size, training=True)
+        return band_geometry(width, height, self.cfg.image_size)
 
 
 def filler_sample(tokenizer: TextTokenizer) -> ProcessedSample:
@@ -249,10 +286,21 @@ class ShardStream(IterableDataset):
             if budget < sample.max_length:
                 raise ValueError(f"pack_length {budget} must be >= max_length {sample.max_length}")
             self.collator: PaddedCollator | PackedCollator = PackedCollator(
-                tokenizer.pad_id, sample.image_size, budget, sample.teacher_view, pad_to_multiple_of
+                tokenizer.pad_id,
+                sample.image_size,
+                budget,
+                sample.teacher_view,
+                pad_to_multiple_of,
+                canvas=sample.canvas or "fixed",
             )
         elif collate == "padded":
-            self.collator = PaddedCollator(tokenizer.pad_id, sample.image_size, sample.teacher_view, pad_to_multiple_of)
+            self.collator = PaddedCollator(
+                tokenizer.pad_id,
+                sample.image_size,
+                sample.teacher_view,
+                pad_to_multiple_of,
+                canvas=sample.canvas or "fixed",
+            )
         else:
             raise ValueError(f"collate must be 'padded' or 'packed', got {collate!r}")
         if resampled:

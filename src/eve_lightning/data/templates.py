@@ -8,6 +8,15 @@ Built in (spec section 3):
 - ``vicuna_v1`` (SFT): ``BOS system " USER: " ... " ASSISTANT:" " answer" EOS "USER: " ...``; every answer and
   its EOS are supervised, everything else masked. The image sits at the start of the first human turn.
 
+EVEv2 (its ``conv_qwen_v2`` and ``conv_plain``, for Qwen2.5-7B-Instruct):
+- ``qwen2`` (stage 2 and SFT): the ``vicuna_v1`` layout with ``<|im_end|>`` closing every answer (the original's
+  ``sep2``): ``system " USER: <image>\n" q1 " ASSISTANT:" " a1" <|im_end|> "USER: " q2 " ASSISTANT:" " a2"
+  <|im_end|>``. Not ChatML: no ``<|im_start|>``, no role headers. Qwen's tokenizer has no BOS, so none is
+  inserted; answers and their ``<|im_end|>`` are supervised. ``<|im_end|>`` is inserted by id; a tokenizer
+  without that token (the LLaMA vocabulary of the tiny test models) ends answers with its EOS instead.
+- ``qwen2_plain`` (stages 0 to 1.1): ``<image> caption.strip() "\n"`` with the caption and newline supervised
+  (a BOS first only for a tokenizer that has one; Qwen's has none).
+
 More templates can be registered with ``register_template``; names are unique and templates are immutable.
 """
 
@@ -32,10 +41,15 @@ class Text:
 
 @dataclass(frozen=True)
 class Special:
-    """A special token inserted by id (``bos`` or ``eos``), never by text."""
+    """A special token inserted by id (``bos`` or ``eos``), never by text.
+
+    ``token`` names the end token of a template (e.g. ``<|im_end|>``): its id when the tokenizer has that token,
+    else the tokenizer's EOS.
+    """
 
     which: Literal["bos", "eos"]
     train: bool
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,17 +92,23 @@ class ChatTemplate:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
 class PlainTemplate(ChatTemplate):
-    r"""Caption pre-training: ``BOS <image> caption "\n"`` with only the caption (and newline) supervised."""
+    r"""Caption pre-training: ``BOS <image> caption "\n"`` with only the caption (and newline) supervised.
 
-    name = "plain"
-    requires_image = True
+    ``strip`` removes white space around the caption first (EVEv2's ``qwen2_plain``).
+    """
+
+    name: str = "plain"
+    strip: bool = False
+    requires_image: bool = True
 
     def render(self, turns: Sequence[Turn]) -> list[Part]:
         answers = [t.text for t in turns if t.role == "gpt"]
         if not answers:
-            raise ValueError("plain template needs a caption (a gpt turn)")
-        return [Special("bos", False), IMAGE_SLOT, Text(answers[0] + "\n", True)]
+            raise ValueError(f"{self.name} template needs a caption (a gpt turn)")
+        caption = answers[0].strip() if self.strip else answers[0]
+        return [Special("bos", False), IMAGE_SLOT, Text(caption + "\n", True)]
 
     def render_prompt(self, turns: Sequence[Turn]) -> list[Part]:
         return [Special("bos", False), IMAGE_SLOT]
@@ -98,7 +118,8 @@ class PlainTemplate(ChatTemplate):
 class SeparatorTemplate(ChatTemplate):
     """Two-separator chat layout of the Vicuna v1 family.
 
-    Renders ``system + sep + "USER: " h1 sep "ASSISTANT: " a1 EOS "USER: " h2 ...``.
+    Renders ``system + sep + "USER: " h1 sep "ASSISTANT: " a1 EOS "USER: " h2 ...``; ``eos_token`` names the token
+    that closes an answer when it is not the tokenizer's EOS (``<|im_end|>`` for ``qwen2``).
     """
 
     name: str = ""
@@ -107,6 +128,7 @@ class SeparatorTemplate(ChatTemplate):
     assistant: str = "ASSISTANT"
     sep: str = " "
     requires_image: bool = False
+    eos_token: str | None = None
 
     def _prompt_parts(self, turns: Sequence[Turn], with_answers: bool) -> list[Part]:
         parts: list[Part] = [Special("bos", False)]
@@ -118,7 +140,7 @@ class SeparatorTemplate(ChatTemplate):
                 pending = ""
             elif with_answers:
                 # The space before the answer belongs to the answer: SentencePiece glues it to the first word.
-                parts += [Text(" " + turn.text, True), Special("eos", True)]
+                parts += [Text(" " + turn.text, True), Special("eos", True, self.eos_token)]
         return parts
 
     def render(self, turns: Sequence[Turn]) -> list[Part]:
@@ -157,5 +179,9 @@ def get_template(name: str) -> ChatTemplate:
         raise KeyError(f"unknown template {name!r}; registered: {sorted(_REGISTRY)}") from None
 
 
+QWEN2_END = "<|im_end|>"  # closes every answer of EVEv2's qwen2 template (Qwen2.5-Instruct's EOS)
+
 register_template(PlainTemplate())
 register_template(SeparatorTemplate(name="vicuna_v1", system=VICUNA_SYSTEM))
+register_template(SeparatorTemplate(name="qwen2", system=VICUNA_SYSTEM, eos_token=QWEN2_END))
+register_template(PlainTemplate(name="qwen2_plain", strip=True))

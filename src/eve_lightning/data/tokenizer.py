@@ -68,6 +68,10 @@ class TextTokenizer:
         """Turn ids back into text (special tokens dropped)."""
         raise NotImplementedError
 
+    def special_id(self, token: str) -> int | None:
+        """The id of the single token spelled ``token`` (e.g. ``<|im_end|>``, ``</s>``), None when there is none."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source!r}, vocab={self.vocab_size})"
 
@@ -92,6 +96,10 @@ class SentencePieceTokenizer(TextTokenizer):
 
     def decode(self, ids: list[int]) -> str:
         return self._sp.decode([i for i in ids if 0 <= i < self.vocab_size])
+
+    def special_id(self, token: str) -> int | None:
+        i = self._sp.piece_to_id(token)
+        return i if 0 <= i < self.vocab_size and self._sp.id_to_piece(i) == token else None
 
     def __getstate__(self) -> dict[str, Any]:  # processors are rebuilt from the file in DataLoader workers
         return {"source": self.source}
@@ -128,6 +136,10 @@ class HFTokenizer(TextTokenizer):
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode([i for i in ids if i >= 0], skip_special_tokens=True)
+
+    def special_id(self, token: str) -> int | None:
+        i = self._tok.convert_tokens_to_ids(token)
+        return int(i) if isinstance(i, int) and self._tok.convert_ids_to_tokens(i) == token else None
 
 
 def load_tokenizer(path: str | Path | None = None, backend: Backend = "auto") -> TextTokenizer:

@@ -3,8 +3,10 @@
 Kinds: our stage exports, our Lightning training checkpoints (DeepSpeed folders consolidated), and the official
 EVE v1 checkpoint layout.
 
-`load_model(path)` returns an inference-ready EveVLM (no aligner, no teacher), its tokenizer and the canvas size
-read from the weights' own config, never from a folder name or a side folder.
+`load_model(path)` returns an inference-ready EveVLM (no aligner, no teacher) or EveV2VLM, its tokenizer and the
+canvas size (EVEv2: its ``max_size``) read from the weights' own config, never from a folder name or a side folder.
+The model family comes from the config too (``family``: ``eve`` or ``evev2``; exports and checkpoints written before
+the key are EVE v1).
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ from eve_lightning.checkpoints.sharded_folders import (
 )
 from eve_lightning.data.tokenizer import TextTokenizer, load_tokenizer
 from eve_lightning.models.eve_vlm import EveConfig, EveVLM
-from eve_lightning.models.export_format import CONFIG_NAME, FORMAT, load_export_weights
+from eve_lightning.models.evev2 import (
+    MOE_PARTS,
+    EveV2Config,
+    EveV2VLM,
+    build_evev2_model,
+    copy_text_to_vision,
+    is_vision_parameter,
+)
+from eve_lightning.models.export_format import CONFIG_NAME, FORMAT, config_family, load_export_weights
 from eve_lightning.models.llm import build_llm
 from eve_lightning.models.official_import import check_weight_files, load_official_weights
 from eve_lightning.utils.logging import get_logger
@@ -42,18 +52,20 @@ class LoadedModel:
     """An inference-ready model.
 
     Attributes:
-        vlm: EveVLM in eval mode, on its device and dtype, without aligner.
+        vlm: EveVLM (without aligner) or EveV2VLM, in eval mode, on its device and dtype.
         tokenizer: the model's tokenizer.
-        image_size: EVE canvas side (672 or 1344) from the model's config.
+        image_size: EVE canvas side (672 or 1344) from the model's config; EVEv2: its ``max_size`` (800 or 1600).
         kind: "export", "lightning_checkpoint" or "official".
         source: the path it was loaded from.
+        family: "eve" (EVE v1) or "evev2".
     """
 
-    vlm: EveVLM
+    vlm: EveVLM | EveV2VLM
     tokenizer: TextTokenizer
     image_size: int
     kind: str
     source: str
+    family: str = "eve"
 
     @property
     def context_length(self) -> int:
@@ -69,12 +81,40 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+_HF_BOOKKEEPING = ("architectures", "transformers_version", "dtype", "torch_dtype")
+
+
 def _inference_vlm(llm_config: dict[str, Any], eve: dict[str, Any]) -> EveVLM:
     eve = {k: v for k, v in eve.items() if k in EveConfig.__dataclass_fields__}
     eve["align_weight"] = 0.0  # inference: no aligner, no teacher
-    llm_config = {k: v for k, v in llm_config.items() if k not in ("architectures", "transformers_version", "dtype")}
-    llm_config.pop("torch_dtype", None)
+    llm_config = {k: v for k, v in llm_config.items() if k not in _HF_BOOKKEEPING}
     return EveVLM(build_llm(config=llm_config), EveConfig(**eve))
+
+
+def _inference_evev2(llm_config: dict[str, Any], eve: dict[str, Any], with_experts: bool = False) -> EveV2VLM:
+    """An EVEv2 model built from recorded configs (random weights); ``with_experts``: vision copies of every part."""
+    eve = {k: v for k, v in eve.items() if k in EveV2Config.__dataclass_fields__}
+    if with_experts:
+        eve["moe_parts"] = list(MOE_PARTS)
+    # the decoder's expert layout and routing come from `eve`; the HF config's own copies are dropped
+    skip = (*_HF_BOOKKEEPING, "moe_parts", "routing", "_name_or_path")
+    llm_config = {k: v for k, v in llm_config.items() if k not in skip}
+    return build_evev2_model({"config": llm_config}, eve).vlm
+
+
+def _build_vlm(config: dict[str, Any], copy_experts: bool = False) -> EveVLM | EveV2VLM:
+    """The inference model of a recorded config (``family``, ``llm``, ``eve``), with random weights."""
+    family = config_family(config)
+    if family == "evev2":
+        return _inference_evev2(config["llm"], config["eve"], with_experts=copy_experts)
+    if copy_experts:
+        raise ValueError("copy_experts (the copy step into vision experts) is for EVEv2 models; this one is EVE v1")
+    return _inference_vlm(config["llm"], config["eve"])
+
+
+def _copy_experts(vlm: EveV2VLM) -> None:
+    n = copy_text_to_vision(vlm)
+    log.info("copy step: %d vision-expert tensors set to their text weights", n)
 
 
 def _tokenizer_from(folder: Path, names: list[str] | None = None) -> TextTokenizer:
@@ -89,10 +129,12 @@ def _tokenizer_from(folder: Path, names: list[str] | None = None) -> TextTokeniz
     raise FileNotFoundError(f"no tokenizer in {folder}: expected tokenizer.model (or tokenizer.json)")
 
 
-def _load_export(folder: Path) -> tuple[EveVLM, TextTokenizer]:
+def _load_export(folder: Path, copy_experts: bool = False) -> tuple[EveVLM | EveV2VLM, TextTokenizer]:
     config = json.loads((folder / CONFIG_NAME).read_text())
-    vlm = _inference_vlm(config["llm"], config["eve"])
-    load_export_weights(folder, vlm)
+    vlm = _build_vlm(config, copy_experts)
+    load_export_weights(folder, vlm, allow_missing=is_vision_parameter if copy_experts else None)
+    if copy_experts:
+        _copy_experts(vlm)
     return vlm, _tokenizer_from(folder, config.get("tokenizer"))
 
 
@@ -133,16 +175,21 @@ def _load_official(folder: Path, image_size: int | None) -> tuple[EveVLM, TextTo
     return vlm, _tokenizer_from(folder)
 
 
-def _load_lightning_checkpoint(path: Path) -> tuple[EveVLM, TextTokenizer]:
+def _load_lightning_checkpoint(path: Path, copy_experts: bool = False) -> tuple[EveVLM | EveV2VLM, TextTokenizer]:
     # a DeepSpeed folder is consolidated in memory, weights-only; nothing is written next to it
     ckpt = consolidate_deepspeed_folder(path) if path.is_dir() else safe_load(path)
     config = ckpt.get(CHECKPOINT_CONFIG_KEY) if isinstance(ckpt, dict) else None
     if config is None:
         raise ValueError(f"{path} has no {CHECKPOINT_CONFIG_KEY}: it was not written by eve_lightning's trainer")
-    vlm = _inference_vlm(config["llm"], config["eve"])
+    vlm = _build_vlm(config, copy_experts)
     state = {k.removeprefix("model.vlm."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.vlm.")}
     state = {k: v for k, v in state.items() if not k.startswith("aligner.")}
-    vlm.load_state_dict(state, strict=True)
+    result = vlm.load_state_dict(state, strict=not copy_experts)
+    if copy_experts:
+        missing = [k for k in result.missing_keys if not is_vision_parameter(k)]
+        if missing or result.unexpected_keys:
+            raise ValueError(f"{path} does not fit its own config: missing {missing[:5]}, {result.unexpected_keys[:5]}")
+        _copy_experts(vlm)
     tokenizer = load_tokenizer(config.get("tokenizer")) if config.get("tokenizer") else load_tokenizer(None)
     return vlm, tokenizer
 
@@ -203,6 +250,7 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     image_size: int | None = None,
+    copy_experts: bool = False,
 ) -> LoadedModel:
     """Load any EVE weights for inference.
 
@@ -213,6 +261,8 @@ def load_model(
         device: default cuda when available, else cpu.
         dtype: default bfloat16 on GPU, float32 on CPU.
         image_size: only for official checkpoints whose config does not name it.
+        copy_experts: EVEv2 only: build the model with vision experts of every part and set them to copies of the
+            text weights (the copy step between stages 0 and 1.0; the source may lack the experts).
 
     Raises:
         FileNotFoundError: nothing at `path`.
@@ -221,11 +271,14 @@ def load_model(
     """
     path, kind = _locate(Path(path))
     if kind == "export":
-        vlm, tok = _load_export(path)
+        vlm, tok = _load_export(path, copy_experts)
     elif kind == "official":
+        if copy_experts:
+            raise ValueError("copy_experts is for EVEv2 weights; an official EVE v1 checkpoint has no vision experts")
         vlm, tok = _load_official(path, image_size)
     else:
-        vlm, tok = _load_lightning_checkpoint(path)
+        vlm, tok = _load_lightning_checkpoint(path, copy_experts)
     device = torch.device(device) if device is not None else default_device()
     vlm = vlm.to(device=device, dtype=dtype or default_dtype(device)).eval()
-    return LoadedModel(vlm=vlm, tokenizer=tok, image_size=vlm.config.image_size, kind=kind, source=str(path))
+    family = "evev2" if isinstance(vlm, EveV2VLM) else "eve"
+    return LoadedModel(vlm, tok, vlm.config.image_size, kind, str(path), family)

@@ -14,7 +14,8 @@ from eve_lightning.lit.optim import build_optimizer
 from eve_lightning.models.build import EveWithTeacher
 from eve_lightning.models.checkpointing import enable_checkpointing
 from eve_lightning.models.compile import compile_decoder_layers, compile_layers
-from eve_lightning.models.export_format import load_export_weights
+from eve_lightning.models.evev2 import copy_text_to_vision, is_vision_parameter
+from eve_lightning.models.export_format import load_export_weights, model_family
 from eve_lightning.utils.config_checks import ZERO3_COMPILE
 from eve_lightning.utils.logging import get_logger
 
@@ -40,7 +41,9 @@ class EveLitModule(pl.LightningModule):
     Args:
         model_factory: builds the EveWithTeacher (a Hydra `_partial_`); called in `configure_model`, so sharded
             strategies can build the model under their own context.
-        stage: the resolved `stage` config (name, trainable prefixes, ...).
+        stage: the resolved `stage` config (name, trainable prefixes or globs, ...). With `init_copy_experts`
+            (EVEv2 stage 1.0) the vision experts are set to copies of their text weights after `init_from` is
+            loaded (which may lack them: a stage-0 export) and before training: the original's copy step.
         optim: `build_optimizer` keyword arguments (lr, group_lr, weight_decay, betas, warmup_ratio, ...).
         total_steps: optimizer steps of the run (the LR schedule's length).
         init_from: stage export to start from (weights only), or None.
@@ -89,9 +92,7 @@ class EveLitModule(pl.LightningModule):
         if self._hf_zero3 is not None and (self.hparams.compile or {}).get("enabled"):
             raise ValueError(ZERO3_COMPILE)  # also checked at start-up; this guards other callers
         self.model = self.model_factory()
-        if self.hparams.init_from:
-            info = load_export_weights(self.hparams.init_from, self.model.vlm, self.model.teacher)
-            log.info("initialized from %s (%d aligner tensors skipped)", self.hparams.init_from, len(info["skipped"]))
+        self._init_weights()
         apply_freezing(self.model, list(self.hparams.stage["trainable"]))
         if self.hparams.gradient_checkpointing:
             n = enable_checkpointing(self.model.vlm.llm, self.hparams.gradient_checkpointing_layers)
@@ -103,6 +104,31 @@ class EveLitModule(pl.LightningModule):
             if teacher and self.model.teacher is not None:
                 n = compile_layers(self.model.teacher.layers, **options)
                 log.info("compiled the forward of %d teacher encoder blocks", n)
+
+    def _init_weights(self) -> None:
+        """Load `init_from` (weights only), then run the copy step when the stage asks for it."""
+        copy_experts = bool(self.hparams.stage.get("init_copy_experts", False))
+        if self.hparams.init_from:
+            info = load_export_weights(
+                self.hparams.init_from,
+                self.model.vlm,
+                self.model.teacher,
+                allow_missing=is_vision_parameter if copy_experts else None,
+            )
+            log.info(
+                "initialized from %s (%d aligner tensors skipped, %d vision-expert tensors not in the export)",
+                self.hparams.init_from,
+                len(info["skipped"]),
+                len(info["missing"]),
+            )
+        if copy_experts:
+            n = copy_text_to_vision(self.model) if model_family(self.model.vlm) == "evev2" else 0
+            if n == 0:
+                raise ValueError(
+                    "stage.init_copy_experts=true but the model has no vision experts: the copy step is for EVEv2 "
+                    "models with model.eve.moe_parts set (stage evev2_s1_0 with model=evev2_*)"
+                )
+            log.info("copy step: %d vision-expert tensors set to their text weights", n)
 
     def on_fit_start(self) -> None:
         if self.trainer.is_global_zero:
@@ -221,6 +247,7 @@ class EveLitModule(pl.LightningModule):
             raise RuntimeError(f"refusing to write a checkpoint with non-finite weights: {bad[:5]}")
         vlm = self.model.vlm
         checkpoint["eve_lightning_config"] = {
+            "family": model_family(vlm),
             "eve": vlm.config.to_dict(),
             "llm": vlm.llm.config.to_dict(),
             "tokenizer": self.tokenizer_source(),

@@ -1,9 +1,11 @@
 """Our stage-export format: safetensors weights + config.json (+ tokenizer files), HF-style.
 
 Layout of an export folder:
-  config.json          {"format": "eve_lightning", "format_version": 1, "eve": EveConfig, "llm": HF config,
-                        "teacher": teacher build args or null, "stage": ..., "extra": {...}}
-  model.safetensors    EveVLM state dict (llm.*, patch_embed.*, projector.*, aligner.*), or sharded with
+  config.json          {"format": "eve_lightning", "format_version": 1, "family": "eve" | "evev2",
+                        "eve": EveConfig | EveV2Config, "llm": HF config, "teacher": teacher build args or null,
+                        "stage": ..., "extra": {...}}; exports written before "family" existed are EVE v1
+  model.safetensors    EveVLM state dict (llm.*, patch_embed.*, projector.*, aligner.*) or EveV2VLM state dict
+                       (llm.* with the `moe_` vision experts, patch_embed.*), or sharded with
                        model.safetensors.index.json when larger than `max_shard_bytes`
   teacher.safetensors  only when the teacher has no local path (random test/demo teachers), so the next stage
                        aligns to the very same teacher
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,22 @@ from torch import nn
 FORMAT = "eve_lightning"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
+FAMILIES = ("eve", "evev2")  # EVE v1 (EveVLM) and EVEv2 (EveV2VLM)
+
+
+def model_family(vlm: nn.Module) -> str:
+    """The family of a VLM as recorded in exports and checkpoints: ``evev2`` for an EveV2VLM, else ``eve``."""
+    from eve_lightning.models.evev2.model import EveV2VLM
+
+    return "evev2" if isinstance(vlm, EveV2VLM) else "eve"
+
+
+def config_family(config: dict[str, Any]) -> str:
+    """The family recorded in an export's (or a checkpoint's) config; one written before the key is EVE v1."""
+    family = str(config.get("family") or "eve")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r} in the config: this eve_lightning knows {FAMILIES}")
+    return family
 
 
 def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
@@ -115,6 +134,7 @@ def save_export(
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "family": model_family(vlm),
         "stage": stage,
         "eve": vlm.config.to_dict(),
         "llm": vlm.llm.config.to_dict(),
@@ -186,10 +206,25 @@ def read_export_config(folder: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_export_weights(folder: str | Path, vlm: nn.Module, teacher: nn.Module | None = None) -> dict[str, list]:
+def load_export_weights(
+    folder: str | Path,
+    vlm: nn.Module,
+    teacher: nn.Module | None = None,
+    allow_missing: Callable[[str], bool] | None = None,
+) -> dict[str, list]:
     """Load an export's weights into already-built modules (strict on the VLM parts that exist).
 
-    Aligner weights are skipped when the VLM has no aligner (inference). Returns what was skipped.
+    Aligner weights are skipped when the VLM has no aligner (inference).
+
+    Args:
+        folder: the export.
+        vlm: the VLM to fill.
+        teacher: the teacher to fill with the export's teacher weights, if it has any.
+        allow_missing: VLM keys the export may lack (they keep their values), e.g. EVEv2's vision experts when
+            stage 1.0 starts from a stage-0 export and copies the text weights into them afterwards.
+
+    Returns:
+        ``{"skipped": export keys left out, "missing": allowed VLM keys the export lacks}``.
 
     Raises:
         ValueError: missing or unexpected keys, naming the first few and the likely cause.
@@ -205,14 +240,22 @@ def load_export_weights(folder: str | Path, vlm: nn.Module, teacher: nn.Module |
         for k in skipped:
             del state[k]
     result = vlm.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    allowed = [k for k in result.missing_keys if allow_missing is not None and allow_missing(k)]
+    missing = [k for k in result.missing_keys if k not in set(allowed)]
+    if missing or result.unexpected_keys:
+        hint = (
+            "build the model with the export's config (config.json) or pick the matching model= preset"
+            if not all(".moe_" in k for k in missing) or result.unexpected_keys
+            else "the export has no EVEv2 vision experts (a stage-0 export): start from it with "
+            "stage.init_copy_experts=true (stage evev2_s1_0), or add them with "
+            "`python -m eve_lightning.export --copy-experts EXPORT OUT`"
+        )
         raise ValueError(
-            f"export {folder} does not fit the model: missing {result.missing_keys[:5]}, unexpected "
-            f"{result.unexpected_keys[:5]}; build the model with the export's config (config.json) or pick "
-            "the matching model= preset"
+            f"export {folder} does not fit the model: missing {missing[:5]}, unexpected "
+            f"{result.unexpected_keys[:5]}; {hint}"
         )
     if teacher is not None:
         tstate = read_safetensors(folder, "teacher")
         if tstate is not None:
             teacher.load_state_dict(tstate)
-    return {"skipped": skipped}
+    return {"skipped": skipped, "missing": allowed}

@@ -3,7 +3,8 @@
 Every impossible combination fails before any model is built, with one line that names the fix. Values that follow
 from others are interpolations, never written into a resolved config: `${eve_accumulation:...}` (gradient
 accumulation from the global batch and the topology), `${eve_uses_teacher:...}` (the teacher view from the
-alignment weight) and `${eve_partial:...}` (a config node built as a factory, e.g. the LitModule's model).
+alignment weight), `${eve_family:...}` (the model family, eve or evev2, from the model's `_target_`) and
+`${eve_partial:...}` (a config node built as a factory, e.g. the LitModule's model).
 """
 
 from __future__ import annotations
@@ -120,6 +121,30 @@ def check_stage(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown stage {name!r}: use +stage=<{'|'.join(stages)}>")
 
 
+# The model factories of each family (conf/model/*.yaml `_target_`); any other factory counts as EVE v1.
+MODEL_FAMILIES = {
+    "eve_lightning.models.build.build_eve_model": "eve",
+    "eve_lightning.models.evev2.build.build_evev2_model": "evev2",
+}
+FAMILY_MODELS = {"eve": "tiny, demo_125m, eve_1b or eve_7b", "evev2": "evev2_tiny, evev2_1b or evev2_7b"}
+
+
+def model_family(target: Any) -> str:
+    """The family (``eve`` or ``evev2``) of the model a `_target_` builds."""
+    return MODEL_FAMILIES.get(str(target), "eve")
+
+
+def check_family(cfg: DictConfig) -> None:
+    """The stage trains the family of model the config builds (EVEv2 stages need an EVEv2 model, and back)."""
+    have = model_family(OmegaConf.select(cfg, "model._target_", default=None))
+    want = str(cfg.stage.get("family") or "eve")
+    if want != have:
+        raise ConfigError(
+            f"stage {cfg.stage.name} trains an {want} model but the model config builds an {have} model: add "
+            f"model=<{FAMILY_MODELS.get(want, want)}>, or pick a stage of the {have} family"
+        )
+
+
 def accumulation_steps(global_batch_size: Any, micro_batch: Any, world: int) -> int:
     """Micro-batches per optimizer step and rank: global batch / (micro-batch x world); 1 without a global batch.
 
@@ -190,11 +215,17 @@ def check_resolution(cfg: DictConfig) -> None:
     if want and have and want != have:
         raise ConfigError(f"stage {cfg.stage.name} trains at {want} but resolution={have}: add resolution={want}")
     size, max_len = int(cfg.model.eve.image_size), int(cfg.model.eve.max_length)
-    need = max_image_tokens(size)
+    family = model_family(OmegaConf.select(cfg, "model._target_", default=None))
+    need = max_image_tokens(size, family)
     if need + 8 > max_len:
+        fix = (
+            "raise model.eve.max_length (4096 for 1344 px) or use resolution=r672"
+            if family == "eve"
+            else "raise model.eve.max_length (4096 at 1600 px) or use resolution=evev2_r800"
+        )
         raise ConfigError(
             f"a square {size}-px image takes {need} tokens, which leaves no room in model.eve.max_length={max_len}: "
-            "raise model.eve.max_length (4096 for 1344 px) or use resolution=r672"
+            + fix
         )
 
 
@@ -373,6 +404,7 @@ def zero_stage(cfg: DictConfig) -> int | None:
 def validate(cfg: DictConfig) -> int:
     """Run every check; returns the gradient accumulation to use."""
     check_stage(cfg)
+    check_family(cfg)
     check_resolution(cfg)
     check_paths(cfg)
     check_speed_options(cfg)
@@ -399,5 +431,7 @@ def _partial(node: DictConfig) -> DictConfig:
 OmegaConf.register_new_resolver("eve_accumulation", _accumulation_resolver, replace=True)
 # `${eve_uses_teacher:<model.eve.align_weight>}`: the 336-px teacher view is built only for a positive weight
 OmegaConf.register_new_resolver("eve_uses_teacher", _uses_teacher, replace=True)
+# `${eve_family:${model._target_}}`: eve | evev2, the image rule and token geometry the data must follow
+OmegaConf.register_new_resolver("eve_family", model_family, replace=True)
 # `${eve_partial:${model}}`: the model node as a factory, called when the LitModule configures its model
 OmegaConf.register_new_resolver("eve_partial", _partial, replace=True)

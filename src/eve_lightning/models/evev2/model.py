@@ -1,0 +1,265 @@
+"""EveV2VLM: the EVEv2 model (patch embedding -> token splice -> modality-split Qwen2 decoder) and its CE loss.
+
+One forward serves training and inference prefill, as EVE v1's ``EveVLM`` does: the images of all placeholders are
+embedded in one batched call and spliced into the rows (``splice``), the decoder runs once with the image-token mask
+that routes tokens to the vision weights, and logits are computed only at supervised positions. There is no CLIP
+teacher and no alignment loss (``EveOutput.loss_align`` is 0), so the Lightning module and the benchmark drive it
+like a v1 model built with ``align_weight: 0``.
+
+Generation uses the same hooks as v1 (``prepare_inputs`` with ``pad_side="left"``, then ``llm(...)`` with a KV
+cache); the prefill call must also pass ``llm_kwargs(mm)`` (the image-token mask). Decoding steps carry text tokens
+only and run the text weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from eve_lightning.models import varlen_attention
+from eve_lightning.models.block_mask import packed_block_mask
+from eve_lightning.models.eve_vlm import EveOutput
+from eve_lightning.models.evev2.decoder import MOE_PARTS, EveV2ForCausalLM, is_vision_parameter, parse_moe_parts
+from eve_lightning.models.evev2.patch_embedding import EveV2PatchEmbedding
+from eve_lightning.models.evev2.routing import ROUTINGS
+from eve_lightning.models.evev2.splice import DecoderInputs, placeholders, splice_image_tokens
+from eve_lightning.models.losses import causal_lm_loss, supervised_positions
+
+
+@dataclass
+class EveV2Config:
+    """Hyperparameters of EVEv2 around the LLM (the LLM keeps its own HF config).
+
+    Attributes:
+        image_size: canvas side in px (800 for stages 0-1.0, 1600 from stage 1.1 on; any multiple of 32 runs).
+        patch_size: first convolution's patch in px (16).
+        merge_size: second convolution's window in patches (2): one token per 32 x 32 px.
+        vision_hidden: width of the first convolution (1024).
+        moe_parts: decoder parts with a vision copy, any of "layernorm", "self_attn", "mlp" ([] = none, as in
+            stage 0); the original's dash-joined string is accepted too.
+        max_length: sequence cap after image expansion (2048; 4096 from stage 1.1, 5000 in SFT).
+        routing: "routed" (each token through its own branch) or "dense" (both branches for every token, blended:
+            the original's formulation, a reference).
+    """
+
+    image_size: int = 800
+    patch_size: int = 16
+    merge_size: int = 2
+    vision_hidden: int = 1024
+    moe_parts: list[str] = field(default_factory=lambda: list(MOE_PARTS))
+    max_length: int = 2048
+    routing: str = "routed"
+
+    def __post_init__(self) -> None:
+        self.moe_parts = list(parse_moe_parts(self.moe_parts))
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
+        if self.image_size % self.cell_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of the {self.cell_size}-px token cell")
+
+    @property
+    def cell_size(self) -> int:
+        """Pixels per token side (patch_size * merge_size = 32)."""
+        return self.patch_size * self.merge_size
+
+    @property
+    def canvas_grid(self) -> int:
+        """Token cells per canvas side (25 at 800 px, 50 at 1600 px)."""
+        return self.image_size // self.cell_size
+
+    @property
+    def align_weight(self) -> float:
+        """EVEv2 has no alignment loss (read by the Lightning module's loss reduction)."""
+        return 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class EveV2VLM(nn.Module):
+    """Encoder-free VLM around an ``EveV2ForCausalLM``."""
+
+    aligner = None  # no alignment head (the v1 training wrapper looks for one)
+
+    def __init__(self, llm: EveV2ForCausalLM, config: EveV2Config | dict | None = None) -> None:
+        super().__init__()
+        cfg = config if isinstance(config, EveV2Config) else EveV2Config(**(config or {}))
+        if not isinstance(llm, EveV2ForCausalLM):
+            raise TypeError(
+                f"EveV2VLM needs an EveV2ForCausalLM (build_evev2_model makes one), got {type(llm).__name__}"
+            )
+        llm_parts = list(parse_moe_parts(getattr(llm.config, "moe_parts", MOE_PARTS)))
+        if llm_parts != cfg.moe_parts:
+            raise ValueError(
+                f"the decoder was built with moe_parts {llm_parts} but the config asks for {cfg.moe_parts}; build "
+                "both from the same config (build_evev2_model)"
+            )
+        llm.config.routing = cfg.routing  # a runtime choice, not part of the weights
+        self.config = cfg
+        self.llm = llm
+        self.patch_embed = EveV2PatchEmbedding(
+            cfg.vision_hidden, llm.config.hidden_size, cfg.patch_size, cfg.merge_size
+        )
+
+    # ------------------------------------------------------------------ inputs
+    def prepare_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        max_length: int | None = None,
+        pad_side: str = "right",
+        position_ids: torch.Tensor | None = None,
+        seq_ids: torch.Tensor | None = None,
+    ) -> DecoderInputs:
+        """Embed the images and splice them at their placeholders (arguments as EVE v1's ``prepare_inputs``).
+
+        Args:
+            input_ids: [B, L], at most one IMAGE_TOKEN_INDEX per row (padded) or per sample (packed).
+            attention_mask: [B, L] True/1 on real tokens.
+            pixel_values: uint8 [B, 3, S, S] indexed by row (padded), or [N, 3, S, S] one per placeholder (packed).
+            pixel_mask: [B, S, S] or [N, S, S], like ``pixel_values``.
+            labels: [B, L] or None.
+            max_length: cap after expansion (default ``config.max_length``; packed rows are never cut).
+            pad_side: "right" (training) or "left" (batched generation).
+            position_ids: packed rows: [B, L] positions in expanded coordinates.
+            seq_ids: packed rows: [B, L] sample index within the row (-1 on padding).
+        """
+        packed = seq_ids is not None
+        rows, _ = placeholders(input_ids, attention_mask)
+        if not packed and rows.numel() and bool((torch.bincount(rows) > 1).any()):
+            raise ValueError("a row holds more than one image placeholder; a padded row takes one image")
+        image = None
+        if rows.numel():
+            if pixel_values is None or pixel_mask is None:
+                raise ValueError("input_ids hold image placeholders but no pixel_values / pixel_mask were given")
+            if packed and pixel_values.shape[0] != rows.numel():
+                raise ValueError(f"{rows.numel()} image placeholders but {pixel_values.shape[0]} packed images")
+            pix, pmask = (pixel_values, pixel_mask) if packed else (pixel_values[rows], pixel_mask[rows])
+            image = self.patch_embed(pix, pmask)
+        return splice_image_tokens(
+            self.llm.get_input_embeddings(),
+            self.llm.config.hidden_size,
+            input_ids,
+            attention_mask,
+            image,
+            labels=labels,
+            max_length=max_length or self.config.max_length,
+            pad_side=pad_side,
+            position_ids=position_ids,
+            seq_ids=seq_ids,
+        )
+
+    @staticmethod
+    def llm_kwargs(mm: DecoderInputs) -> dict:
+        """Keyword arguments of ``llm(...)`` / the decoder for a forward over ``mm`` besides the usual ones."""
+        return {"vision_mask": mm.vision_mask}
+
+    def decoder_mask(self, mm: DecoderInputs) -> torch.Tensor | None:
+        """Attention mask for the decoder (the rule of EVE v1).
+
+        Padded rows: the [B, L'] padding mask. Packed rows: none with flash-attention or ``torch_varlen`` (the
+        restarting positions or the segment offsets delimit the samples), a block mask with FlexAttention, else a
+        block-diagonal causal bool [B, 1, L', L'] mask (padding attends to itself only, so no row is empty), additive
+        (0 / dtype minimum) for eager attention.
+        """
+        if mm.seq_ids is None:
+            return mm.attention_mask
+        impl = getattr(self.llm.config, "_attn_implementation", "")
+        if impl in ("flash_attention_2", varlen_attention.NAME):
+            return None
+        seq = mm.seq_ids  # [B, L']
+        if impl == "flex_attention":
+            return packed_block_mask(seq)
+        idx = torch.arange(seq.shape[1], device=seq.device)
+        causal = idx[None, :] <= idx[:, None]  # [L', L'] key <= query
+        same = (seq[:, :, None] == seq[:, None, :]) & (seq[:, None, :] >= 0)  # [B, L', L']
+        keep = ((same & causal) | torch.eye(seq.shape[1], dtype=torch.bool, device=seq.device))[:, None]
+        if impl == "eager":  # eager attention adds its mask to the scores
+            dtype = mm.inputs_embeds.dtype
+            return torch.zeros(keep.shape, dtype=dtype, device=seq.device).masked_fill(~keep, torch.finfo(dtype).min)
+        return keep
+
+    def segment_kwargs(self, mm: DecoderInputs) -> dict:
+        """Segment offsets for the ``torch_varlen`` attention (packed rows, or padded rows as one sample each)."""
+        if getattr(self.llm.config, "_attn_implementation", "") != varlen_attention.NAME:
+            return {}
+        seq = mm.seq_ids if mm.seq_ids is not None else torch.where(mm.attention_mask, 0, -1)  # [B, L']
+        return varlen_attention.decoder_kwargs(seq)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        teacher_features: torch.Tensor | None = None,
+        teacher_cell_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        seq_ids: torch.Tensor | None = None,
+    ) -> EveOutput:
+        """Training forward: next-token CE at supervised positions.
+
+        Args:
+            input_ids: [B, L], see ``prepare_inputs``.
+            attention_mask: [B, L].
+            labels: [B, L].
+            pixel_values: uint8 [B, 3, S, S] (padded) or [N, 3, S, S] (packed).
+            pixel_mask: [B, S, S] or [N, S, S].
+            teacher_features: must be None (EVEv2 has no teacher; the argument keeps v1's call signature).
+            teacher_cell_mask: must be None.
+            position_ids: packed layout only.
+            seq_ids: packed layout only; attention then stays inside each packed sample.
+        """
+        if teacher_features is not None or teacher_cell_mask is not None:
+            raise ValueError("EVEv2 has no CLIP teacher or alignment loss; build the training model without a teacher")
+        mm = self.prepare_inputs(
+            input_ids, attention_mask, pixel_values, pixel_mask, labels, position_ids=position_ids, seq_ids=seq_ids
+        )
+        # read counts back before the decoder is queued (as v1 does): after it each read-back would wait for it
+        ce_positions = supervised_positions(mm.labels)
+        stats = {
+            "seq_len": mm.inputs_embeds.shape[1],
+            "n_tokens": int(mm.attention_mask.sum()),
+            "n_images": int(mm.image_rows.numel()),
+            "n_image_tokens": int(mm.vision_mask.sum()),
+        }
+        out = self.llm.get_decoder()(
+            inputs_embeds=mm.inputs_embeds,
+            attention_mask=self.decoder_mask(mm),
+            position_ids=mm.position_ids,
+            use_cache=False,
+            **self.llm_kwargs(mm),
+            **self.segment_kwargs(mm),
+        )
+        loss_ce, n_tok = causal_lm_loss(
+            out.last_hidden_state, mm.labels, self.llm.get_output_embeddings(), positions=ce_positions
+        )
+        unused = self._touch_unused(mm, stats["n_image_tokens"] > 0)
+        return EveOutput(
+            loss=loss_ce + unused,
+            loss_ce=loss_ce.detach(),
+            loss_align=loss_ce.new_zeros((), dtype=torch.float32),
+            n_ce_tokens=n_tok,
+            n_align_images=0,
+            n_truncated=int(mm.n_truncated.sum()),
+            stats=stats,
+            terms=(loss_ce, unused),
+        )
+
+    def _touch_unused(self, mm: DecoderInputs, has_images: bool) -> torch.Tensor:
+        """Zero-valued term over the vision parts when no image token ran, so DDP/ZeRO-3 see every parameter."""
+        zero = mm.inputs_embeds.new_zeros((), dtype=torch.float32)
+        if has_images or not torch.is_grad_enabled():
+            return zero
+        params = [p for p in self.patch_embed.parameters() if p.requires_grad]
+        params += [p for n, p in self.llm.named_parameters() if p.requires_grad and is_vision_parameter(n)]
+        for p in params:
+            zero = zero + p.sum() * 0.0
+        return zero
