@@ -57,6 +57,11 @@ def model_fingerprint(path: Path) -> str:
     return hashlib.sha1(json.dumps(items).encode()).hexdigest()[:16]
 
 
+def template_name(template: str | None) -> str:
+    """The chat template as recorded in the results (None: the model family's, ``vicuna_v1`` or ``qwen2``)."""
+    return template or "model family default (vicuna_v1 for EVE v1, qwen2 for EVEv2)"
+
+
 def apply_limit(questions: list[Question], limit: int | None) -> list[Question]:
     """The first ``limit`` questions, plus the rest of their groups (an MME pair or MMBench rotations stay whole)."""
     if limit is None or limit >= len(questions):
@@ -185,7 +190,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "notes": scores.notes,
         "answers": str(out_dir / "answers.jsonl"),
         "submission": str(submission) if submission else None,
-        "generation": {"template": cfg.template, "max_new_tokens": int(cfg.max_new_tokens), "greedy": True},
+        "generation": {
+            "template": template_name(cfg.template),
+            "max_new_tokens": int(cfg.max_new_tokens),
+            "greedy": True,
+        },
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
     results["results"] = str(write_json(out_dir / RESULTS_FILE, results))

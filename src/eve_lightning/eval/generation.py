@@ -1,6 +1,6 @@
 """Batched greedy answers from an EVE model: questions in, answer strings out.
 
-Each question is encoded with the chat engine (template, image view at the model's canvas size), the prompts are
+Each question is encoded with the chat engine (template and image view of the model's family), the prompts are
 right-padded into one batch (text-only rows get a blank canvas and an all-zero mask; they have no image
 placeholder, so their pixels are never read), and one ``generate_tokens`` call decodes the whole batch. Each
 row's answer is its tokens up to the first EOS. Images are read and resized by a small thread pool.
@@ -29,7 +29,8 @@ def pad_batch(encoded: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[s
 
     Returns:
         input_ids [B, L], attention_mask [B, L], and pixel_values [B, 3, S, S] / pixel_mask [B, S, S] (None when
-        no row has an image; zeros for the rows without one).
+        no row has an image; zeros for the rows without one). S is the largest canvas side of the rows (EVE v1's
+        canvases all have the model's size; EVEv2's are sized per image and are padded at the right and bottom).
     """
     device = encoded[0]["input_ids"].device
     width = max(e["input_ids"].shape[1] for e in encoded)
@@ -48,13 +49,14 @@ def pad_batch(encoded: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[s
     with_image = [e for e in encoded if "pixel_values" in e]
     if with_image:
         ref = with_image[0]
-        pixels = torch.zeros((len(encoded), *ref["pixel_values"].shape[1:]), dtype=ref["pixel_values"].dtype)
-        masks = torch.zeros((len(encoded), *ref["pixel_mask"].shape[1:]), dtype=ref["pixel_mask"].dtype)
-        pixels, masks = pixels.to(device), masks.to(device)
+        side = max(e["pixel_values"].shape[-1] for e in with_image)  # EVEv2 canvases differ per image
+        pixels = torch.zeros((len(encoded), 3, side, side), dtype=ref["pixel_values"].dtype, device=device)
+        masks = torch.zeros((len(encoded), side, side), dtype=ref["pixel_mask"].dtype, device=device)
         for i, e in enumerate(encoded):
             if "pixel_values" in e:
-                pixels[i] = e["pixel_values"][0]
-                masks[i] = e["pixel_mask"][0]
+                n = e["pixel_values"].shape[-1]  # bands sit at the top-left, so a larger canvas keeps them whole
+                pixels[i, :, :n, :n] = e["pixel_values"][0]
+                masks[i, :n, :n] = e["pixel_mask"][0]
         batch["pixel_values"], batch["pixel_mask"] = pixels, masks
     return batch
 
@@ -89,7 +91,7 @@ class BatchAnswerer:
                 batch["attention_mask"],
                 batch["pixel_values"],
                 batch["pixel_mask"],
-                tok.eos_id,
+                self.engine.stop_id,
                 self.gen,
                 loaded.context_length,
             )
@@ -97,9 +99,10 @@ class BatchAnswerer:
         if not steps:
             return [""] * len(encoded)
         texts = []
+        stop = self.engine.stop_id
         for row in torch.stack(steps, 1).tolist():
-            if tok.eos_id in row:
-                row = row[: row.index(tok.eos_id)]
+            if stop in row:
+                row = row[: row.index(stop)]
             texts.append(tok.decode(row).strip())
         return texts
 
@@ -135,12 +138,15 @@ def load_answerer(
     device: str,
     *,
     model: str,
-    template: str = "vicuna_v1",
+    template: str | None = None,
     dtype: str = "auto",
     max_new_tokens: int = 128,
     threads: int = 4,
 ) -> BatchAnswerer:
-    """Load a model on ``device`` and wrap it in a ``BatchAnswerer`` (the worker-process factory of the runner)."""
+    """Load a model on ``device`` and wrap it in a ``BatchAnswerer`` (the worker-process factory of the runner).
+
+    ``template`` None: the model family's chat template (``vicuna_v1`` for EVE v1, ``qwen2`` for EVEv2).
+    """
     torch_dtype = None if dtype in ("auto", None) else DTYPES[dtype]
     loaded: LoadedModel = load_model(model, device=resolve_device(device), dtype=torch_dtype)
     return BatchAnswerer(ChatEngine(loaded, template=template), max_new_tokens=max_new_tokens, threads=threads)

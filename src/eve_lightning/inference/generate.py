@@ -1,6 +1,10 @@
-"""Batched token generation for EveVLM: one multimodal prefill, then a KV-cached decode loop.
+"""Batched token generation for EveVLM and EveV2VLM: one multimodal prefill, then a KV-cached decode loop.
 
-Rows are left-padded after image expansion, so every row's next token sits at the last position. Greedy by
+Rows are left-padded after image expansion, so every row's next token sits at the last position. A model with
+per-token decoder inputs besides the embeddings (EVEv2's ``llm_kwargs(mm)``: the image-token mask that routes
+image tokens to the vision weights) gets them at prefill; cached decoding steps carry text tokens only and pass
+none, and the uncached path extends every such [B, L'] mask with False for each generated token, so the image
+tokens keep their vision weights on every re-run. Greedy by
 default; temperature and top-p sampling on request (`GenerationConfig` refuses values out of range when it is made,
 so the chat CLI and the web demo accept exactly the same settings). Image tokens count against the context length
 exactly (1 + h(w+1) per image); a prompt that does not fit raises `PromptTooLongError` before the model runs.
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from eve_lightning.models.eve_vlm import EveVLM
+from eve_lightning.models.evev2 import EveV2VLM
 
 
 class PromptTooLongError(ValueError):
@@ -90,6 +95,24 @@ def _out_cache(out):
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
+def decoder_kwargs(vlm: torch.nn.Module, mm) -> dict[str, torch.Tensor]:
+    """Extra per-token decoder inputs of a prefill over ``mm`` (EVEv2: ``vision_mask`` [B, L']; EVE v1: none)."""
+    hook = getattr(vlm, "llm_kwargs", None)
+    return dict(hook(mm)) if hook is not None else {}
+
+
+def extend_token_kwargs(kwargs: dict[str, torch.Tensor], n: int = 1) -> dict[str, torch.Tensor]:
+    """Append ``n`` text positions (False / 0) to every per-token [B, L'] input (generated tokens are text)."""
+    out = {}
+    for key, value in kwargs.items():
+        if not isinstance(value, torch.Tensor) or value.dim() != 2:
+            raise ValueError(
+                f"decoder input {key!r} is not a per-token [B, L] tensor; the uncached decoding path cannot extend it"
+            )
+        out[key] = torch.cat([value, value.new_zeros((value.shape[0], n))], 1)
+    return out
+
+
 def sample_next(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
     """[B, V] logits -> [B] token ids (greedy, or temperature + top-p sampling)."""
     if cfg.temperature <= 0:
@@ -105,7 +128,7 @@ def sample_next(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.Ge
 
 @torch.no_grad()
 def generate_tokens(
-    vlm: EveVLM,
+    vlm: EveVLM | EveV2VLM,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     pixel_values: torch.Tensor | None,
@@ -117,7 +140,7 @@ def generate_tokens(
     """Yield the next token of every row, step by step ([B] int64; rows that ended yield `eos_id` again).
 
     Args:
-        vlm: the model (eval mode).
+        vlm: the model (eval mode): EveVLM or EveV2VLM.
         input_ids: [B, L] prompts with at most one IMAGE_TOKEN_INDEX per row, any padding side.
         attention_mask: [B, L] True on real tokens.
         pixel_values: uint8 [B, 3, S, S] or None.
@@ -145,8 +168,14 @@ def generate_tokens(
     mask = mm.attention_mask.long()  # [B, L']
     positions = mm.position_ids  # [B, L']
     embeds = mm.inputs_embeds  # [B, L', H]
+    extra = decoder_kwargs(vlm, mm)  # EVEv2: vision_mask [B, L']
     out = llm(
-        inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=cfg.use_cache, logits_to_keep=1
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=cfg.use_cache,
+        logits_to_keep=1,
+        **extra,
     )
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     embed = llm.get_input_embeddings()
@@ -173,6 +202,12 @@ def generate_tokens(
             )
         else:
             embeds = torch.cat([embeds, embed(token[:, None]).to(embeds.dtype)], 1)
+            extra = extend_token_kwargs(extra)  # the new token is text: False in the image-token mask
             out = llm(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=False,
+                logits_to_keep=1,
+                **extra,
             )

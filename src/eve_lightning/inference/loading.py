@@ -1,7 +1,7 @@
 """One loader for every kind of EVE weights.
 
 Kinds: our stage exports, our Lightning training checkpoints (DeepSpeed folders consolidated), and the official
-EVE v1 checkpoint layout.
+checkpoint layouts of EVE v1 and EVEv2 (kind "official" for both; the family tells them apart).
 
 `load_model(path)` returns an inference-ready EveVLM (no aligner, no teacher) or EveV2VLM, its tokenizer and the
 canvas size (EVEv2: its ``max_size``) read from the weights' own config, never from a folder name or a side folder.
@@ -40,6 +40,11 @@ from eve_lightning.models.evev2 import (
 from eve_lightning.models.export_format import CONFIG_NAME, FORMAT, config_family, load_export_weights
 from eve_lightning.models.llm import build_llm
 from eve_lightning.models.official_import import check_weight_files, load_official_weights
+from eve_lightning.models.official_import_v2 import (
+    is_official_v2_config,
+    load_official_v2_weights,
+    official_v2_settings,
+)
 from eve_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -57,7 +62,7 @@ class LoadedModel:
         image_size: EVE canvas side (672 or 1344) from the model's config; EVEv2: its ``max_size`` (800 or 1600).
         kind: "export", "lightning_checkpoint" or "official".
         source: the path it was loaded from.
-        family: "eve" (EVE v1) or "evev2".
+        family: "eve" (EVE v1) or "evev2"; None when made: read from the model's class.
     """
 
     vlm: EveVLM | EveV2VLM
@@ -65,7 +70,11 @@ class LoadedModel:
     image_size: int
     kind: str
     source: str
-    family: str = "eve"
+    family: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            self.family = "evev2" if isinstance(self.vlm, EveV2VLM) else "eve"
 
     @property
     def context_length(self) -> int:
@@ -150,9 +159,11 @@ def official_image_size(config: dict[str, Any]) -> int:
     return int(match.group(1))
 
 
-def _load_official(folder: Path, image_size: int | None) -> tuple[EveVLM, TextTokenizer]:
+def _load_official(folder: Path, image_size: int | None) -> tuple[EveVLM | EveV2VLM, TextTokenizer]:
     check_weight_files(folder)  # an unsafe or missing shard fails before a 7B model is built
     config = json.loads((folder / CONFIG_NAME).read_text())
+    if is_official_v2_config(config):
+        return _load_official_v2(folder, config, image_size)
     llm_config = {k: v for k, v in config.items() if not k.startswith("mm_") and not k.startswith("_")}
     for key in (
         "requires_cliploss",
@@ -172,6 +183,25 @@ def _load_official(folder: Path, image_size: int | None) -> tuple[EveVLM, TextTo
     vlm = _inference_vlm(llm_config, eve)
     report = load_official_weights(vlm, folder)
     log.info("official checkpoint %s: %s", folder, report.summary())
+    return vlm, _tokenizer_from(folder)
+
+
+def _load_official_v2(folder: Path, config: dict[str, Any], image_size: int | None) -> tuple[EveV2VLM, TextTokenizer]:
+    """An official EVEv2 folder (BAAI/EVE-7B-HD-v2.0 layout): config, preprocessing facts and weights from it."""
+    llm_config, eve, facts = official_v2_settings(folder, config)
+    if image_size is not None:
+        eve["image_size"] = image_size
+    log.info(
+        "official EVEv2 checkpoint %s: max_size %d, patch %d, merge %d, CLIP mean/std, from %s",
+        folder,
+        eve["image_size"],
+        facts.patch_size,
+        facts.merge_size,
+        facts.source,
+    )
+    vlm = _inference_evev2(llm_config, eve)
+    report = load_official_v2_weights(vlm, folder)
+    log.info("official EVEv2 checkpoint %s: %s", folder, report.summary())
     return vlm, _tokenizer_from(folder)
 
 
@@ -207,12 +237,12 @@ def find_kind(path: Path) -> str:
         if config.get("format") == FORMAT:
             return "export"
         if any(k.startswith("mm_") for k in config) or config.get("model_type") == "eve":
-            return "official"
+            return "official"  # EVE v1 or EVEv2 (`is_official_v2_config`)
     if path.is_dir() and (path / "checkpoints" / "last.ckpt").exists():
         return "run_dir"
     raise ValueError(
         f"{path} is not an EVE model: expected a stage export (config.json from eve_lightning), an official EVE v1 "
-        "checkpoint folder, a training run folder or a .ckpt file"
+        "or EVEv2 checkpoint folder, a training run folder or a .ckpt file"
     )
 
 
@@ -255,12 +285,13 @@ def load_model(
     """Load any EVE weights for inference.
 
     Args:
-        path: a stage export folder, an official EVE v1 folder, a training run folder (its
+        path: a stage export folder, an official EVE v1 or EVEv2 folder, a training run folder (its
             `checkpoints/last.ckpt`), or a Lightning `.ckpt` file (a DeepSpeed checkpoint folder is consolidated
             in memory). Every pickle is read weights-only (`checkpoints.safe_load`): none can run code.
         device: default cuda when available, else cpu.
         dtype: default bfloat16 on GPU, float32 on CPU.
-        image_size: only for official checkpoints whose config does not name it.
+        image_size: only for official checkpoints: EVE v1 whose config does not name it; EVEv2: overrides the
+            ``max_size`` read from the folder.
         copy_experts: EVEv2 only: build the model with vision experts of every part and set them to copies of the
             text weights (the copy step between stages 0 and 1.0; the source may lack the experts).
 
@@ -274,7 +305,10 @@ def load_model(
         vlm, tok = _load_export(path, copy_experts)
     elif kind == "official":
         if copy_experts:
-            raise ValueError("copy_experts is for EVEv2 weights; an official EVE v1 checkpoint has no vision experts")
+            raise ValueError(
+                "copy_experts is for EVEv2 exports and training checkpoints; convert an official checkpoint with "
+                "`python -m eve_lightning.export` first"
+            )
         vlm, tok = _load_official(path, image_size)
     else:
         vlm, tok = _load_lightning_checkpoint(path, copy_experts)

@@ -1,5 +1,8 @@
 """Import of the official EVE v1 checkpoint layout (BAAI/EVE-7B-v1.0 and -HD) into our modules.
 
+EVEv2's layout (BAAI/EVE-7B-HD-v2.0) is imported by ``official_import_v2``, which shares the file readers and the
+report of this module.
+
 The official state dict (spec section 8.3) keeps the LLaMA keys as-is and puts the EVE parts under
 `model.vision_tower.*` (PEL), `model.mm_projector.*` (projector), `model.vision_tower_compressor.*` (PAL) and the
 CLIP teacher under `model.vision_clip.backbone.*`. Files are sharded pickles with an index, or safetensors.
@@ -49,10 +52,12 @@ class ImportReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    renamed: dict[str, int] = field(default_factory=dict)  # old name -> count (EVEv2's earlier token names)
 
     def summary(self) -> str:
         parts = [f"missing {len(self.missing)}", f"unexpected {len(self.unexpected)}"]
         parts += [f"dropped {n} ({why})" for why, n in self.dropped.items()]
+        parts += [f"renamed {n} ({old})" for old, n in self.renamed.items()]
         return ", ".join(parts)
 
 
