@@ -13,6 +13,15 @@ steps of each path in the same process on the same GPU:
   captured only at the aligner's layers and image cells, logits only at supervised positions, no checkpointing.
 
 Both paths see the same samples per step and start from the same weights; the first step's losses are compared.
+
+EVEv2 models (`--model evev2_1b | evev2_7b`, or an EVEv2 model config file) have no teacher, projector or aligner:
+their samples follow EVEv2's image geometry (area about the model's `image_size` squared, 32-px cells:
+`planner.throughput.evev2_sample_geometry`), rectangular canvases of the batch's bands, and the default paths are
+`ours` (routed: each token through its own weights) and `dense` (the same weights and packed rows with
+`routing="dense"`, the original's compute-both-and-blend). The reference path runs without the aligner and the
+teacher when the model has none. An EVEv2 decoder's FLOPs are counted as routed: a token runs one branch (text or
+vision weights, the same count), so the vision copies are not added, and the dense path's MFU, over the same
+useful FLOPs, shows what computing both branches wastes.
 Both share the teacher, which runs CLIP only up to the distilled layer (the original also computes the last of
 CLIP ViT-L's 24 layers and discards it: the reference path is spared that 1/24 of the teacher). With ``--compile``
 our path also compiles the teacher's encoder blocks (``--no-compile-teacher``: the decoder blocks only).
@@ -43,12 +52,13 @@ from eve_lightning.data.geometry import band_geometry
 from eve_lightning.models import attention
 from eve_lightning.models.build import EveWithTeacher, teacher_cell_mask
 from eve_lightning.models.compile import compile_decoder_layers, compile_layers
+from eve_lightning.models.evev2 import EveV2VLM, is_vision_parameter
 from eve_lightning.models.fp8 import RECIPES as FP8_RECIPES
 from eve_lightning.models.fp8 import convert_decoder_to_fp8
 from eve_lightning.models.fused_ce import CE_IMPLS
 from eve_lightning.models.losses import cosine_alignment_loss
-from eve_lightning.models.shapes import DECODERS, build_random_model
-from eve_lightning.planner.throughput import ASPECTS
+from eve_lightning.models.shapes import MODEL_NAMES, build_random_model
+from eve_lightning.planner.throughput import ASPECTS, evev2_sample_geometry
 from eve_lightning.utils.flops import samples_flops
 
 PEAK_TFLOPS = 989.0
@@ -104,11 +114,14 @@ class ForwardTimer:
 
 
 # ------------------------------------------------------------------------------------------------- samples
-def draw_samples(workload: str, n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+def draw_samples(
+    workload: str, n: int, rng: np.random.Generator, family: str = "eve", image_size: int = 800
+) -> list[dict[str, Any]]:
     """Synthetic samples: text ids, labels, image placeholder, canvas geometry.
 
-    Pretraining: one 672 image + a 60-200 token caption. SFT: LLaVA-665K-like lengths (log-normal around 150
-    tokens, 20-1500), ~5% text-only, about half the tokens supervised.
+    Pretraining: one image + a 60-200 token caption. SFT: LLaVA-665K-like lengths (log-normal around 150
+    tokens, 20-1500), ~5% text-only, about half the tokens supervised. EVE v1 images are placed on 672 px canvases;
+    EVEv2 images (``family="evev2"``) follow EVEv2's geometry at ``image_size`` px (the same random draws).
     """
     out = []
     for _ in range(n):
@@ -126,23 +139,31 @@ def draw_samples(workload: str, n: int, rng: np.random.Generator) -> list[dict[s
         if has_image:
             ids[1] = IMAGE_TOKEN_INDEX
             w, h = ASPECTS[int(rng.integers(len(ASPECTS)))]
-            geom = band_geometry(w * 300, h * 300, 672)
+            geom = band_geometry(w * 300, h * 300, 672) if family == "eve" else evev2_sample_geometry(w, h, image_size)
         out.append({"ids": ids, "labels": labels, "geom": geom, "seed": int(rng.integers(2**31))})
     return out
 
 
 def _views(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """uint8 canvases and band masks of the samples with an image (pixels: a function of the sample's seed)."""
+    """uint8 canvases and band masks of the samples with an image (pixels: a function of the sample's seed).
+
+    EVE v1: 672 px canvases and 336 px teacher views. EVEv2 (bands without a teacher view): one rectangular canvas
+    size for the batch, its tallest band x its widest band (``data.canvas=rect``), no teacher views.
+    """
     ev, em, tv, tm = [], [], [], []
+    boxes = [s["geom"].eve for s in samples if s["geom"] is not None]
+    v2 = any(not hasattr(s["geom"], "teacher") for s in samples if s["geom"] is not None)
+    eve_hw = (max(b.y1 for b in boxes), max(b.x1 for b in boxes)) if v2 else (672, 672)
     for s in samples:
         g = s["geom"]
         if g is None:
             continue
         rng = np.random.default_rng(s["seed"])
-        for side, box, pix, mask in ((672, g.eve, ev, em), (336, g.teacher, tv, tm)):
-            canvas = np.empty((3, side, side), np.uint8)
+        views = ((eve_hw, g.eve, ev, em),) if v2 else ((eve_hw, g.eve, ev, em), ((336, 336), g.teacher, tv, tm))
+        for (height, width), box, pix, mask in views:
+            canvas = np.empty((3, height, width), np.uint8)
             canvas[:] = np.asarray(BACKGROUND_RGB, np.uint8)[:, None, None]
-            m = np.zeros((side, side), np.uint8)
+            m = np.zeros((height, width), np.uint8)
             canvas[:, box.y0 : box.y0 + box.height, box.x0 : box.x0 + box.width] = rng.integers(
                 0, 256, (3, box.height, box.width), dtype=np.uint8
             )
@@ -206,9 +227,15 @@ def packed_batch(samples: list[dict[str, Any]], budget: int, balanced: bool = Fa
 
 # ------------------------------------------------------------------------------------------------- paths
 def reference_loss(model: EveWithTeacher, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The original's step: per-sample patch embedding and aligner, all hidden states, full logits."""
+    """The original's step: per-sample patch embedding and aligner, all hidden states, full logits.
+
+    Models without an aligner (EVEv2, or EVE v1 built with ``align_weight: 0``) skip the aligner, the teacher and
+    the hidden states; EVEv2 has no projector, and its decoder gets the image-token mask.
+    """
     vlm, embed = model.vlm, model.vlm.llm.get_input_embeddings()
-    seqs, labels, spans = [], [], []
+    projector = getattr(vlm, "projector", None) or torch.nn.Identity()
+    aligned = vlm.aligner is not None and model.teacher is not None
+    seqs, labels, spans, images = [], [], [], []
     for i in range(batch["input_ids"].shape[0]):
         n = int(batch["attention_mask"][i].sum())
         ids, lab = batch["input_ids"][i, :n], batch["labels"][i, :n]
@@ -216,21 +243,29 @@ def reference_loss(model: EveWithTeacher, batch: dict[str, torch.Tensor]) -> tor
         if where.numel():
             s = int(where[0])
             image = vlm.patch_embed(batch["pixel_values"][i : i + 1], batch["pixel_mask"][i : i + 1])
-            tok = vlm.projector(image.tokens)
+            tok = projector(image.tokens)
             emb = torch.cat([embed(ids[:s]), tok.to(embed.weight.dtype), embed(ids[s + 1 :])])
             lab = torch.cat([lab[:s], torch.full((tok.shape[0],), IGNORE_INDEX, device=lab.device), lab[s + 1 :]])
             spans.append((i, s, image))
+            images.append((s, tok.shape[0]))
         else:
             emb = embed(ids)
+            images.append((0, 0))
         seqs.append(emb)
         labels.append(lab)
     length = max(e.shape[0] for e in seqs)
     emb = torch.stack([F.pad(e, (0, 0, 0, length - e.shape[0])) for e in seqs])
     lab = torch.stack([F.pad(x, (0, length - x.shape[0]), value=IGNORE_INDEX) for x in labels])
-    mask = torch.stack([torch.arange(length, device=emb.device) < e.shape[0] for e in seqs])
-    out = vlm.llm(inputs_embeds=emb, attention_mask=mask, output_hidden_states=True)
+    slot = torch.arange(length, device=emb.device)
+    mask = torch.stack([slot < e.shape[0] for e in seqs])
+    extra: dict[str, Any] = {"output_hidden_states": True} if aligned else {}
+    if isinstance(vlm, EveV2VLM):  # the image tokens of every row run the vision weights
+        extra["vision_mask"] = torch.stack([(slot >= s) & (slot < s + n) for s, n in images])
+    out = vlm.llm(inputs_embeds=emb, attention_mask=mask, **extra)
     logits = out.logits  # [B, L, V]: every position, image tokens included
     ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), lab[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+    if not aligned:
+        return ce
     hidden = torch.stack(out.hidden_states, 2)  # [B, L, layers + 1, H]: every hidden state kept
     with torch.no_grad():
         feats = model.teacher(batch["teacher_pixel_values"])  # the original runs CLIP on the whole batch
@@ -248,10 +283,30 @@ def reference_loss(model: EveWithTeacher, batch: dict[str, torch.Tensor]) -> tor
 
 
 def decoder_flops(model: EveWithTeacher, batch_lengths: list[int], trained: bool) -> float:
+    """Decoder FLOPs of a step over samples of ``batch_lengths`` tokens (``utils.flops.samples_flops``).
+
+    EVE v1: the decoder's parameters without the input embedding. EVEv2: the routed (useful) count, one branch
+    per token, so the parameters without the vision copies and without the input embedding, plus the LM head when
+    it is tied to the embedding (it still runs).
+    """
     llm = model.vlm.llm
     cfg = llm.config
-    params = sum(p.numel() for p in llm.parameters()) - llm.get_input_embeddings().weight.numel()
+    embed = llm.get_input_embeddings().weight
+    if isinstance(model.vlm, EveV2VLM):
+        params = sum(p.numel() for n, p in llm.named_parameters() if not is_vision_parameter(n)) - embed.numel()
+        if llm.get_output_embeddings().weight is embed:
+            params += embed.numel()
+    else:
+        params = sum(p.numel() for p in llm.parameters()) - embed.numel()
     return samples_flops(params, cfg.num_hidden_layers, cfg.hidden_size, batch_lengths, trained)
+
+
+def set_path(model: EveWithTeacher, path: str) -> None:
+    """Put an EVEv2 model in the routing of a path: ``dense`` computes both branches for every token, else routed."""
+    if isinstance(model.vlm, EveV2VLM):
+        model.vlm.set_routing("dense" if path == "dense" else "routed")
+    elif path == "dense":
+        raise ValueError("the dense path is EVEv2's (routing='dense'); EVE v1 models have no vision copies")
 
 
 def train_step(path: str, model: EveWithTeacher, batch: dict, opt: torch.optim.Optimizer) -> torch.Tensor:
@@ -298,9 +353,8 @@ def time_path(
     model.train()
     torch.cuda.reset_peak_memory_stats()
     times, first_loss, shares = [], None, []
-    timer = ForwardTimer(
-        {"teacher": model.teacher, "patch_embed": model.vlm.patch_embed, "projector": model.vlm.projector}
-    )
+    projector = getattr(model.vlm, "projector", None)  # EVEv2 has none
+    timer = ForwardTimer({"teacher": model.teacher, "patch_embed": model.vlm.patch_embed, "projector": projector})
     for step in range(warmup + steps):
         batch = batches[step % len(batches)]
         torch.cuda.synchronize()
@@ -316,7 +370,7 @@ def time_path(
     timer.remove()
     step_s = float(np.median(times))
     mean = {k: float(np.mean([s[k] for s in shares])) for k in ("teacher", "patch_embed", "projector")}
-    return {
+    out = {
         "step_s": step_s,
         "first_loss": first_loss,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
@@ -324,6 +378,10 @@ def time_path(
         "patch_embed_fwd_s": mean["patch_embed"] + mean["projector"],
         "teacher_pel_share": (mean["teacher"] + mean["patch_embed"] + mean["projector"]) / step_s,
     }
+    if model.teacher is None:  # nothing to time (EVEv2, or no alignment loss)
+        del out["teacher_fwd_s"]
+        out["pel_share"] = out.pop("teacher_pel_share")
+    return out
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -331,13 +389,21 @@ def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     model = build_random_model(args.model, args.workload, device, args.attention)
     trained = args.workload != "prealign"
+    family = "evev2" if isinstance(model.vlm, EveV2VLM) else "eve"
+    paths = (args.paths or ("ours,dense" if family == "evev2" else "ours,reference")).split(",")
+    if "dense" in paths and family != "evev2":
+        raise SystemExit("--paths dense: only EVEv2 models (--model evev2_1b | evev2_7b) have a dense routing")
+    if family == "evev2" and args.ce_impl != "torch":
+        raise SystemExit(f"--ce-impl {args.ce_impl}: EVEv2 models compute their loss with the torch CE only")
     # every path starts from the same weights; the copy waits in host memory (a 7B copy would not fit beside it)
     init = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    draws = [draw_samples(args.workload, args.micro_batch, rng) for _ in range(4)]
+    size = int(getattr(model.vlm.config, "image_size", 800))
+    draws = [draw_samples(args.workload, args.micro_batch, rng, family, size) for _ in range(4)]
     lengths = [[len(s["ids"]) - 1 + (s["geom"].num_image_tokens if s["geom"] else 1) for s in d] for d in draws]
     results: dict[str, Any] = {
         "card": torch.cuda.get_device_name(0),
         "model": args.model,
+        "family": family,
         "workload": args.workload,
         "micro_batch": args.micro_batch,
         "attention": attention.backend_of(model.vlm.llm),
@@ -348,15 +414,17 @@ def run(args: argparse.Namespace) -> dict:
         "rows_ours": args.rows,
         "ce_impl_ours": args.ce_impl,
         "initial_weights_kept_on": "host",  # earlier runs kept them on the GPU (their peaks include one copy)
-        "fp8_recipe": args.fp8_recipe if "ours_fp8" in args.paths else None,
+        "fp8_recipe": args.fp8_recipe if "ours_fp8" in paths else None,
         "paths": {},
     }
+    if family == "evev2":
+        results["image_size"] = size
     backend = attention.backend_of(model.vlm.llm)
-    paths = args.paths.split(",")
-    # compiling and the FP8 swap are in place: the eager reference path goes first, the FP8 one last
-    paths.sort(key=lambda name: {"reference": 0, "ours_fp8": 2}.get(name, 1))
+    # compiling and the FP8 swap are in place: the eager reference and dense paths go first, the FP8 one last
+    paths.sort(key=lambda name: {"reference": 0, "dense": 0, "ours_fp8": 2}.get(name, 1))
     for path in paths:
         model.load_state_dict(init)
+        set_path(model, path)
         model.vlm.config.ce_impl = args.ce_impl if path != "reference" else "torch"
         if path == "ours_fp8":
             n_fp8 = convert_decoder_to_fp8(model.vlm.llm, args.fp8_recipe)
@@ -388,6 +456,12 @@ def run(args: argparse.Namespace) -> dict:
         p = results["paths"]
         results["speedup"] = round(p["ours"]["samples_per_s"] / p["reference"]["samples_per_s"], 2)
         results["first_loss_diff"] = round(abs(p["ours"]["first_loss"] - p["reference"]["first_loss"]), 4)
+    if {"ours", "dense"} <= set(results["paths"]):
+        p = results["paths"]
+        results["speedup_vs_dense"] = round(p["ours"]["samples_per_s"] / p["dense"]["samples_per_s"], 3)
+        results["dense_first_loss_rel_diff"] = round(
+            abs(p["dense"]["first_loss"] - p["ours"]["first_loss"]) / abs(p["ours"]["first_loss"]), 5
+        )
     if {"ours", "ours_fp8"} <= set(results["paths"]):
         p = results["paths"]
         results["speedup_vs_bf16"] = round(p["ours_fp8"]["samples_per_s"] / p["ours"]["samples_per_s"], 3)
@@ -404,13 +478,15 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m eve_lightning.bench.train", description=__doc__.split("\n")[0])
     p.add_argument(
-        "--model", default="eve_1b", help=f"{' | '.join(sorted(DECODERS))} | a model config file (conf/model/*.yaml)"
+        "--model", default="eve_1b", help=f"{' | '.join(MODEL_NAMES)} | a model config file (conf/model/*.yaml)"
     )
     p.add_argument("--workload", choices=["sft", "pretrain", "prealign"], default="sft")
     p.add_argument(
         "--paths",
-        default="ours,reference",
-        help="comma-separated: ours, reference, ours_fp8 (our path with the decoder's linears in float8, run last)",
+        default=None,
+        help="comma-separated: ours, reference, ours_fp8 (our path with the decoder's linears in float8, run last), "
+        "dense (EVEv2: routing='dense', the original's compute-both); default ours,reference (EVE) | ours,dense "
+        "(EVEv2)",
     )
     p.add_argument(
         "--ce-impl", choices=list(CE_IMPLS), default="torch", help="our paths' LM head + loss (models/fused_ce.py)"
@@ -450,11 +526,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be at least 1")
-    unknown = set(args.paths.split(",")) - {"ours", "reference", "ours_fp8"}
+    unknown = set((args.paths or "ours").split(",")) - {"ours", "reference", "ours_fp8", "dense"}
     if unknown:
-        p.error(f"--paths: unknown {', '.join(sorted(unknown))}; use ours, reference, ours_fp8")
-    if args.model not in DECODERS and not Path(args.model).is_file():
-        p.error(f"--model {args.model!r}: use {' | '.join(sorted(DECODERS))} or an existing model config file")
+        p.error(f"--paths: unknown {', '.join(sorted(unknown))}; use ours, reference, ours_fp8, dense")
+    if args.model not in MODEL_NAMES and not Path(args.model).is_file():
+        p.error(f"--model {args.model!r}: use {' | '.join(MODEL_NAMES)} or an existing model config file")
     if not torch.cuda.is_available():
         raise SystemExit("eve_lightning.bench.train: error: needs a CUDA device")
     results = run(args)

@@ -2,6 +2,7 @@
 
     python -m eve_lightning.plan recipe=eve7b cluster=a100_2x8            # the three EVE-7B stages
     python -m eve_lightning.plan recipe=eve7b_hd cluster=a100_2x8         # ... with the 1344 px HD SFT
+    python -m eve_lightning.plan recipe=evev2_7b cluster=a100_2x8         # the five EVEv2-7B stages
     python -m eve_lightning.plan experiment=eve7b_sft_r672 cluster=a100_2x8 strategy=fsdp data.batch_size=8
 
 A recipe plans its experiments on the path our throughput was measured on (``planner.recipe.RECIPE_PATH``: FSDP,
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from eve_lightning.planner.recipe import RECIPE_PATH, RECIPES, compose_stage
-from eve_lightning.planner.report import ASSUMPTIONS, format_plan
+from eve_lightning.planner.report import ASSUMPTIONS, EVEV2_ASSUMPTIONS, format_plan
 from eve_lightning.planner.stage import StagePlan, plan_stage
 
 USAGE = f"""usage: python -m eve_lightning.plan (recipe=NAME | experiment=NAME ...) [cluster=NAME] [OVERRIDE ...]
@@ -28,8 +29,8 @@ USAGE = f"""usage: python -m eve_lightning.plan (recipe=NAME | experiment=NAME .
 
 Per-GPU memory and projected days of training stages, before running them. Nothing is loaded or written.
 
-  recipe=NAME        eve7b (prealign, pretrain, SFT at 672 px) | eve7b_hd (SFT at 1344 px), planned on the path
-                     the throughput was measured on: {" ".join(RECIPE_PATH)}
+  recipe=NAME        eve7b (prealign, pretrain, SFT at 672 px) | eve7b_hd (SFT at 1344 px) | evev2_7b (the five
+                     EVEv2 stages), planned on the path the throughput was measured on: {" ".join(RECIPE_PATH)}
   experiment=NAME    a conf/experiment config, planned as it is (repeatable)
   cluster=NAME       a100_2x8 | a100_1x8 | gpu1: the GPU count and perf.peak_tflops
   OVERRIDE           any training override, e.g. data.batch_size=8 gradient_checkpointing=false
@@ -57,7 +58,7 @@ def split_args(argv: Sequence[str]) -> tuple[list[tuple[str, list[str]]], list[s
         if key == "recipe":
             if value not in RECIPES:
                 raise SystemExit(f"unknown recipe {value!r}: one of {sorted(RECIPES)}")
-            experiments += [(e, list(RECIPE_PATH)) for e in RECIPES[value]]
+            experiments += [(e, [*extra, *RECIPE_PATH]) for e, extra in RECIPES[value]]
         elif key == "experiment":
             experiments.append((value, []))
         elif key.startswith("plan."):
@@ -69,7 +70,9 @@ def split_args(argv: Sequence[str]) -> tuple[list[tuple[str, list[str]]], list[s
         else:
             overrides.append(arg)
     if not experiments:
-        raise SystemExit("name what to plan: recipe=eve7b | recipe=eve7b_hd | experiment=<conf/experiment name>")
+        raise SystemExit(
+            "name what to plan: recipe=eve7b | recipe=eve7b_hd | recipe=evev2_7b | experiment=<conf/experiment name>"
+        )
     return experiments, overrides, options
 
 
@@ -83,5 +86,6 @@ def main(argv: Sequence[str] | None = None) -> list[StagePlan]:
     plans = [plan_stage(compose_stage([f"experiment={e}", *extra, *overrides]), e, options) for e, extra in experiments]
     recipes = [a.partition("=")[2] for a in args if a.startswith("recipe=")]
     recipe = recipes[0] if len(recipes) == 1 and len(experiments) == len(RECIPES[recipes[0]]) else None
-    print(format_plan(plans, ASSUMPTIONS, recipe, overrides))
+    assumptions = ASSUMPTIONS + (EVEV2_ASSUMPTIONS if any(p.family == "evev2" for p in plans) else [])
+    print(format_plan(plans, assumptions, recipe, overrides))
     return plans

@@ -38,6 +38,21 @@ ASSUMPTIONS = [
 ]
 
 
+EVEV2_ASSUMPTIONS = [
+    "EVEv2 throughput: no EVEv2 GPU measurement exists yet; each stage carries the measured EVE v1 decoder MFU of "
+    "the matching stage kind (stage 0 as prealign: frozen decoder; 1.0 and 1.1 as pretrain; 2 and SFT as SFT) to "
+    "the routed FLOPs of the EVEv2 decoder, its 800 / 1600 px images and their token counts",
+    "EVEv2 tokens per sample: the benchmark's aspect ratios under EVEv2's rule (area about max_size^2 in 32-px "
+    "cells, 1 + h (w + 1) tokens: 651 for a square image at 800 px, 2551 at 1600; the mean of the 7 aspects is 658 / "
+    "2560) plus the same text as EVE v1's samples; the original's data (EVE-recap, Infinity-MM, LLaVA-OneVision) "
+    "differs",
+    "EVEv2 decoder FLOPs: routed, one branch per token (the vision copies replace the text weights for image tokens, "
+    "same FLOPs per token): 6 x Qwen2.5-7B parameters without the input embedding per token whose branch trains, 4 x "
+    "when it is frozen (stage 0 freezes both, stages 1.x train only the vision branch), plus causal attention",
+    "EVEv2-7B in the original: 16 nodes x 8 GPUs, ZeRO-3, activation checkpointing; it states no training time",
+]
+
+
 def format_stage(p: StagePlan) -> list[str]:
     """Memory rows and the time derivation of one stage."""
     m = p.measured
@@ -61,7 +76,12 @@ def format_stage(p: StagePlan) -> list[str]:
         f"     {p.samples:,} / ({p.samples_per_s:.2f} samples/s x {p.n_gpus} GPUs) = {p.seconds / 3600:.1f} h"
         f" = {p.days:.2f} days"
     )
-    if p.image_size != MEASURED_IMAGE_SIZE:
+    if p.family == "evev2":
+        lines.append(
+            f"     EVEv2: no EVEv2 GPU measurement yet; the EVE v1 {m.workload} MFU carried to this EVEv2 stage and "
+            f"its {p.image_size} px images"
+        )
+    elif p.image_size != MEASURED_IMAGE_SIZE:
         lines.append(f"     measured at {MEASURED_IMAGE_SIZE} px: its MFU carried to {p.image_size} px (not measured)")
     if p.off_path:
         lines.append(
@@ -113,7 +133,8 @@ def format_plan(
     flag = " (stages off the measured path: expect longer)" if any(p.off_path for p in plans) else ""
     lines.append(f"   total{'':>51}{total:>8.2f} days{flag}")
     square = sum(p.days * p.square_flops_per_sample / p.flops_per_sample for p in plans)
-    lines.append(f"   with every image square (the most image tokens per sample): {square:.2f} days")
+    most = "" if any(p.family == "evev2" for p in plans) else " (the most image tokens per sample)"
+    lines.append(f"   with every image square{most}: {square:.2f} days")
     if recipe == "eve7b":
         lines.append(
             f"   the paper: ~{PAPER_DAYS:g} days for these three stages on two 8-A100-40G nodes, with its own code"
@@ -121,8 +142,11 @@ def format_plan(
         lines.append(f"   gap: {paper_gap(plans)}")
     elif recipe == "eve7b_hd":
         lines.append(f"   the paper states no time for EVE-7B-HD (its ~{PAPER_DAYS:g} days are the 672 px EVE-7B)")
+    elif recipe == "evev2_7b":
+        lines.append("   the original: EVEv2-7B on 16 nodes x 8 GPUs; it states no training time")
     if recipe:
-        command = " ".join(["python -m eve_lightning.train experiment=<stage>", *RECIPE_PATH, *overrides])
+        pick = "experiment=evev2_7b +stage=<stage>" if recipe == "evev2_7b" else "experiment=<stage>"
+        command = " ".join([f"python -m eve_lightning.train {pick}", *RECIPE_PATH, *overrides])
         lines.append(f"   train each stage as planned: {command}")
     lines.append("assumptions:")
     lines += [f" - {a}" for a in [*shared, *assumptions]]

@@ -4,6 +4,11 @@ Memory: the model states of the configured sharding and the activations of one m
 square (``planner.memory``). Time: the stage's samples over the samples/s that the measured decoder MFU of its stage
 kind gives for this stage's decoder and tokens (``planner.throughput``), scaled by the cluster's peak ratio, the
 checkpointing recompute and the multi-GPU scaling efficiency.
+
+EVEv2 stages: image tokens by EVEv2's rule (``1 + h * (w + 1)`` over 32-px cells: 651 for a square image at 800 px,
+2551 at 1600), decoder FLOPs routed (one branch per token, ``routed_flops``: image tokens count 6 x parameters when
+the weights they run train, 4 x when those are frozen, text tokens alike), and the MFU of the EVE v1 stage kind that
+``throughput.STAGE_KIND`` maps the stage to (no EVEv2 GPU measurement exists yet).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class StagePlan:
     image_size: int
     off_path: list[str]  # settings that differ from the measured path's
     notes: list[str]
+    family: str = "eve"  # eve | evev2 (its MFU is carried from the EVE v1 measurement of the stage kind)
 
     @property
     def reference_samples_per_s(self) -> float:
@@ -69,6 +75,36 @@ class StagePlan:
     @property
     def days(self) -> float:
         return self.seconds / 86400
+
+
+def routed_flops(
+    params: int,
+    layers: int,
+    hidden: int,
+    image_tokens: float,
+    text_tokens: float,
+    vision_trained: bool,
+    text_trained: bool,
+) -> float:
+    """Decoder FLOPs of one EVEv2 sample whose tokens each run one branch (text or vision weights, same size).
+
+    The ``utils.flops.samples_flops`` convention per branch: 6 FLOPs per parameter and token whose weights train,
+    4 when they are frozen; causal attention over the whole sample, 6 x layers x width x len^2 when any weights
+    train, 4/6 of that otherwise. With both branches trained (or both frozen) it equals ``samples_flops``.
+
+    Args:
+        params: decoder parameters of one branch without the input embedding (the LM head included).
+        layers: decoder layers.
+        hidden: decoder width.
+        image_tokens: image tokens of the sample (the vision branch's).
+        text_tokens: text tokens of the sample.
+        vision_trained: the weights image tokens run get gradients.
+        text_trained: the weights text tokens run get gradients.
+    """
+    n = image_tokens + text_tokens
+    attn = 6 * layers * hidden * n * n * (1 if (vision_trained or text_trained) else 4 / 6)
+    per_param = (6 if vision_trained else 4) * image_tokens + (6 if text_trained else 4) * text_tokens
+    return per_param * params + attn
 
 
 def strategy_name(cfg: DictConfig) -> str:
@@ -122,7 +158,7 @@ def stage_memory(cfg: DictConfig, counts: dict[str, Any], work: Workload, strate
         n_gpus: data-parallel size.
     """
     llm_bytes = dtype_bytes(cfg.model.llm.get("dtype"))
-    trained_llm = counts["frozen_llm"] == 0
+    trained_llm = counts["frozen_llm"] == 0 or counts["vision_trained"]  # EVEv2 1.x: only the vision copies train
     parts = model_states(
         counts["trained"],
         counts["frozen_llm"],
@@ -167,19 +203,20 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
     n_gpus = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
     strategy = strategy_name(cfg)
     size = int(cfg.model.eve.image_size)
+    family = counts["family"]
     given = options.get("tokens_per_sample", {})
     if task not in given and task not in TEXT_TOKENS:
         raise SystemExit(f"no token count assumed for {task}: set plan.tokens_per_sample.{task}=N")
     # time: the mean sample; memory: samples whose images are all square (the most image tokens)
-    tps = float(given[task]) if task in given else tokens_per_sample(task, size)
-    square_tps = float(given[task]) if task in given else tokens_per_sample(task, size, square=True)
+    tps = float(given[task]) if task in given else tokens_per_sample(task, size, family=family)
+    square_tps = float(given[task]) if task in given else tokens_per_sample(task, size, square=True, family=family)
     grid = size // int(cfg.model.eve.patch_size)
     work = Workload(
         micro_batch=int(cfg.data.batch_size),
         tokens_per_sample=square_tps,
         images_per_sample=IMAGE_SHARE.get(task, 1.0),
         patches_per_image=grid * grid,
-        image_tokens_per_image=max_image_tokens(size),  # memory: a square image, the most tokens
+        image_tokens_per_image=max_image_tokens(size, family),  # memory: a square image
         vision_width=int(cfg.model.eve.vision_hidden),
         # FSDP's own option checkpoints every block, like gradient_checkpointing=true
         checkpointing=bool(cfg.get("gradient_checkpointing", False))
@@ -193,13 +230,29 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
             f"{experiment}: gradient_checkpointing_layers={work.checkpoint_layers} but the decoder has {layers} "
             f"blocks; use 0-{layers} or null"
         )
-    trained_llm = counts["frozen_llm"] == 0
+    # EVEv2: the decoder counts as trained when either branch trains (stages 1.x: the vision copies)
+    trained_llm = counts["frozen_llm"] == 0 or counts["text_trained"] or counts["vision_trained"]
     memory = stage_memory(cfg, counts, work, strategy, n_gpus)
     shape = counts["shape"]
-    flops, square_flops = (
-        samples_flops(counts["decoder_no_embed"], shape.layers, shape.hidden, [n], trained_llm)
-        for n in (tps, square_tps)
-    )
+    if family == "evev2":
+        text = TEXT_TOKENS.get(task, 0.0) if task not in given else 0.0
+        flops, square_flops = (
+            routed_flops(
+                counts["decoder_no_embed"],
+                shape.layers,
+                shape.hidden,
+                n - text,
+                text,
+                counts["vision_trained"],
+                counts["text_trained"],
+            )
+            for n in (tps, square_tps)
+        )
+    else:
+        flops, square_flops = (
+            samples_flops(counts["decoder_no_embed"], shape.layers, shape.hidden, [n], trained_llm)
+            for n in (tps, square_tps)
+        )
     measured = MEASURED[STAGE_KIND[stage]]
     mfu_option = options.get("mfu", {})
     mfu = float(mfu_option if isinstance(mfu_option, float) else mfu_option.get(stage, measured.mfu))
@@ -211,7 +264,12 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
         f"{strategy}, {n_gpus} GPUs, micro-batch {work.micro_batch}, "
         f"checkpointing {f'{checkpointed}/{shape.layers} layers' if checkpointed else 'off'}, {blocks} blocks, "
         f"{OmegaConf.select(cfg, attention.CONFIG_KEY)} attention, {cfg.data.packing.collate} rows, "
-        f"decoder {'trained' if trained_llm else 'frozen'}"
+        + (
+            f"text weights {'trained' if counts['text_trained'] else 'frozen'}, vision weights "
+            f"{'trained' if counts['vision_trained'] else 'frozen'} (routed)"
+            if family == "evev2"
+            else f"decoder {'trained' if trained_llm else 'frozen'}"
+        )
     )
     return StagePlan(
         name=stage,
@@ -230,4 +288,5 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
         image_size=size,
         off_path=off_measured_path(cfg),
         notes=notes,
+        family=family,
     )

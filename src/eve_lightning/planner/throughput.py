@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eve_lightning.data.geometry import band_geometry, max_image_tokens
+from eve_lightning.data.geometry import GridGeometry, band_geometry, evev2_geometry, max_image_tokens
 
 # Aspect ratios (W:H) of the benchmark's synthetic images, equally likely; ``bench.train.draw_samples`` draws from them.
 ASPECTS = ((1, 1), (4, 3), (3, 4), (16, 9), (9, 16), (2, 1), (1, 2))
@@ -90,6 +90,17 @@ MEASURED = {
 }
 MEASURED_IMAGE_SIZE = 672  # every run above
 STAGE_KIND = {"prealign": "prealign", "pretrain": "pretrain", "sft": "sft", "sft_hd": "sft"}  # stage -> MEASURED key
+# EVEv2's stages have no GPU measurement yet: each carries the EVE v1 figure of the stage kind it resembles. Stage 0
+# trains only the patch embedding under a frozen decoder (as prealign); stages 1.0 and 1.1 train the vision copies,
+# which run the image tokens, most of every caption sample (as pretrain); stage 2 and SFT train everything on
+# conversations (as SFT).
+STAGE_KIND |= {
+    "evev2_s0": "prealign",
+    "evev2_s1_0": "pretrain",
+    "evev2_s1_1": "pretrain",
+    "evev2_s2": "sft",
+    "evev2_sft": "sft",
+}
 
 # The settings of the measured path. A stage configured otherwise is projected with the same figure and flagged:
 # eager blocks ran at 0.67-0.71x the compiled step's samples/s on the H100 (benchmarks/README.md, "Compiled decoder
@@ -113,13 +124,32 @@ def mean_image_tokens(image_size: int) -> float:
     return sum(band_geometry(w * 300, h * 300, image_size).num_image_tokens for w, h in ASPECTS) / len(ASPECTS)
 
 
-def tokens_per_sample(task: str, image_size: int, square: bool = False) -> float:
+def evev2_sample_geometry(aspect_w: int, aspect_h: int, max_size: int) -> GridGeometry:
+    """EVEv2 geometry of a benchmark image of aspect ``aspect_w:aspect_h``: a source of ``aspect x max_size`` px.
+
+    The source's area is at least ``max_size ** 2``, so EVEv2's training rule (``data.geometry.evev2_geometry``)
+    brings every aspect to an area of about ``max_size ** 2``: a square image becomes 25 x 25 cells at 800 px.
+    """
+    return evev2_geometry(aspect_w * max_size, aspect_h * max_size, max_size)
+
+
+def evev2_mean_image_tokens(max_size: int) -> float:
+    """Mean EVEv2 image tokens of the benchmark's aspect ratios at ``max_size`` px."""
+    return sum(evev2_sample_geometry(w, h, max_size).num_image_tokens for w, h in ASPECTS) / len(ASPECTS)
+
+
+def tokens_per_sample(task: str, image_size: int, square: bool = False, family: str = "eve") -> float:
     """Expected tokens per sample (image tokens + text) of the benchmark's workload at ``image_size`` px.
 
     Args:
         task: ``pretrain`` (caption pairs, also prealign) or ``sft``.
-        image_size: EVE canvas side in px (672 or 1344).
-        square: every image square, the most image tokens a sample can have (601 at 672 px, 2353 at 1344).
+        image_size: EVE canvas side in px (672 or 1344), or EVEv2's ``max_size`` (800 or 1600).
+        square: every image square, the most image tokens a sample can have (601 at 672 px, 2353 at 1344; EVEv2:
+            651 at 800 px, 2551 at 1600).
+        family: ``eve`` or ``evev2`` (EVEv2's image rule: ``1 + h * (w + 1)`` tokens over 32-px cells).
     """
-    image = max_image_tokens(image_size) if square else mean_image_tokens(image_size)
+    if family == "evev2":
+        image = max_image_tokens(image_size, "evev2") if square else evev2_mean_image_tokens(image_size)
+    else:
+        image = max_image_tokens(image_size) if square else mean_image_tokens(image_size)
     return IMAGE_SHARE[task] * image + TEXT_TOKENS[task]

@@ -132,11 +132,9 @@ def test_decoder_equals_compute_both_and_select_outputs_and_gradients(layout, at
     with torch.no_grad():  # the decoder's hidden states at every real token
         dec = vlm.llm.get_decoder()(
             inputs_embeds=mm.inputs_embeds,
-            attention_mask=vlm.decoder_mask(mm),
-            position_ids=mm.position_ids,
             vision_mask=mm.vision_mask,
             use_cache=False,
-            **vlm.segment_kwargs(mm),
+            **vlm.decoder_kwargs(mm),
         ).last_hidden_state
     real = mm.attention_mask
     torch.testing.assert_close(dec[real], hidden.detach()[real], rtol=1e-5, atol=1e-5)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from eve_lightning.models.evev2 import EveV2PatchEmbedding
+from tests.models.evev2.helpers import padded_batch, tiny_vlm
 
 # CLIP normalisation of the original's preprocessor configs (eve-anyratio-res{800,1600}-patch16)
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
@@ -118,5 +119,39 @@ def test_masks_that_do_not_cover_whole_cells_are_refused(band, offset):
 
 def test_a_canvas_that_is_not_whole_cells_is_refused():
     pe = EveV2PatchEmbedding(8, 16)
-    with pytest.raises(ValueError, match="multiple of 32 px"):
+    with pytest.raises(ValueError, match="canvas sides must be multiples of the 32-px token cell, got 100x100 px"):
         pe(torch.zeros(1, 3, 100, 100, dtype=torch.uint8), torch.ones(1, 100, 100, dtype=torch.uint8))
+
+
+def test_rectangular_canvases_give_the_same_tokens_as_square_canvases_of_the_same_images():
+    torch.manual_seed(0)
+    pe = EveV2PatchEmbedding(vision_hidden=16, llm_hidden=24)
+    bands = [(64, 160), (96, 64), (32, 128)]  # tallest band 96 px, widest 160 px: a 96 x 160 rect canvas
+    pixels, masks = canvases(bands, 160)
+    rect_pixels, rect_masks = pixels[:, :, :96, :160].contiguous(), masks[:, :96, :160].contiguous()
+    assert rect_masks.sum() == masks.sum()  # the crop keeps every band
+    with torch.no_grad():
+        square = pe(pixels, masks)
+        rect = pe(rect_pixels, rect_masks)
+    assert torch.equal(rect.tokens, square.tokens)
+    assert torch.equal(rect.lengths, square.lengths) and torch.equal(rect.grids, square.grids)
+    assert rect.lengths.tolist() == [1 + 2 * 6, 1 + 3 * 3, 1 + 1 * 5]
+    assert rect.canvas_grid == 160 // CELL  # the row stride of the cell index
+
+
+def test_a_rectangular_batch_trains_like_the_same_batch_on_square_canvases():
+    vlm = tiny_vlm()
+    square = padded_batch([(12, 2, (64, 160)), (10, 0, (96, 64)), (9, None, None)])
+    rect = dict(square, pixel_values=square["pixel_values"][:, :, :96], pixel_mask=square["pixel_mask"][:, :96])
+    with torch.no_grad():
+        want = vlm(**square)
+        got = vlm(**rect)
+    assert got.stats == want.stats and got.stats["n_image_tokens"] == (1 + 2 * 6) + (1 + 3 * 3)
+    torch.testing.assert_close(got.loss, want.loss, rtol=0, atol=0)
+
+
+def test_a_mask_that_does_not_match_the_canvases_is_refused():
+    pe = EveV2PatchEmbedding(8, 16)
+    pixels = torch.zeros(1, 3, 64, 96, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"pixel_mask has shape \(1, 64, 64\) but the canvases need"):
+        pe(pixels, torch.ones(1, 64, 64, dtype=torch.uint8))

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig
 
-from eve_lightning.models import varlen_attention
+from eve_lightning.models import attention
 from eve_lightning.models.build import EveWithTeacher
 from eve_lightning.models.evev2.decoder import MOE_PARTS, EveV2ForCausalLM, copy_text_to_vision, is_vision_parameter
 from eve_lightning.models.evev2.model import EveV2Config, EveV2VLM
@@ -21,7 +21,7 @@ def build_evev2_decoder(
     path: str | None = None,
     config: dict | None = None,
     dtype: str | None = None,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str = attention.DEFAULT,
     moe_parts: list[str] | str = MOE_PARTS,
     routing: str = "routed",
 ) -> EveV2ForCausalLM:
@@ -36,12 +36,12 @@ def build_evev2_decoder(
         config: Qwen2 config keyword arguments (random weights) when ``path`` is None; ``model_type`` must be
             "qwen2" if given.
         dtype: torch dtype name of the weights (default float32).
-        attn_implementation: "sdpa", "eager", "flash_attention_2", "flex_attention" or "torch_varlen".
+        attn_implementation: the attention backend (config key ``model.llm.attn_implementation``), one of
+            ``models.attention.BACKENDS``; checked, and handed to transformers, by ``models.attention``.
         moe_parts: decoder parts with a vision copy (see ``EveV2Config``).
         routing: "routed" or "dense".
     """
-    if attn_implementation == varlen_attention.NAME:
-        varlen_attention.register()
+    backend = attention.validate(attn_implementation)
     torch_dtype = getattr(torch, dtype) if dtype else torch.float32
     extra = {"moe_parts": list(EveV2Config(moe_parts=moe_parts).moe_parts), "routing": routing}
     if path is not None:
@@ -59,8 +59,8 @@ def build_evev2_decoder(
             config=cfg,
             local_files_only=True,
             dtype=torch_dtype,
-            attn_implementation=attn_implementation,
             output_loading_info=True,
+            **attention.load_kwargs(backend),
         )
         missing = [k for k in info.get("missing_keys", []) if is_vision_parameter(k)]
         if missing:
@@ -72,7 +72,7 @@ def build_evev2_decoder(
     kwargs = dict(config)
     _check_family(kwargs.pop("model_type", "qwen2"))
     cfg = AutoConfig.for_model("qwen2", **kwargs, **extra)
-    cfg._attn_implementation = attn_implementation
+    attention.configure(cfg, backend)
     llm = EveV2ForCausalLM._from_config(cfg, dtype=torch_dtype)
     copy_text_to_vision(llm)
     return llm

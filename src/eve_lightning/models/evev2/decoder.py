@@ -4,12 +4,12 @@ Built from transformers' Qwen2 classes (``Qwen2Config``, ``Qwen2Attention``, ``Q
 ``Qwen2RotaryEmbedding``, the attention-function registry). With ``config.moe_parts`` naming any of
 ``layernorm``, ``self_attn`` and ``mlp``, every layer gets a vision copy of both RMSNorms, of q/k/v/o, or of the
 MLP. Image tokens (``vision_mask``) run through the copies, text tokens through the original weights; attention
-stays one joint call over the whole sequence, through the attention function of ``config._attn_implementation``
-("sdpa", "eager", "flex_attention", "flash_attention_2", or this repository's "torch_varlen"), with the keyword
-arguments the EVE v1 decoder receives (segment offsets for packed rows). ``config.routing`` chooses how the split
-runs (``routing.Routing``): "routed" (each token through its own branch) or "dense" (the original: both for every
-token, blended). A forward without ``vision_mask`` (KV-cache decoding steps, text-only prompts) runs text weights
-only.
+stays one joint call over the whole sequence, through the attention function of the config's backend
+(``models.attention.backend_of``: "sdpa", "eager", "flex_attention", "flash_attention_2" or "torch_varlen"), with
+the keyword arguments of the rows' ``models.attention`` layout, as the EVE v1 decoder receives them.
+``config.routing`` chooses how the split runs (``routing.Routing``): "routed" (each token through its own branch)
+or "dense" (the original: both for every token, blended). A forward without ``vision_mask`` (KV-cache decoding
+steps, text-only prompts) runs text weights only.
 
 Parameter names of the copies are the original checkpoint's (``moe_`` before the text part's name):
 ``layers.N.moe_input_layernorm``, ``layers.N.moe_post_attention_layernorm``, ``layers.N.self_attn.moe_q_proj``
@@ -41,6 +41,7 @@ from transformers.models.qwen2.modeling_qwen2 import (
     eager_attention_forward,
 )
 
+from eve_lightning.models import attention
 from eve_lightning.models.evev2.routing import ROUTINGS, Routing
 
 MOE_PARTS = ("layernorm", "self_attn", "mlp")  # the original's `moe_part` vocabulary
@@ -131,10 +132,9 @@ class ModalityAttention(Qwen2Attention):
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        out, _ = attention(
+        backend = attention.backend_of(self.config)
+        attend: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(backend, eager_attention_forward)
+        out, _ = attend(
             self,
             q,
             k,

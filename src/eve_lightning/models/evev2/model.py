@@ -18,8 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from eve_lightning.models import varlen_attention
-from eve_lightning.models.block_mask import packed_block_mask
+from eve_lightning.models import attention
 from eve_lightning.models.eve_vlm import EveOutput
 from eve_lightning.models.evev2.decoder import MOE_PARTS, EveV2ForCausalLM, is_vision_parameter, parse_moe_parts
 from eve_lightning.models.evev2.patch_embedding import EveV2PatchEmbedding
@@ -103,6 +102,17 @@ class EveV2VLM(nn.Module):
             cfg.vision_hidden, llm.config.hidden_size, cfg.patch_size, cfg.merge_size
         )
 
+    def set_routing(self, mode: str) -> None:
+        """Switch how the decoder splits tokens between text and vision weights: "routed" or "dense" (same weights).
+
+        Raises:
+            ValueError: an unknown mode (the message lists the choices).
+        """
+        if mode not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {mode!r}")
+        self.config.routing = mode
+        self.llm.config.routing = mode  # read by the decoder at every forward
+
     # ------------------------------------------------------------------ inputs
     def prepare_inputs(
         self,
@@ -121,8 +131,9 @@ class EveV2VLM(nn.Module):
         Args:
             input_ids: [B, L], at most one IMAGE_TOKEN_INDEX per row (padded) or per sample (packed).
             attention_mask: [B, L] True/1 on real tokens.
-            pixel_values: uint8 [B, 3, S, S] indexed by row (padded), or [N, 3, S, S] one per placeholder (packed).
-            pixel_mask: [B, S, S] or [N, S, S], like ``pixel_values``.
+            pixel_values: uint8 [B, 3, H, W] indexed by row (padded), or [N, 3, H, W] one per placeholder (packed);
+                square or rectangular canvases.
+            pixel_mask: [B, H, W] or [N, H, W], like ``pixel_values``.
             labels: [B, L] or None.
             max_length: cap after expansion (default ``config.max_length``; packed rows are never cut).
             pad_side: "right" (training) or "left" (batched generation).
@@ -159,37 +170,13 @@ class EveV2VLM(nn.Module):
         """Keyword arguments of ``llm(...)`` / the decoder for a forward over ``mm`` besides the usual ones."""
         return {"vision_mask": mm.vision_mask}
 
-    def decoder_mask(self, mm: DecoderInputs) -> torch.Tensor | None:
-        """Attention mask for the decoder (the rule of EVE v1).
+    def decoder_kwargs(self, mm: DecoderInputs) -> dict:
+        """Attention keyword arguments of the decoder for ``mm`` under the decoder's backend (``models.attention``).
 
-        Padded rows: the [B, L'] padding mask. Packed rows: none with flash-attention or ``torch_varlen`` (the
-        restarting positions or the segment offsets delimit the samples), a block mask with FlexAttention, else a
-        block-diagonal causal bool [B, 1, L', L'] mask (padding attends to itself only, so no row is empty), additive
-        (0 / dtype minimum) for eager attention.
+        Padding mask and positions; for packed rows the block mask, dense block-diagonal mask or segment offsets the
+        backend takes. Reads one count back from the device for ``torch_varlen``: call it before the decoder runs.
         """
-        if mm.seq_ids is None:
-            return mm.attention_mask
-        impl = getattr(self.llm.config, "_attn_implementation", "")
-        if impl in ("flash_attention_2", varlen_attention.NAME):
-            return None
-        seq = mm.seq_ids  # [B, L']
-        if impl == "flex_attention":
-            return packed_block_mask(seq)
-        idx = torch.arange(seq.shape[1], device=seq.device)
-        causal = idx[None, :] <= idx[:, None]  # [L', L'] key <= query
-        same = (seq[:, :, None] == seq[:, None, :]) & (seq[:, None, :] >= 0)  # [B, L', L']
-        keep = ((same & causal) | torch.eye(seq.shape[1], dtype=torch.bool, device=seq.device))[:, None]
-        if impl == "eager":  # eager attention adds its mask to the scores
-            dtype = mm.inputs_embeds.dtype
-            return torch.zeros(keep.shape, dtype=dtype, device=seq.device).masked_fill(~keep, torch.finfo(dtype).min)
-        return keep
-
-    def segment_kwargs(self, mm: DecoderInputs) -> dict:
-        """Segment offsets for the ``torch_varlen`` attention (packed rows, or padded rows as one sample each)."""
-        if getattr(self.llm.config, "_attn_implementation", "") != varlen_attention.NAME:
-            return {}
-        seq = mm.seq_ids if mm.seq_ids is not None else torch.where(mm.attention_mask, 0, -1)  # [B, L']
-        return varlen_attention.decoder_kwargs(seq)
+        return mm.layout.decoder_kwargs(attention.backend_of(self.llm))
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -210,8 +197,8 @@ class EveV2VLM(nn.Module):
             input_ids: [B, L], see ``prepare_inputs``.
             attention_mask: [B, L].
             labels: [B, L].
-            pixel_values: uint8 [B, 3, S, S] (padded) or [N, 3, S, S] (packed).
-            pixel_mask: [B, S, S] or [N, S, S].
+            pixel_values: uint8 [B, 3, H, W] (padded) or [N, 3, H, W] (packed).
+            pixel_mask: [B, H, W] or [N, H, W].
             teacher_features: must be None (EVEv2 has no teacher; the argument keeps v1's call signature).
             teacher_cell_mask: must be None.
             position_ids: packed layout only.
@@ -230,13 +217,9 @@ class EveV2VLM(nn.Module):
             "n_images": int(mm.image_rows.numel()),
             "n_image_tokens": int(mm.vision_mask.sum()),
         }
+        decoder_kwargs = self.decoder_kwargs(mm)  # mask, positions or segment offsets
         out = self.llm.get_decoder()(
-            inputs_embeds=mm.inputs_embeds,
-            attention_mask=self.decoder_mask(mm),
-            position_ids=mm.position_ids,
-            use_cache=False,
-            **self.llm_kwargs(mm),
-            **self.segment_kwargs(mm),
+            inputs_embeds=mm.inputs_embeds, use_cache=False, **decoder_kwargs, **self.llm_kwargs(mm)
         )
         loss_ce, n_tok = causal_lm_loss(
             out.last_hidden_state, mm.labels, self.llm.get_output_embeddings(), positions=ce_positions

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from eve_lightning.models.attention import Layout, PackedLayout, PaddedLayout
 from eve_lightning.models.patch_embedding import ImageTokens, token_layout
 
 
@@ -25,23 +26,36 @@ class DecoderInputs:
 
     Attributes:
         inputs_embeds: [B, L', H].
-        attention_mask: bool [B, L'], True on real tokens.
-        position_ids: [B, L'].
+        layout: the rows' attention layout (``models.attention``): ``PaddedLayout`` (one sample per row) or
+            ``PackedLayout`` (several); ``layout.decoder_kwargs(backend)`` gives the decoder's mask, positions and
+            segment offsets.
         vision_mask: bool [B, L'], True on image tokens.
         labels: [B, L'] or None (IGNORE_INDEX on image tokens and padding).
         image_rows: [N] batch row of each placeholder, in row-major order.
         n_truncated: [B] tokens dropped by the max-length cap.
-        seq_ids: packed rows only: [B, L'] sample index within the row (-1 on padding).
     """
 
     inputs_embeds: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
+    layout: Layout
     vision_mask: torch.Tensor
     labels: torch.Tensor | None
     image_rows: torch.Tensor
     n_truncated: torch.Tensor
-    seq_ids: torch.Tensor | None = None
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """The [B, L'] bool padding mask: True on real tokens."""
+        return self.layout.attention_mask
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """[B, L'] decoder positions (restarting per sample in packed rows)."""
+        return self.layout.position_ids
+
+    @property
+    def seq_ids(self) -> torch.Tensor | None:
+        """Packed rows: [B, L'] sample index of every token within its row (-1 on padding); None when padded."""
+        return self.layout.seq_ids if isinstance(self.layout, PackedLayout) else None
 
 
 def placeholders(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,19 +152,17 @@ def splice_image_tokens(
 
     slot = torch.arange(out_len, device=device)[None, :]  # [1, L']
     if packed:
-        mask, positions = new_seq >= 0, new_pos
+        layout: Layout = PackedLayout(seq_ids=new_seq, position_ids=new_pos)
     elif pad_side == "left":
         start = out_len - kept[:, None]
-        mask, positions = slot >= start, (slot - start).clamp(min=0)
+        layout = PaddedLayout(attention_mask=slot >= start, position_ids=(slot - start).clamp(min=0))
     else:
-        mask, positions = slot < kept[:, None], slot.expand(bsz, -1)
+        layout = PaddedLayout(attention_mask=slot < kept[:, None], position_ids=slot.expand(bsz, -1))
     return DecoderInputs(
         inputs_embeds=embeds,
-        attention_mask=mask,
-        position_ids=positions,
+        layout=layout,
         vision_mask=vision,
         labels=new_labels,
         image_rows=rows,
         n_truncated=new_len - kept,
-        seq_ids=new_seq,
     )
