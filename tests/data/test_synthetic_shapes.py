@@ -262,7 +262,7 @@ def test_an_interrupted_generation_leaves_no_record(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synthetic_shapes, "generate_split", fail)
+    monkeypatch.setattr(synthetic_shapes, "_run_blocks", fail)
     with pytest.raises(KeyboardInterrupt):
         synthetic_shapes.generate(out, num_pretrain=5, num_sft=5, num_val=1, overwrite=True)
     assert synthetic_shapes.recorded_params(out) is None

@@ -1,0 +1,416 @@
+"""The demo generator's output, pinned byte for byte: every file of three small sets, by SHA-256.
+
+The expected hashes were recorded with the generator as it was before it was made fast; any change to what it
+writes (pixels, PNG or JPEG bytes, text, tar layout, index files) fails here. Each set is generated with one and
+with two worker processes, which must not change a byte either. The bytes of the pictures depend on the libraries
+that draw and encode them (and the samples on numpy's random streams), so the test runs only with the versions
+the hashes were recorded with; test_synthetic_shapes_fast.py compares against the original pipeline with any.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import PIL
+import pytest
+from PIL import features
+
+from eve_lightning.data import synthetic_shapes
+
+RECORDED_WITH = {"pillow": "13.0.0", "numpy": "2.3.5", "zlib": "1.2.13", "jpeg": "6.2"}
+INSTALLED = {
+    "pillow": PIL.__version__,
+    "numpy": np.__version__,
+    "zlib": features.version("zlib"),
+    "jpeg": features.version("jpg"),
+}
+
+# The demo recipe's content options (conf/experiment/demo_recipe.yaml), 672 px, 220 samples in shards of 32.
+RECIPE = {
+    "num_pretrain": 90, "num_sft": 90, "num_val": 20, "seed": 5, "shard_size": 32, "max_side": 672,
+    "max_turns": 10, "turns": "independent", "shuffled_captions": 0.5, "answers": "restated",
+    "shape_first_captions": 0.5,
+}  # fmt: skip
+# Default content options at 1344 px, several shards per split.
+DEFAULTS_1344 = {"num_pretrain": 10, "num_sft": 12, "num_val": 3, "seed": 2, "shard_size": 5, "max_side": 1344}
+# Images kept at their drawn size (PNG copied into the shards), more text-only samples, up to 4 turns.
+KEEP_SIZE = {
+    "num_pretrain": 6, "num_sft": 8, "num_val": 2, "seed": 9, "shard_size": 500, "max_side": None,
+    "text_only": 0.3, "max_turns": 4,
+}  # fmt: skip
+
+
+def manifest(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``root``, by its path relative to ``root``."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def expected(table: str) -> dict[str, str]:
+    return dict(line.split() for line in table.strip().splitlines())
+
+
+def check_pinned(root: Path, table: str) -> None:
+    got, want = manifest(root), expected(table)
+    missing, extra = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
+    changed = sorted(k for k in want.keys() & got.keys() if got[k] != want[k])
+    assert not (missing or extra or changed), f"missing {missing[:5]}, extra {extra[:5]}, changed {changed[:5]}"
+
+
+@pytest.mark.skipif(INSTALLED != RECORDED_WITH, reason=f"hashes recorded with {RECORDED_WITH}, not {INSTALLED}")
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("name", ["recipe", "defaults_1344", "keep_size"])
+def test_generated_files_are_pinned_byte_for_byte(tmp_path, name: str, workers: int):
+    params, table = SETS[name]
+    synthetic_shapes.generate(tmp_path / "set", workers=workers, cache=False, **params)
+    check_pinned(tmp_path / "set", table)
+
+
+RECIPE_FILES = """
+.eve_lightning_demo 042f01ab5f4b1bee9a3ad8dcae03c85b10c19a8528b730539a5e7264259d6503
+generation.json c64a1e7ecf9b15ebc6235d0c70fcb817760bd662d90c3da08b64a53d90670bae
+pretrain/train/index.json 7efd670d81bbd01c9f028f2883583a42b0ab472e313d5f4e94aba95c05d68572
+pretrain/train/shard-000000.idx.json b47c83902a34cac929aebda7ee06dd9f27fdbe5ee09f937e5d3041eed722b937
+pretrain/train/shard-000000.tar 7588a3405c5dda85b68182182913d43746c224b62c03d1c456063c4a8d9b5937
+pretrain/train/shard-000001.idx.json f9c412cf4c5dd244893e3cb02503f54502f3593c1e226610241a27a817742ab6
+pretrain/train/shard-000001.tar eca3321fa71cbf770c1fdfd1d58439e4fa96e630ffd6ab2ef625e0939863f60d
+pretrain/train/shard-000002.idx.json fa6ed251b15f843af666a3862302b1dded66883211e6e79948c183d3bb59734e
+pretrain/train/shard-000002.tar da369288bcd47665228c55f38182290e983d9e82b06add2802219a4aa8d7da1e
+pretrain/train/skipped.jsonl e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+pretrain/val/index.json 031e513859485ad1bb25edd41e53ec271cc388ee4c04f77e080ab4cab05a8e7b
+pretrain/val/shard-000000.idx.json 703cfdf090f9498d9ffe5befb0434c8d41f45157f9c716211c948ae42c844acf
+pretrain/val/shard-000000.tar 505d4dd0caa35c2f1e82bcd46aaf429f83fe4eaf97cfa7130283f1e48716ddbd
+pretrain/val/skipped.jsonl e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+raw/images/pretrain/train/000/000000.png 9154f8a90c4be7abca3fe400f5afd05cb8f1251036a28af2b12f936766240ebb
+raw/images/pretrain/train/000/000001.png 55af4a415e88539aae801e995a6555dc1177b317bf8a47493c80a4fd9550454b
+raw/images/pretrain/train/000/000002.png 9e47cbdc9dba937c66ea3104cd8bb684ba40f43acf9d7b0d1fc0194ebab046b9
+raw/images/pretrain/train/000/000003.png 933210b6ed30da9672f37a64da2fbf5d4a9c83a78044636076f4ee0168416c6f
+raw/images/pretrain/train/000/000004.png f4946167e74d94473e91907e78ea299e0542cb02fab31fab185274dddae34b45
+raw/images/pretrain/train/000/000005.png 471b33d427ff2fbefd3c20eeafdf9a582192dc029130a7ec49b50e193d57eab2
+raw/images/pretrain/train/000/000006.png 8ab914da37794de0116e4cc5f75ed84bbbf1fdccc9eb73bb42b275b08a36e600
+raw/images/pretrain/train/000/000007.png e0e9282eaaf96e794824d7491d4fc0b429ed2bf74c65f963ccbbddcde9416e04
+raw/images/pretrain/train/000/000008.png 899554146abfe1dd8c4305111b06b0bfa6ea966de585ee0f11477b73b559b1c4
+raw/images/pretrain/train/000/000009.png bd3451760b19fe1b0c6276615503ceb891c578cc84007694633cdef7bcbee7a1
+raw/images/pretrain/train/000/000010.png 3094854ef19d4328cd0e6c52865dc2259ff1991a6bd0e617caec3203ddf93c59
+raw/images/pretrain/train/000/000011.png 161e7679cf1a871e069cea9b79958a884b7e361974b74af36c802a222fe9848c
+raw/images/pretrain/train/000/000012.png c4dd83c6dc5e1b235ce4831e85d4a4d85ad8b4d224f40830a4a99d75c35149d7
+raw/images/pretrain/train/000/000013.png 9a7d59043824ef5dcb10812a62c628d9ae5c32a363c983972e8aa1a89ecc6dcb
+raw/images/pretrain/train/000/000014.png 7a55c0580ab6a781aae66d638f45bb244cbf6db40d0da2f3a48291e1880bdc6d
+raw/images/pretrain/train/000/000015.png e11975ef038029155bfcc04eb6cf62d08cd8b4147764c837b7ebd8faf860f4f9
+raw/images/pretrain/train/000/000016.png 01d91d42c6809003a915ed81e7e8c598f53b625ea3dbec992ce2e91e16ae2e02
+raw/images/pretrain/train/000/000017.png 27ace05dae6bc956901e08388d55a03f97374197248f3a53924771fcec80f46b
+raw/images/pretrain/train/000/000018.png d4e3b231f18517a7d10044ac11804512ce05e727a0a5b342d91cb9d09d776321
+raw/images/pretrain/train/000/000019.png 0c448e984d104c7fbc0d6dd75be6a69a2b81688fd5d18c0072a2139dd6770446
+raw/images/pretrain/train/000/000020.png 61bc5f66448e65591790d3ae954263e487f263c7fcb1e4abfca2fb69f51659ca
+raw/images/pretrain/train/000/000021.png cf77e3fb12a8246a48d8fb6bfd3360f2f6cfb6f93d9072e939a90d4d481d38f6
+raw/images/pretrain/train/000/000022.png 8fe836e33eeea301618f56c8aad705bc283b1722ea8525ba716e20f51c1b4636
+raw/images/pretrain/train/000/000023.png 4adc6c64390f21f4099279037417250872e42f94e9689a6190106c8d6227e558
+raw/images/pretrain/train/000/000024.png 22c3c86b064f35ab0085d3ec77bd336a471638948078d0895961782bec297a5d
+raw/images/pretrain/train/000/000025.png cc1f46c4c8c2ea7ca48cca58a8e1ea1ccf693d5eedca99ab5c9f9025237130c2
+raw/images/pretrain/train/000/000026.png f7daa58ebe3354db5d76339d5d7f029075af72a2c9f0658e142b8f816b5e5029
+raw/images/pretrain/train/000/000027.png 8d412159ec03e610d0859b4ef8dc03e704ba5270032afa586c2f5ce2b001257d
+raw/images/pretrain/train/000/000028.png e59b7e1feaa89058d8544982d671ecc40ffa21fd2ff77fa2f1b2befe9cef49b0
+raw/images/pretrain/train/000/000029.png 6beaf49dc57ebe21736fdf00b0f7a5a4333bbc54e7b0492455f09dce863f1b52
+raw/images/pretrain/train/000/000030.png 94c577d262de0debc748be1af46b236ae3107edc4c59aeeeeba77a8810d68870
+raw/images/pretrain/train/000/000031.png 8f0265250117b9fa302068ee9d10151cb99a7548b11c588c1a2cdba0535d4310
+raw/images/pretrain/train/000/000032.png 480d4b8062b36e453536b55b69a291f3f3c7b17449e8706686eb6c34794abd49
+raw/images/pretrain/train/000/000033.png e58818b141434a8a589f0de31444175901ef0b2775f0278a6ef41a6fc57ec22a
+raw/images/pretrain/train/000/000034.png 4371fedadff3ae4b73c1e9c89b53a407386743b8cc78a579b137b3bdcf41393b
+raw/images/pretrain/train/000/000035.png 6b70cb5b05af243af013dd3a668722f9f748cdf7ac7bf3e592e1c11f9e5c9da8
+raw/images/pretrain/train/000/000036.png c7e147ab7fb3396d4257416603d46524272613ea0d080cc30758a2185c657a41
+raw/images/pretrain/train/000/000037.png 8af91edc4689c2adf837a198990017c48ad59db24056b8c20b15c9418bb077a7
+raw/images/pretrain/train/000/000038.png 7da2f115146d10178a9c2b86e2795a0fb99a5cf191260aa16cec76ca52ae8a95
+raw/images/pretrain/train/000/000039.png 19b20147d384ce255b3db2f43ac4b55836e5142800aabcb7e89d64483a24dab1
+raw/images/pretrain/train/000/000040.png 2113d2b3d8ced82a5c3c1e348c0937939dc5500c545f08ff4ce9fd0a3a646139
+raw/images/pretrain/train/000/000041.png fbd22c85a63763f8476edfe329526360aaff3ff76f922198ba1b01b31e66ab7a
+raw/images/pretrain/train/000/000042.png 895992da224156c687e1ac6da54290341d7b4af7174c026f2b59b04e2c1cfdc1
+raw/images/pretrain/train/000/000043.png c5d5117420d9ddd1356377306adee0fd2cb965bb20eab9c12b85f3e832f7d7ba
+raw/images/pretrain/train/000/000044.png 37b1aaf7ab6a63c66c33bb7abeca7e46e8be7b8c7c60ed9e99555abd7d641268
+raw/images/pretrain/train/000/000045.png ffe30396cd3f676099c5865b1f1275e118dcfda7e79410459e5104a183ad65af
+raw/images/pretrain/train/000/000046.png 49660a04cf2cc9da8432e8a33342115204ddbf2d43a5c4bc8b5958b74b3d19b9
+raw/images/pretrain/train/000/000047.png 6c5842b61004542bd9c2077bb36d09d20288fe7dd3d2ec0afe31816f1a491e43
+raw/images/pretrain/train/000/000048.png 2c7ae0cfe1899f8326d5db2ed289f34601499d41d3a7e209c553f0e9116e7c0f
+raw/images/pretrain/train/000/000049.png 52922284ab67ca39ff0bf9b18ac3b19d684b2ad6b15d37be863c4975cc3dbf52
+raw/images/pretrain/train/000/000050.png 5f2537091af484e1cb12ddc060ac929efe51a375e4df9588facd5264fee42bb5
+raw/images/pretrain/train/000/000051.png e2aa8996d14733568e07db3abb8f2974535b62540e5d296ff3a1b43840097113
+raw/images/pretrain/train/000/000052.png 143a824be782236c9bfa31b36c32968f459ce665ee0474ad3068c0e9d0fb562e
+raw/images/pretrain/train/000/000053.png ef013c8a962135276681ea7a88b623230c7e1d27e167ff25c5c7435b62cbd8ba
+raw/images/pretrain/train/000/000054.png 302c5f54c44af2a76185114bb3c253ac360417f22350e7c0ee34522873c6d99d
+raw/images/pretrain/train/000/000055.png 415f075269ffaf4e1d48b84fdcd80625a5e1889c30b3f12fc8bd155e25a75301
+raw/images/pretrain/train/000/000056.png a80acc34688afe3752bcbfc3cfc4f536953b907b81eaba1c23164e942bee3541
+raw/images/pretrain/train/000/000057.png 51bb84b34ad664bb272b157e4ba533375ea0fb25adf004e6606c4754bafd034a
+raw/images/pretrain/train/000/000058.png 490832567b819bc6c667b9bc489b0c3889875caf64ba741451c4f67fc9edcb5a
+raw/images/pretrain/train/000/000059.png fa1a7d6080841fc27560b28186c45d627c3cd796503d752ea84cec8f482ce054
+raw/images/pretrain/train/000/000060.png 4848ec98d5c8704cf17b5d23e461c31bcf2d2e629cba77c8f0abe3169d26c1ce
+raw/images/pretrain/train/000/000061.png 2c82b07a03f6856e966eda85e29ffe4ca3e99b21c13402c6ad017c0d1bb170fa
+raw/images/pretrain/train/000/000062.png 7f1d3cba2043a4fa86b609366b4347844440295afe5911dee5280834f6501c57
+raw/images/pretrain/train/000/000063.png 0868239c6f6fa1b8abbe0fa71f61280dcf782acddd8f12cde1a1faf38c805a8d
+raw/images/pretrain/train/000/000064.png b46f2803387700e1d62c6cbbabd5001483fea17c2521c588c103c324460c85b4
+raw/images/pretrain/train/000/000065.png ef6d2e1275dfe19853d5aceada2943bd19f8c36b3b20eeee873fa08ee29f2d81
+raw/images/pretrain/train/000/000066.png b2a29960f0ce162d3eef404ed89c132ac0c038ea904339fd681d86bcd780db99
+raw/images/pretrain/train/000/000067.png a3fd6eb4050364135bb96c5ee2840584f165bb2be1991630d785bbc1fcb694c7
+raw/images/pretrain/train/000/000068.png d96d3d5b75bd6e0793b0cb204fc85ab8c288e8100c431046146287c08c31324d
+raw/images/pretrain/train/000/000069.png e521465d2a0984782337bae0aa457a465724046fe0028139515d00701613841c
+raw/images/pretrain/train/000/000070.png eefbaceae4ae0ddb77757517010efac0de8385d1fd07c5612dd30be340d10e1c
+raw/images/pretrain/train/000/000071.png aa0d9a48122b9ae82f4359c94700f164c9658ea1cbd376391533eb7c71e95765
+raw/images/pretrain/train/000/000072.png 7e34478e33c187ab27a78c37ebdfbe1153dcce9e5fae10dbec948c98cbf361f4
+raw/images/pretrain/train/000/000073.png 8b07d8e430356fc21db2385908cee5569bb28e45b4e6d8368dcef41d693cde7b
+raw/images/pretrain/train/000/000074.png 7798695e79962fa79eff2cee1ebe061ffb6afeb1e9e40ed504f974e28f4244c6
+raw/images/pretrain/train/000/000075.png 76a431a0c908538aa4345ec924b73c77eee33e316afe920fbfbcef6657d9d663
+raw/images/pretrain/train/000/000076.png f0521ed6b20b7612a5b3bd7a85ea3cfdfaeec65e81c02da52543e5d950df9bfb
+raw/images/pretrain/train/000/000077.png 5e022e44bca4fd3c518d41a107fa3d3d026ae3644701b5fa2b0bb959923e4372
+raw/images/pretrain/train/000/000078.png 134652ec9108f26d55cc9b145af29538df0bee90b023bd253f3d5fcac862592e
+raw/images/pretrain/train/000/000079.png a8ff0b737a2515bd8f0bc93c1ed365a0aba841d48bc1beab5b6e4477ac5b285f
+raw/images/pretrain/train/000/000080.png df1bce305f0c72fe85a942a42113481c7d9938eeccae220ccd8dae71857f91bd
+raw/images/pretrain/train/000/000081.png cecfb0dc851f5790b5bbe460642307fdaec785807efe7b4119de4c3af2ad195b
+raw/images/pretrain/train/000/000082.png c3ac01c71ae4211c76d8239a916b5a365c9e7dcd7e34851484cd3d09bf0feacc
+raw/images/pretrain/train/000/000083.png cb4555b74d54341deb9c382d16f46f7ba70c75613498bfdd035dfed95e0591d6
+raw/images/pretrain/train/000/000084.png 905da1c4f5cf0bfd4e2b59a15cfba512b406c6e7785897d5809077da557f23b5
+raw/images/pretrain/train/000/000085.png 940c0c9fa3ffe63a1c7204fba99da64bedac5072e339f404542f44b3fd52c590
+raw/images/pretrain/train/000/000086.png 3893e1b4b76e6083fe2e48747f7f8f91dd486724c9388c55a56e84bb1f24f8a4
+raw/images/pretrain/train/000/000087.png f58159f23be37a3d10de070a69bff2202b19283ce22a3410189508a31a5a7bd0
+raw/images/pretrain/train/000/000088.png 94db63b8026579d77c1052ea62f4d01be07c4d9cc09ecbf0594a6aac0ad4c0d0
+raw/images/pretrain/train/000/000089.png 52b5ad2cbbf92e8dcbb22b19c93cce63278c8cd35e7ac9bb537dca0abefe5d12
+raw/images/pretrain/val/000/000000.png a21584da9cc101ecbeee3a38a4b09a26f706d18d597a39447acd92e8f4476647
+raw/images/pretrain/val/000/000001.png 0d2e2aad263d434055958755ef3d1559b3725dfe0a0ab473f4d464c9620feac9
+raw/images/pretrain/val/000/000002.png 49beb6cc25cddb82f954d6ea92090134088914c4b1f262e861b7ff7f4cc194bb
+raw/images/pretrain/val/000/000003.png 7d8ec704e596ecc7abb9a9488c8aaf6df722154edff34eefde043f90c8089a91
+raw/images/pretrain/val/000/000004.png c1db055d84954da1a383eaf62abadb9515564d7fba6ad6c29985669ffc9b9f7f
+raw/images/pretrain/val/000/000005.png 0cbaac40bb452711d65b461e73a423b07c9d8eb4c3e14b13aa5c825e8d56a982
+raw/images/pretrain/val/000/000006.png 4cfb6e6d756a37850237cf18f5721861bf5d6fade2d1d28981fabb0588015f03
+raw/images/pretrain/val/000/000007.png 4e0e51c9297b76b31b7190dc6d778a601a859164777bea04c04eff861f278210
+raw/images/pretrain/val/000/000008.png 94618750c5b76c1e2299f366651af8b026f81433a5a8754f0f5fb4870717ba2a
+raw/images/pretrain/val/000/000009.png dafd33b5b10fed5da2c37175e6ac1f040672d50fc396b726de370b6483cd1983
+raw/images/pretrain/val/000/000010.png 1221e572cba727b6e78f0fe519d60d4fe09be053ec9a911d1988397983381cf3
+raw/images/pretrain/val/000/000011.png ffe79eb6488d330d9508174cdc36cc7520620aebc1a305006f21c9ad96cc12f1
+raw/images/pretrain/val/000/000012.png 1d8247610224b37f78dd774695646fa9882c8462fdca569ca56d426bdc0eae89
+raw/images/pretrain/val/000/000013.png eeb47b696888a9a3e0ca28b5e867941d0de59e4c57ada5f2ced1158a1196811d
+raw/images/pretrain/val/000/000014.png bf075f8628aa42ae7556fc72a63b4e9982a5f9e315588dcc9a4c047c6a4e3d34
+raw/images/pretrain/val/000/000015.png abaa7dfb8e3fcbe68deddeb06061475838d5c7a59491bf49d18f53ad38405a9f
+raw/images/pretrain/val/000/000016.png c85124f64c827978dac49421bb1fa1b7f3cdda39342789032eb4260b5a1ee9d5
+raw/images/pretrain/val/000/000017.png 74891efab8e935b4c1a1de9f85decdfcbc568a5bd3b2b067d1366f5b3e60f5c8
+raw/images/pretrain/val/000/000018.png 21120f4854b15edd3af7a022d522877a5c30389982c92cd886dcda4a91e58355
+raw/images/pretrain/val/000/000019.png 5a7a41bd7e0d1bacc48f2a9b3f492b906a9b3ee6bebc0215306c991bd3f281c1
+raw/images/sft/train/000/000000.png ad44ef6ac2b3f076348eb2a7b1e55e6ebecd1cec5eb9e000f8065801a7f83ec2
+raw/images/sft/train/000/000001.png f9006d6e2b789ce3cb5b9768c12fa8bda11940a36355d60ced35d3fab94911bf
+raw/images/sft/train/000/000002.png d996c3a7277a6983a9aa23f5b3a8b40647f455b4167e955f4e3a4573c0ed4de4
+raw/images/sft/train/000/000003.png e9b0bde5869f736a47e651069e904b60b618fd3536bea249864092fad244ae73
+raw/images/sft/train/000/000004.png a129d48585fc7a9ebbad3bb50d3b54f6f1f255c9f2373a974e41e6e99960be9b
+raw/images/sft/train/000/000005.png 1ac47503bbc31bb2490762c4afa53857f5d73bded3e005192d5c402c3d94c32a
+raw/images/sft/train/000/000006.png 68c4579216f1efd76aa9f0c776ade100c397cfa25d814bc6b08acb2f5dfb2c6e
+raw/images/sft/train/000/000007.png cef3d7041e326914e301bb6d9d4b3641ed20b55dd6cf2bf005a80c839ef72a2b
+raw/images/sft/train/000/000008.png b6f66cc81bd5534bb0b24443eb51c082c449f3869532018d871e3a71ebde76ad
+raw/images/sft/train/000/000009.png 18e493828935e0b5d2d2e31c495f4914e5b2cf76e985dfa0c4e38de9a074f700
+raw/images/sft/train/000/000011.png 5f32c550278e624de24a33da472d5725e516fa7472605f6e2f731981430261fd
+raw/images/sft/train/000/000013.png 798e85f9d3bec5c1713f477a2eba797389dd5de1a369884474e1d9eff8bff27a
+raw/images/sft/train/000/000014.png 9070514dbd1fa471efd28f85abd279e9f3d028640dd3fe809e6ad88a112a4bfa
+raw/images/sft/train/000/000015.png d7ef2ca878747075a8b899730c24b50cc746e69ddeebe11a527d19ba2d01231e
+raw/images/sft/train/000/000017.png 687bc7a7c66b50feac4c068fee7c351d014afb2fb0a6cb4961a1758912797b8d
+raw/images/sft/train/000/000018.png e0191c729eb68bfea196e8fa14e7021fd80a466956390510ee55d0f8710425df
+raw/images/sft/train/000/000019.png 926a77c5208e86631c3c9acb4dd78c9c91288c0b1a7915d095d110f474bb8d37
+raw/images/sft/train/000/000020.png d74e10e3ff58115342c9e8e00392d4df9ab3e77b1403898c71bb134839f995ad
+raw/images/sft/train/000/000022.png a84a0da27ac357dec62ca54d529aa2e0bf78ac830dd1f7d7aef18b2b199d1d91
+raw/images/sft/train/000/000023.png cab041cc1e6667977b77c9a3029cdec533e830b7ed5f2a19e599998070604990
+raw/images/sft/train/000/000024.png 8164d7bb8bd9a223342c4e9c942523e70661e9de0fb6ba91268bb4213bbff271
+raw/images/sft/train/000/000025.png 28f8359142dc4317cbaf5b96d2be560a8056d9f3d90e21c4c7d1328bac122275
+raw/images/sft/train/000/000026.png 0c0b7771ed28d380d5a9c21568fc03f8edd254d394af54bde70ae47325f649fd
+raw/images/sft/train/000/000027.png de86b89f36752e67ffadc546ba782318e194ff7a482a1a1f47ef4375391c4bb6
+raw/images/sft/train/000/000028.png cadb1fe24f78f20251297659aa8cb3731f0cd6a14c10a434030cf559b10fe673
+raw/images/sft/train/000/000029.png 546ba58c123531cc92f08d129e193c250aa32b98a619dfe15da59e53aee45386
+raw/images/sft/train/000/000030.png b99f3e76b2410635c8e74ed089b645d83570f9a8eaf043143ad949f46be803a7
+raw/images/sft/train/000/000031.png 9a91d9ab0b6e15fa173ad8e162a295175331fd94b1cdd71743b9aeb180f9e481
+raw/images/sft/train/000/000032.png 7d769577c627418ea4c9123e520443f1f029df5865d622b5d680ffd17067e19d
+raw/images/sft/train/000/000033.png 95f7f99ab8632c9e714992a64ee5542fb4a77a0ec84e154f2238b706a41272ac
+raw/images/sft/train/000/000034.png 24114143fd16f36b52b3f7b534bee4ab24162614f8106b61df71514fbb20afe0
+raw/images/sft/train/000/000035.png 7d4beb0e645667d6fe2150a963106fc1b8cc7fad85b1bcc5b48807f225a57edf
+raw/images/sft/train/000/000036.png d3526f70d7ab1083d79d0c2f816d9a5aec8a0a4631b95c8ad57147efea032469
+raw/images/sft/train/000/000037.png c9cfe6386d79241a98e1ad8525af5836266d85f002577214062b22018d5eb02b
+raw/images/sft/train/000/000038.png 3b71d8059efe650baffad2dd343162dd3b75705696d42b04580de6d3a27ba882
+raw/images/sft/train/000/000039.png afe6c18daf90ee1b6fd967bd71b41d55208b1b15df1ca8ab0db573788d87346a
+raw/images/sft/train/000/000040.png 0f4f7ab615bc5e994b17ee412bff68121554d06716885c723760d04ac7e8f73e
+raw/images/sft/train/000/000041.png 6ba62559e2c32a34f398b720045b02f906771274acaadaca0844d2a686346eed
+raw/images/sft/train/000/000042.png 38c50c57ead540d8dbb49c20ad4aac578b69fddc48cc107df6e2cda45338201d
+raw/images/sft/train/000/000043.png 687b548a269b520b69892c29ecd7d4eb4fa93c364c9279de9296f610f34fb912
+raw/images/sft/train/000/000044.png 2132a75fd772fcd5743f28a475d576af2de65f1ce0362922b23f4108c76e878f
+raw/images/sft/train/000/000045.png 9182973828503bdbc5e3536fe591314dd4282075e6c198538d2979576850103b
+raw/images/sft/train/000/000046.png ad1cb2af8201812cc73f7158a131940aa27e36f7db2d7c5407a55b09d2363f4b
+raw/images/sft/train/000/000047.png df96c253297749df4ca3722796999c187ce1f0376820174b463d4f780cd3f3e3
+raw/images/sft/train/000/000048.png d223942a9471dae78c9162549f54973060d19f143fe4fbd7bdb54952056cf7da
+raw/images/sft/train/000/000049.png 660ccf484fa17555c73ec93bb6faefd1b7be4abcd85478f9c611498904ee6ddf
+raw/images/sft/train/000/000050.png 78ec71b9c11c3472c8624e7ca62b9e6dcc5cfade40207446e494bfd86949b5f4
+raw/images/sft/train/000/000051.png 6e36bbe00bcb2d839ba7134c75f0ebc00f54bdd0657cb3f939d248a6855656e2
+raw/images/sft/train/000/000052.png d0ac858d3b1a02e2139127955201f9d88d0024248065b3b4de14df53d70d33f2
+raw/images/sft/train/000/000053.png f521cdcb5782620ae2e451425011688a494b6dc8e06f2d507664459a713f1e27
+raw/images/sft/train/000/000054.png a22d7d49daaf3992c5a58f865b3811c32e9954710204f8d49559935e809ec149
+raw/images/sft/train/000/000055.png 7ad135690345548b8e7761226073162ee5e44c9d114a89f4eef3858e7593dc76
+raw/images/sft/train/000/000056.png 20cf59e802d54029b4c450356f403ebb36d40f041f7d6d02962eba365cfa0a57
+raw/images/sft/train/000/000057.png 253a183c80352d293ce85773d69e860478596c22f3701d5427102810913ca45a
+raw/images/sft/train/000/000058.png 34db23f04cc0dffa3b2efd04696dcbb853f6dd04f86fde9624244156d485e40e
+raw/images/sft/train/000/000059.png 640407b5ab95efd62c7d057a441e7915eee2599a7c09a9e373ea88d355f0a558
+raw/images/sft/train/000/000061.png 0865f9c7faed16e31de23560e1869e5ac4b4316a54195d5dd7ad6ee05886186f
+raw/images/sft/train/000/000062.png ca54c0905f2a2c619df35b6d837e764f5649f9acb88ff29a6f3ff7b89ec9b552
+raw/images/sft/train/000/000063.png ceb0871720d465d77816a6b04222ea965379fd4218d838f5297011813fe417e1
+raw/images/sft/train/000/000064.png c5603b93449f4aeb8b05524eb16fb48070b0caf8253d8d715c304fcf45e1fe67
+raw/images/sft/train/000/000065.png 19ea5e87a6c5f2d5bbf9aca7b8a6de1c08ac4aa2e37ef0e32d8cacaee6097e85
+raw/images/sft/train/000/000066.png d2d39bef9c1a76eebdb1a83dffb3fda7f604731b8474971d6cb7f194cd0924ff
+raw/images/sft/train/000/000067.png 370908b968dc97fba4beddc930a8bb1edaffdd598095483d16a48fb55255f7d4
+raw/images/sft/train/000/000068.png 4578e795ed3e8f857afba55c3a2df2fbf187b574a163fa9e2e0933a1f0ade6b4
+raw/images/sft/train/000/000070.png 6d7364e66f900e8923e342ad6cd9ee8114d224946ec15c4f9399f89134bba5bb
+raw/images/sft/train/000/000071.png d84466d7e0d0bea62f36047762e5d824ba6aa442ffe810cc7434c6a7da2046ff
+raw/images/sft/train/000/000072.png d307d717eba3a0c12b72c682ee65ca1c578567f75d75648b82fc0cdb5de308a9
+raw/images/sft/train/000/000073.png aab9ef0226d338b5a9b29d85e4c4998f76112912739a81191efef43bf4a052dd
+raw/images/sft/train/000/000074.png 9d60c10e1d119dc589b85fa58453eb073ebc9f0e876cbac5bdf2facea40b66ba
+raw/images/sft/train/000/000076.png 5afbc3ab286e0641cde6ae1b299e9afac9a9c4f8bf69e0aa7ac0701bc4d89e1a
+raw/images/sft/train/000/000077.png a4d0015c329dc56e173d5c14b56372585216b5f2508cd49e3e7b854e5a2f31f6
+raw/images/sft/train/000/000078.png b6b098b4f73ae7f834f63114f9d1f2d7778b18e5878dbef60ad217938c295718
+raw/images/sft/train/000/000079.png 2e90bca2c63ac0a1193161b1a592f50e7b3ebfdcd952825c53c19be2fb38091a
+raw/images/sft/train/000/000081.png f88a0bb6fdae3abc9abd569ba52e6156ed949c4c5fdc332c9e5382c8ad74467c
+raw/images/sft/train/000/000083.png 5a00a71db9cf598a97de373274233746c3bb5206edb45492cb3a0fa69052ff0d
+raw/images/sft/train/000/000084.png 60765f05dfa5173dda1e06daacb3a5ba64ebf9f6f4c429ac42bff61124e8de92
+raw/images/sft/train/000/000085.png b14f2a8f6332df2e0afaf7b71e25e2ce309e5d1bcbfe430b8e2eba927efbe8db
+raw/images/sft/train/000/000086.png 72a416178dadd8bfdbdcae13ab4d824c6ab58c97228511f58dfff981a9483785
+raw/images/sft/train/000/000087.png ac7ff4b41c525fa32ffb700453994547e95b015c66b00760411e8e50396714aa
+raw/images/sft/train/000/000088.png 5a3b5b8c07a1fc5a328d837fa6802201b764f4d56f8a1fd721e2820b0a8685dc
+raw/images/sft/train/000/000089.png 4fc02a6f267f19bc6c83f53d210415f189da0e238f4e164a512077611d281387
+raw/images/sft/val/000/000000.png 691433dea9f9d58a3d9e7247b239ef9e9b01486a6dbc399808ca46d1b5dd8b52
+raw/images/sft/val/000/000001.png 89f2772060d72a26917c02357c8f2f13b87eda0ef382468b0d1bd96b9b9d8a12
+raw/images/sft/val/000/000002.png cceb474ce6f66c05f7da5f3970e100374418c6e87ecdae10e8d763b9cab91cd9
+raw/images/sft/val/000/000003.png 7b6a88cdea941163a239f8469bae8b827b47bae20a43ca9a90bda58181818263
+raw/images/sft/val/000/000004.png aaf73b3e814eb0122aac198281f448815817767eac890b50ec25098e492bac4c
+raw/images/sft/val/000/000005.png 3a7b501701c070ff56afa94f035e64313b04ed07164bc0e911e38b5ac6174d5d
+raw/images/sft/val/000/000006.png 5e880f550cec7c029d2c277123efca3e66e17a758d8ee0f3d7fb97594f83b42b
+raw/images/sft/val/000/000007.png 66947befb97bf22beb0b6cbfc18aafb3c73921c3ee5d7bec2253a87814ac0273
+raw/images/sft/val/000/000008.png 4698e59535770cb8b28535cae16827c83045fc2c6f60e739759c503fd4426262
+raw/images/sft/val/000/000009.png b26baca1386346a4a31d666e94a9e0716ef968005ab0b7cba6a62437fac4dab5
+raw/images/sft/val/000/000010.png e5f008096e92cece558a302509635a41040cc12a73051bb1b3fcb30644ce56bb
+raw/images/sft/val/000/000011.png d64ac97aba3824a6f847fafbb4fed8cb34347bc6ca6fe256ae7ef17c62a3ed5e
+raw/images/sft/val/000/000013.png 9bec64f44116c392f3158f8b90bbc8d02a231c7a7b0d51ba0006bec16c91a8bf
+raw/images/sft/val/000/000014.png d389a96a250be2b9b4fcaccc5169de52f491ea709374e7159324a8ad6b82b09b
+raw/images/sft/val/000/000015.png 985a572c7896e357e01031e0ad553fe7fe145e1df66d8975bda8b18aa5059dd3
+raw/images/sft/val/000/000016.png 3c8c6d98cb27e5522c46160c5beff1ee1171d424839a70cc465487bce42477ac
+raw/images/sft/val/000/000017.png 8aa24deb68c5229d9c13c17f51133ddfa4092fafb2d5348b3ba664606e789e56
+raw/images/sft/val/000/000018.png 42253ae84295e73c04ae6d091b6838dc46abb018baaa57ed2b8f2dfe9fd6dcf2
+raw/pretrain_train.json 4dbdd16f0c54972109115e5a25a4b05dbb180b1f66462c5a7b61474ad85298d7
+raw/pretrain_val.json b580e94aa618aea36211d7dbefa04fe4ba7dca1f449daaa8b106e0e667f4567c
+raw/sft_train.json 00ab2b9ec7df461b21647432a9e291d11b49e89198ee43c90acff04129470474
+raw/sft_val.json cb1d3b986c227426790569426c773c0093528e1d0f4d3717761b6364bc176fe9
+sft/train/index.json 8a095f8c518e38ba26014a8ffa7725225199283514712906d7d5504519ac421b
+sft/train/shard-000000.idx.json 63c490e54684692d225e65b77e1e07747757e75b6b0fa58dacca9b2ec547424d
+sft/train/shard-000000.tar 8546cad89a66b36bad03b79fffae0addb51341d61159913bb76da6f086d820b5
+sft/train/shard-000001.idx.json 5e6907a2d4640591d9bb8b9257a87d1728f8d0732549b3a5d703f4cddb5d3418
+sft/train/shard-000001.tar c9b3f59557bc45f079c486878f0b04c9a01e0d561133bb31bf8f9751309d61cc
+sft/train/shard-000002.idx.json adc7545a56a9fcbc32c658af63a4b667d940abfd255ecb97615c81f7b33f415e
+sft/train/shard-000002.tar 758ab90f7963df7b97e8843eeecba786b0b219a3bbdf4425613d26c08deaba8a
+sft/train/skipped.jsonl e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+sft/val/index.json 3e830fc0a2025d6a4eb3d1fbba4c0bdb2bf93d45f085dda6cc5fddf62a8c1450
+sft/val/shard-000000.idx.json 048767e85c200e4957afa5161a86d16d316a6d25fa4b99d53fbb1d8c7dc4c043
+sft/val/shard-000000.tar 765bcdfbf9d15730656b8513aaf05cfafb5678c7cca7eb831f4c501d5da21b84
+sft/val/skipped.jsonl e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+"""
+
+DEFAULTS_1344_FILES = """
+.eve_lightning_demo 042f01ab5f4b1bee9a3ad8dcae03c85b10c19a8528b730539a5e7264259d6503
+generation.json 2916e517c80d39b23bf5aa4a3885f0790a21a00ff38bef20e8160167bdd4deee
+pretrain/train/index.json b18afe64c281e74a03e98f98af01230282058d0637147b6f10ed7096414bc2da
+pretrain/train/shard-000000.idx.json 3e6721467960f46cf29d2acd8961f1785e0afa24016def6b2be280e5db0965c9
+pretrain/train/shard-000000.tar 24dd36f364646596ae7df3f4e23dc284490a7d0d7b42f9722657a0a7f3502a1c
+pretrain/train/shard-000001.idx.json 33bc0b6041ffd8d7450e2ff84880cfb5a7ebd31867aeafdbd6c26bdd71b13351
+pretrain/train/shard-000001.tar 23a81d90cff0a9aeec4e05adfed8ba63d3e37e0a8a7603d4a06c81bdee1b9c78
+pretrain/train/skipped.jsonl e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+pretrain/val/index.json 64c08f432a439264e16177639574e5d176f28480f5e07cf14dd2a39ce8d1eca8
+pretrain/val/shard-000000.idx.json 04ee815947c205b69ee5c02d85ffd970b650a64195c12643c1130b4ff30ea6b3
+pretrain/val/shard-000000.tar ec546b3e0f8c456e80fe5ba09fcea8d07c2cad2bcf5313cb18e99821147c3701
+pretrain/val/skipped.jsonl e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+raw/images/pretrain/train/000/000000.png a50441d9a8fb28f4e57f4912c3be73dd108e6d27d547dea0d45f97abbb350c85
+raw/images/pretrain/train/000/000001.png fcbee962febbeab6d844fc1900bc41a8f599dfd87018fb7b16620393ee0c62cb
+raw/images/pretrain/train/000/000002.png 351aff3179a57c6c75855c9016828d4640457f44e93fd93904af11dd4dc16305
+raw/images/pretrain/train/000/000003.png 495150aa4f1127436907b689c65c67c119c366df45c023035df8837647542cd7
+raw/images/pretrain/train/000/000004.png f589d694e47eead658ece3824c3dce8befc2d9541f7cdc7676a3c9d5420a88d3
+raw/images/pretrain/train/000/000005.png 997d60f20b6eec731c5df0accdc48f54dfefbeb718be59f5012d2be71dc03831
+raw/images/pretrain/train/000/000006.png 42b0d7334772394a20ec0cde68893a2fc74faa28f4ac74950f8c490e9af82fbb
+raw/images/pretrain/train/000/000007.png 64bfbe67ae71d9a4ba9c3d55d7db12bfd73500a2d47563c233c01a92679c1275
+raw/images/pretrain/train/000/000008.png acb3b25b871412a16b8aac0accca83f44ede77a372f0b68fba83d46a75b7334d
+raw/images/pretrain/train/000/000009.png 1c3254f8b016242d61aac18613305739f2d356817c0a142e9388cdf60587e980
+raw/images/pretrain/val/000/000000.png 2e7edef97d2d9520da4579bb4e40ec027709c9ead7eda539c8a01c59daceb748
+raw/images/pretrain/val/000/000001.png 5b468c0af9169e478387f6f92b940a449cf3b2c44a72a24858f81407a3796f3e
+raw/images/pretrain/val/000/000002.png bb859ae3d2c2409c3445125c627f99c045f50a3437ac8e443fc07306f7a2d20f
+raw/images/sft/train/000/000000.png c0cb21d541d5cfbbd9b2ffb7a1b68e317813937ea32a3ec749e212af6fa4fd7e
+raw/images/sft/train/000/000001.png 9d607602676a8059248b799b53094a78ec248ac09fd988aa52dcb2129f86ca43
+raw/images/sft/train/000/000002.png cf1cc7b037482407fef147daf46855f7661e045952b9712bf3908321229c5761
+raw/images/sft/train/000/000003.png 349a39d4d3e4fea143f528046df31646634e3aaacaef8e49d80c71e1274ce481
+raw/images/sft/train/000/000004.png 42cd79a25d1e89bec24884b74750caa84452ba256009e621ea295aceb6a253bb
+raw/images/sft/train/000/000005.png d00810329fb5eb6a1df435a226c044a197778a8d0693bdf0980eae91803d318c
+raw/images/sft/train/000/000006.png 2465268ab86bd56ebed9633ffd31985aa601b89e5a0bc0ccc9fe63b9151de995
+raw/images/sft/train/000/000007.png fa1748f94b8253e05de38f6ed232270f949f40a055d4c258cbebf7f730a98631
+raw/images/sft/train/000/000008.png 81f64c91487b4b538cdddbe83701f8d932fdf8bafeb8610633406ce0e0f2a812
+raw/images/sft/train/000/000009.png 41fc04087ab5af863f832aca7bc577f1efa7004567f964cfbd76553589679a13
+raw/images/sft/train/000/000010.png 84402617fc5127a18c2add4dae93b80f4cc0f789016f12374d9f86a6d40af497
+raw/images/sft/train/000/000011.png c8aef05de276b0cb1b9f1123eb9b5421b58e11f10207af746a89f47672239428
+raw/images/sft/val/000/000000.png 9700c8be0f33d4716b6090fe198a51eea64e009df09ed6121009da808aeae917
+raw/images/sft/val/000/000001.png bb39008f1b4a38e3590e22689b0d2d104d80f612645b8038411109cb5c7d20db
+raw/pretrain_train.json 40270cc4b511d486652aff65946d377713a90cd71b781c3fdbb37c5179866238
+raw/pretrain_val.json c35b3447d660ee2909b0b356cc1a6aeccffabcd57024d0774748d42b7bc1a70c
+raw/sft_train.json 743b8c011160e1e9bbaeff4551fb4908941181ee1b13b98c77975b165f6726a0
+raw/sft_val.json 45d66113e5516dfe965d5ffffba363b78d85d74195dbe7ccab0d469045a0848d
+sft/train/index.json 74f2f274cd37af5ed8928407518f83867657d26fbce49ed6a0ce156498c5c12c
+sft/train/shard-000000.idx.json 1dedacf19bc484184502674f42b59ad4a2a5d6f981e12c65ec46377433264b08
+sft/train/shard-000000.tar ab6fed8267299bfb5c722e7508247ee71ab27eed3b65b0bb867d5d565c5a9e78
+sft/train/shard-000001.idx.json 2a950fc68dc8034fb8de8ed883222f4d9fd7398cc2be4c1508d7bed801d419e9
+sft/train/shard-000001.tar afcf7268d1c1bd751c2c4bda208f1b622ec23e93e33fe82a24cd164067bd5a9b
+sft/train/shard-000002.idx.json 55aaf6554c07d8f3d77ea4206c615bb7589bc2ed130f0ef879d74cbb926ab208
+sft/train/shard-000002.tar b3a250fee01b2c92ba12552136d544e6714849e069dba621f1b931fdb10ce7a2
+sft/train/skipped.jsonl e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+sft/val/index.json 252f9f67eed0b6ea496339ab011569d67d07ecd72dad6cd5e082fad6a3f4ac13
+sft/val/shard-000000.idx.json e575da1089cf1bb1050ee5db01e7ca30d243ecaaa3ea0c1c7e7461597e3d077a
+sft/val/shard-000000.tar bc8a3e6d15cda542bcd86cca34bf6ee37eca3f3c74d76a7c80dbeca38ac5594c
+sft/val/skipped.jsonl e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+"""
+
+KEEP_SIZE_FILES = """
+.eve_lightning_demo 042f01ab5f4b1bee9a3ad8dcae03c85b10c19a8528b730539a5e7264259d6503
+generation.json e05f8029bcf6ea386c193b3e3da5e251cbb1dafcbd1c42e6b16c07e339d4864d
+pretrain/train/index.json 238c65391b83fe817ddf345799b6e1020577321bee97353be655aa491c23e367
+pretrain/train/shard-000000.idx.json 609932cd15665d22a11df3c9070bd40b630ceb9a09107ce5f0fd7daa096a0674
+pretrain/train/shard-000000.tar ecf3889fb8583da7326c7c644ff3d256e73dda970fdc408bf919e25b6dea1484
+pretrain/train/skipped.jsonl e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+pretrain/val/index.json 4236855e601b7be9226b031a83f38384124b5cef8892c2bea6736fbb5f41f188
+pretrain/val/shard-000000.idx.json b26ee77069af6228dc795911fc2d6230b3d6b3e934c18309055c7b4d97619b41
+pretrain/val/shard-000000.tar e99c06ca5b19c7b1a8d88801e160e7236c4e31a5c2f7f8cd657f892c44c56cde
+pretrain/val/skipped.jsonl e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+raw/images/pretrain/train/000/000000.png 9cfbcbda55ae08cb32296f361029b94c37bb1787bbe9da032652dd96f1a7675f
+raw/images/pretrain/train/000/000001.png 8ee7c153e1b10ce74ec955ba3dc011e22c78e8d0d87325119b0a006354afc6d8
+raw/images/pretrain/train/000/000002.png 555aea93cda60db607eb1ae63e8173ed26d799e5b500c25ed250a5f1ceeff6f0
+raw/images/pretrain/train/000/000003.png 0e7a770d16d34b4b7493e85ef3e44ba8ef596e6592a263baa2db02267d81e58c
+raw/images/pretrain/train/000/000004.png b4a32d0a7ce61f0c6447abd5d3d9020260aa857aafec0efa09cdfb589e87769b
+raw/images/pretrain/train/000/000005.png d00d7850b8000291e7b967a973a42b6ceeb532fea84896871ef862c6e1287531
+raw/images/pretrain/val/000/000000.png 4b707b1dcb4e89b2ef902c1ddc5181630ff61195524bbd48d90e52d896ad789b
+raw/images/pretrain/val/000/000001.png b8ccc1c66f8fad740f17e76c49ea7b5610eb685e8e33c10c2d0fa4a4f0933ce3
+raw/images/sft/train/000/000000.png 79b916287bb6d6f5af574d1683d9a6deef060f706adec72c5945985e5e1bfb18
+raw/images/sft/train/000/000001.png f091be364ab603629ad48fdffbfaa0e9d7ad75178321c0185af4920d87c1092b
+raw/images/sft/train/000/000004.png 70ae68f74de38b169353829f0aaec503e3b6db130d2ae1d6047e8d19b2271ff3
+raw/images/sft/train/000/000006.png af56b8ab7e1a99a304973acab19342f94c07f20e72ac9f464be7172dd746b5bf
+raw/images/sft/val/000/000000.png d1937550c7a06e24f9724b6d59f7fb3c5ded8e331229741d07c0c50dcd643623
+raw/pretrain_train.json 49146be4f12a0bf798759961ef640bfea05244b7b03ac047aac8d65d0fe46bf7
+raw/pretrain_val.json d4df17438f0af2f053d490b30261158fe520207b90975e91ed4aede01d40c088
+raw/sft_train.json 1c2963fb62522d06c676d414f1014ddb0b42db7689b68aaacc13cfcff469f011
+raw/sft_val.json 6780dd9d7fd21e673daadb33a2ad802746fe9c4e7282c835dffb603354505d9d
+sft/train/index.json cc9c24157f7e9d3ccd936263fe2e82984dec7bcb9dce6332303f4cb60996b8d5
+sft/train/shard-000000.idx.json 191958d4c7c9771852eaa10d9ed656f290bfeb84a3ff457df3e4dcf08bda824c
+sft/train/shard-000000.tar 5cbe91ece8aed4080751f4eea36ecee262c82612f386d0a9779022c5a01b660b
+sft/train/skipped.jsonl e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+sft/val/index.json 671a5b6f60aa5fe70e19e09cd6118b8807e7eb4b011a933d32f2eced01a0f9b8
+sft/val/shard-000000.idx.json 56c369f69ff033c5269c272aa4efae30dffa6ba89066630abe38165e01cf556a
+sft/val/shard-000000.tar 76c3ae89db802d570b201c8cdbeaecb94c758613f132336ce53a7144f4948a13
+sft/val/skipped.jsonl e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+"""
+
+SETS: dict[str, tuple[dict, str]] = {
+    "recipe": (RECIPE, RECIPE_FILES),
+    "defaults_1344": (DEFAULTS_1344, DEFAULTS_1344_FILES),
+    "keep_size": (KEEP_SIZE, KEEP_SIZE_FILES),
+}
