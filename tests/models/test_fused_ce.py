@@ -143,3 +143,41 @@ def test_a_model_config_asking_for_fp8_is_refused_at_build_without_an_fp8_gpu():
     with pytest.raises(Exception, match=r"set model\.fp8=null") as info:
         instantiate(cfg, _convert_="all")
     assert isinstance(info.value, Fp8Unavailable) or isinstance(info.value.__cause__, Fp8Unavailable)
+
+
+@pytest.mark.parametrize("max_length", [2048, 203])  # no cut, and a cut inside some rows (not a multiple of 16)
+def test_rows_padded_to_a_multiple_of_16_give_the_same_losses_and_gradients(max_length):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from tests.helpers.repo_paths import REPO
+    from tests.helpers.views import make_batch
+
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / "tiny.yaml"), resolve=True)
+    cfg["eve"]["max_length"] = max_length
+    batch = make_batch(672)
+    torch.manual_seed(0)
+    model = instantiate(cfg, _convert_="all")
+    results = {}
+    for multiple in (1, 16):
+        model.vlm.config.pad_to_multiple_of = multiple
+        model.zero_grad(set_to_none=True)
+        mm = model.vlm.prepare_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                      batch["pixel_mask"], batch["labels"])  # fmt: skip
+        left = model.vlm.prepare_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                        batch["pixel_mask"], pad_side="left")  # fmt: skip
+        out = model(batch)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results[multiple] = (mm, left, out, grads)
+    (mm1, left1, out1, g1), (mm16, left16, out16, g16) = results[1], results[16]
+    assert mm16.inputs_embeds.shape[1] % 16 == 0 and left16.inputs_embeds.shape[1] % 16 == 0
+    assert mm16.inputs_embeds.shape[1] - mm1.inputs_embeds.shape[1] < 16
+    assert int(mm16.attention_mask.sum()) == int(mm1.attention_mask.sum())  # the same tokens kept, the rest padding
+    torch.testing.assert_close(mm16.n_truncated, mm1.n_truncated)
+    torch.testing.assert_close(left16.inputs_embeds[:, -left1.inputs_embeds.shape[1] :], left1.inputs_embeds)
+    assert out16.n_ce_tokens == out1.n_ce_tokens and out16.n_align_images == out1.n_align_images
+    torch.testing.assert_close(out16.loss, out1.loss, atol=1e-5, rtol=1e-5)
+    assert len(g16) == len(g1)
+    for a, b in zip(g16, g1):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

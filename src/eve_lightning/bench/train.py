@@ -53,8 +53,8 @@ from eve_lightning.models import attention
 from eve_lightning.models.build import EveWithTeacher, teacher_cell_mask
 from eve_lightning.models.compile import compile_decoder_layers, compile_layers
 from eve_lightning.models.evev2 import EveV2VLM, is_vision_parameter
+from eve_lightning.models.fp8 import FP8_ROW_MULTIPLE, convert_decoder_to_fp8
 from eve_lightning.models.fp8 import RECIPES as FP8_RECIPES
-from eve_lightning.models.fp8 import convert_decoder_to_fp8
 from eve_lightning.models.fused_ce import CE_IMPLS
 from eve_lightning.models.losses import cosine_alignment_loss
 from eve_lightning.models.shapes import MODEL_NAMES, build_random_model
@@ -428,6 +428,7 @@ def run(args: argparse.Namespace) -> dict:
         model.vlm.config.ce_impl = args.ce_impl if path != "reference" else "torch"
         if path == "ours_fp8":
             n_fp8 = convert_decoder_to_fp8(model.vlm.llm, args.fp8_recipe)
+            model.vlm.config.pad_to_multiple_of = FP8_ROW_MULTIPLE  # rows of whole 16-token blocks
             print(f"ours_fp8: {n_fp8} decoder linear layers in float8 ({args.fp8_recipe})", flush=True)
         # the reference path calls the HF decoder as the original does, without our layout's segment offsets
         attention.set_backend(model.vlm.llm, attention.bare_decoder_name(backend) if path == "reference" else backend)

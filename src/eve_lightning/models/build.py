@@ -10,7 +10,7 @@ from torch import nn
 
 from eve_lightning.models.clip_teacher import ClipTeacher, build_teacher
 from eve_lightning.models.eve_vlm import EveConfig, EveOutput, EveVLM
-from eve_lightning.models.fp8 import convert_decoder_to_fp8
+from eve_lightning.models.fp8 import FP8_ROW_MULTIPLE, convert_decoder_to_fp8
 from eve_lightning.models.llm import build_llm
 
 
@@ -85,4 +85,5 @@ def build_eve_model(
     decoder = build_llm(**llm)
     if fp8:
         convert_decoder_to_fp8(decoder, fp8)
+        cfg.pad_to_multiple_of = max(cfg.pad_to_multiple_of, FP8_ROW_MULTIPLE)
     return EveWithTeacher(EveVLM(decoder, cfg), tmodel)

@@ -44,6 +44,8 @@ class EveConfig:
         teacher_image_size: teacher view side in px (336).
         teacher_patch_size: teacher patch in px (14).
         check_alignment: verify per image that the aligned cells are exactly the teacher's valid cells.
+        pad_to_multiple_of: expanded rows are padded to a multiple of this many tokens (16 under FP8, whose
+            matmuls take whole blocks of 16 rows); padding is masked and never supervised.
         ce_impl: how the LM head and the CE loss run: "torch" (logits per chunk), "fused" or "liger" (one pass
             keeping no logits, ``models.fused_ce``); the same loss.
     """
@@ -63,6 +65,7 @@ class EveConfig:
     teacher_patch_size: int = 14
     check_alignment: bool = True
     ce_impl: str = "torch"
+    pad_to_multiple_of: int = 1
 
     @property
     def canvas_grid(self) -> int:
@@ -217,10 +220,13 @@ class EveVLM(nn.Module):
         new_len = width.sum(1)  # [B]
         out_len = int(min(int(new_len.max()) if bsz else 0, max_length))
         kept_len = new_len.clamp(max=out_len)  # [B]
+        multiple = self.config.pad_to_multiple_of
+        out_len = -(-out_len // multiple) * multiple  # whole blocks of rows (FP8 matmuls); the rest is padding
         shift = (out_len - kept_len)[:, None] if pad_side == "left" else 0
         dst = dst + shift
+        end = kept_len[:, None] + shift  # [B, 1] first slot past each row's kept tokens
 
-        text = real & ~is_img & (dst < out_len)
+        text = real & ~is_img & (dst < end)
         t_rows, t_cols = text.nonzero(as_tuple=True)
         hidden = self.llm.config.hidden_size  # (weight shapes are empty under ZeRO-3 partitioning)
         embeds = embed.weight.new_zeros(bsz, out_len, hidden)
@@ -243,13 +249,13 @@ class EveVLM(nn.Module):
             lay = token_layout(image.grids, image.lengths, image.canvas_grid)
             tok_row = rows[lay["image"]]  # [T]
             tok_pos = dst[rows, starts][lay["image"]] + lay["offset"]  # [T]
-            keep = tok_pos < out_len
+            keep = tok_pos < end[tok_row, 0]
             embeds = embeds.index_put((tok_row[keep], tok_pos[keep]), image_tokens[keep].to(embeds.dtype))
             if packed:  # image tokens continue the placeholder's position and belong to its sample
                 first_pos = position_ids[rows, starts][lay["image"]]  # [T]
                 new_pos[tok_row, tok_pos] = first_pos + lay["offset"]
                 new_seq[tok_row, tok_pos] = seq_ids[rows, starts][lay["image"]]
-            complete = dst[rows, starts] + image.lengths <= out_len  # [N] whole image inside the cap
+            complete = dst[rows, starts] + image.lengths <= end[rows, 0]  # [N] whole image inside the cap
             is_cell = ~lay["is_cls"] & ~lay["is_spl"] & complete[lay["image"]]
             g, gt = image.canvas_grid, self.config.teacher_grid
             ratio = g // gt

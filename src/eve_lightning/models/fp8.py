@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
+FP8_ROW_MULTIPLE = 16  # the FP8 matmuls take token counts in whole blocks of 16 (the weight gradient's inner size)
 DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
