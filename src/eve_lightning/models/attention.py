@@ -222,3 +222,27 @@ class PackedLayout:
 
 
 Layout = PaddedLayout | PackedLayout
+
+
+class LayoutViews:
+    """The rows' padding mask, positions and sample ids read from a ``layout`` attribute (a Padded/PackedLayout).
+
+    Mixed into the decoder-input records of both model families, so readers keep ``mm.attention_mask`` etc.
+    """
+
+    layout: Layout
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """The [B, L'] bool padding mask: True on real tokens."""
+        return self.layout.attention_mask
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """[B, L'] decoder positions (restarting per sample in packed rows)."""
+        return self.layout.position_ids
+
+    @property
+    def seq_ids(self) -> torch.Tensor | None:
+        """Packed rows: [B, L'] sample index of every token within its row (-1 on padding); None when padded."""
+        return self.layout.seq_ids if isinstance(self.layout, PackedLayout) else None

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, TEACHER_IMAGE_SIZE
 from eve_lightning.models import attention
-from eve_lightning.models.attention import Layout, PackedLayout, PaddedLayout
+from eve_lightning.models.attention import Layout, LayoutViews, PackedLayout, PaddedLayout
 from eve_lightning.models.losses import causal_lm_loss, cosine_alignment_loss, supervised_positions
 from eve_lightning.models.patch_aligner import PatchAligner
 from eve_lightning.models.patch_embedding import PatchEmbedding, token_layout
@@ -80,7 +80,7 @@ class EveConfig:
 
 
 @dataclass
-class MultimodalInputs:
+class MultimodalInputs(LayoutViews):
     """Decoder inputs after image expansion (right-padded unless asked otherwise).
 
     Attributes:
@@ -102,21 +102,6 @@ class MultimodalInputs:
     cell_pos: torch.Tensor
     cell_teacher: torch.Tensor
     n_truncated: torch.Tensor
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        """The [B, L'] bool padding mask: True on real tokens."""
-        return self.layout.attention_mask
-
-    @property
-    def position_ids(self) -> torch.Tensor:
-        """[B, L'] decoder positions (restarting per sample in packed rows)."""
-        return self.layout.position_ids
-
-    @property
-    def seq_ids(self) -> torch.Tensor | None:
-        """Packed rows: [B, L'] sample index of every token within its row (-1 on padding); None when padded."""
-        return self.layout.seq_ids if isinstance(self.layout, PackedLayout) else None
 
 
 @dataclass

@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from eve_lightning.models.attention import Layout, PackedLayout, PaddedLayout
+from eve_lightning.models.attention import Layout, LayoutViews, PackedLayout, PaddedLayout
 from eve_lightning.models.patch_embedding import ImageTokens, token_layout
 
 
 @dataclass
-class DecoderInputs:
+class DecoderInputs(LayoutViews):
     """Decoder inputs after image expansion.
 
     Attributes:
@@ -41,21 +41,6 @@ class DecoderInputs:
     labels: torch.Tensor | None
     image_rows: torch.Tensor
     n_truncated: torch.Tensor
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        """The [B, L'] bool padding mask: True on real tokens."""
-        return self.layout.attention_mask
-
-    @property
-    def position_ids(self) -> torch.Tensor:
-        """[B, L'] decoder positions (restarting per sample in packed rows)."""
-        return self.layout.position_ids
-
-    @property
-    def seq_ids(self) -> torch.Tensor | None:
-        """Packed rows: [B, L'] sample index of every token within its row (-1 on padding); None when padded."""
-        return self.layout.seq_ids if isinstance(self.layout, PackedLayout) else None
 
 
 def placeholders(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
