@@ -11,19 +11,15 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from eve_lightning.data.shards import DataSizeError, DataSourceError
-from eve_lightning.lit.eve_module import EveLitModule
-from eve_lightning.lit.reporting import finish_wandb, report_outputs, run_config
-from eve_lightning.lit.trainer import build_trainer
 from eve_lightning.utils.config_checks import (
     CONF_DIR,
     ConfigError,
@@ -36,6 +32,11 @@ from eve_lightning.utils.config_checks import (
 )
 from eve_lightning.utils.logging import get_logger
 from eve_lightning.utils.run_dir import discard_unused_run_dir
+
+if TYPE_CHECKING:  # Lightning is imported once the config has passed its checks: a mistake is reported in ~1 s
+    import lightning.pytorch as pl
+
+    from eve_lightning.lit.eve_module import EveLitModule
 
 log = get_logger(__name__)
 # The frozen teacher stays in eval mode on purpose; Lightning warns about any eval-mode module at fit start.
@@ -64,6 +65,10 @@ def build(cfg: DictConfig) -> Run:
     OmegaConf.resolve(cfg)  # resolve ${hydra:...} here, once; nothing below sees a live interpolation
     check_targets(cfg)  # on the resolved tree: a resolver (oc.create, eve_partial) can make `_target_` nodes
 
+    import lightning.pytorch as pl
+
+    from eve_lightning.lit.trainer import build_trainer
+
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the seed is in the logged run config
     data_module = instantiate(cfg.data, _convert_="all")
     try:
@@ -77,6 +82,8 @@ def build(cfg: DictConfig) -> Run:
 def train(cfg: DictConfig) -> float | None:
     """Validate, build and fit. Returns the last `train/loss` (or the metric named by `optimized_metric`)."""
     run = build(cfg)
+    from eve_lightning.lit.reporting import finish_wandb, report_outputs, run_config
+
     trainer = run.trainer
     log.info(
         "stage %s | experiment %s | global batch %s = %s x %d devices x %d accumulation | run dir %s",

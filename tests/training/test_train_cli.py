@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers.runs import FAST, run_cli
+from tests.helpers.runs import FAST, child_pythonpath, run_cli
 
 pytestmark = pytest.mark.slow  # each test runs the training CLI in a fresh process
 
@@ -80,6 +83,22 @@ def test_impossible_configs_fail_in_one_line_naming_the_fix(tmp_path, args, mess
     assert not (tmp_path / "data").exists()  # refused before the demo data was generated
     left = [p for p in (tmp_path / "logs").rglob("*") if p.is_file()] if (tmp_path / "logs").exists() else []
     assert left == []  # the refused run left no run dir behind
+
+
+def test_a_config_mistake_is_refused_before_lightning_is_imported(tmp_path):
+    # the entry point run in-process (as `python -m` runs it), then asked which heavy modules it loaded
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['eve_lightning.train', '+stage=pretrain', 'gradient_checkpointing_layers=2']\n"
+        "try:\n"
+        "    runpy.run_module('eve_lightning.train', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as stop:\n"
+        "    print('exit', stop.code, 'lightning' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": child_pythonpath(dict(os.environ))}
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.stdout.strip().splitlines()[-1] == "exit 2 False False", proc.stdout + proc.stderr[-2000:]
+    assert "gradient_checkpointing_layers=2 needs gradient_checkpointing=true" in proc.stderr
 
 
 def read_csv(path: Path) -> list[dict]:

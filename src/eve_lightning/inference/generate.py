@@ -17,11 +17,13 @@ import math
 import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from eve_lightning.models.eve_vlm import EveVLM
-from eve_lightning.models.evev2 import EveV2VLM
+if TYPE_CHECKING:  # type hints only: the CLIs check their arguments before transformers is imported
+    from eve_lightning.models.eve_vlm import EveVLM
+    from eve_lightning.models.evev2 import EveV2VLM
 
 
 class PromptTooLongError(ValueError):
