@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from eve_lightning.models.checkpointing import enable_checkpointing
 from eve_lightning.models.compile import compile_decoder_layers, decoder_layers, eager_generation
 from tests.helpers.tiny_llm import tiny_llm
 
@@ -72,6 +73,25 @@ def test_all_blocks_share_two_compiled_graphs_over_many_lengths():
         compiled.append(torch._dynamo.utils.counters["frames"]["ok"])
     # one graph for every block: the first shape statically, then one dynamic-shape graph
     assert compiled == [1, 2, 2, 2, 2]
+
+
+def test_checkpointed_blocks_compile_one_graph_for_every_length_and_keep_the_eager_gradients():
+    # a recomputation must run the graph its forward ran: with no static graph beside the dynamic one, it can
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager, compiled = tiny_llm(), tiny_llm()
+    for llm in (eager, compiled):
+        enable_checkpointing(llm)
+    compile_decoder_layers(compiled, backend="aot_eager", checkpointed=True)
+    graphs, gen = [], torch.Generator().manual_seed(2)
+    for length in (24, 40, 56, 24):  # none equal to the head size (16), which duck sizing would tie to the length
+        ids = torch.randint(0, 128, (2, length), generator=gen)
+        loss_e, grad_e = loss_and_grad(eager, ids)
+        loss_c, grad_c = loss_and_grad(compiled, ids)
+        torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad_c, grad_e, rtol=1e-4, atol=1e-6)
+        graphs.append(torch._dynamo.utils.counters["frames"]["ok"])
+    assert graphs == [1, 1, 1, 1]  # unchecked blocks compile twice here (the test above: static, then dynamic)
 
 
 @pytest.mark.parametrize(

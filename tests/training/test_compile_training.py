@@ -4,9 +4,11 @@ same losses as eager; samples counted per sample."""
 from __future__ import annotations
 
 import csv
+from types import SimpleNamespace
 
 import pytest
 
+from eve_lightning.lit.strategies import fsdp_strategy
 from eve_lightning.train import build, train
 from tests.helpers.runs import compose_train
 
@@ -84,3 +86,21 @@ def test_demo_data_made_with_other_settings_is_kept_and_reported(tmp_path, demo_
         run.data_module.prepare_data()
     assert "generated with other settings" in caplog.text and "max_turns 3 vs 7" in caplog.text
     assert (demo_data_dir / "demo" / "sft" / "train" / "index.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("checkpointing", ["model", "fsdp", "none"])
+def test_compiled_blocks_are_told_when_their_activations_are_recomputed(
+    tmp_path, demo_data_dir, monkeypatch, checkpointing
+):
+    seen = {}
+    monkeypatch.setattr(
+        "eve_lightning.lit.eve_module.compile_decoder_layers", lambda llm, **options: seen.update(options)
+    )
+    overrides = ["gradient_checkpointing=true"] if checkpointing == "model" else []
+    run = build(compose_train(["+stage=pretrain", "compile.enabled=true", *overrides], tmp_path, demo_data_dir))
+    if checkpointing == "fsdp":  # the strategy FSDP's checkpoint_layers=true builds (FSDP itself needs a GPU)
+        layer = "transformers.models.llama.modeling_llama.LlamaDecoderLayer"
+        strategy = fsdp_strategy(wrap_layers=[layer], checkpoint_layers=True)
+        run.module._trainer = SimpleNamespace(strategy=strategy)
+    run.module.configure_model()
+    assert seen["checkpointed"] is (checkpointing != "none")

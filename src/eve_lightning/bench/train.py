@@ -436,7 +436,7 @@ def run(args: argparse.Namespace) -> dict:
         # comparison is routing against routing; the reference path stays the original's eager computation
         if path in ("ours", "ours_fp8", "dense") and args.compile:
             mode = None if args.compile == "default" else args.compile
-            compile_decoder_layers(model.vlm.llm, mode=mode)
+            compile_decoder_layers(model.vlm.llm, mode=mode, checkpointed=args.checkpoint_ours)
             if args.compile_teacher and model.teacher is not None:
                 compile_layers(model.teacher.layers, mode=mode)
         if path == "reference":

@@ -56,6 +56,7 @@ def compile_layers(
     dynamic: bool | None = None,
     backend: str = "inductor",
     recompile_limit: int = 16,
+    checkpointed: bool = False,
 ) -> int:
     """Compile the forward of every block of a stack in place (one graph shared by the blocks); returns the count.
 
@@ -70,6 +71,12 @@ def compile_layers(
         dynamic: torch.compile's dynamic-shape setting (None: static first, dynamic after a new shape).
         backend: torch.compile backend ("inductor"; "aot_eager" checks tracing without generating kernels).
         recompile_limit: most compiled variants per code object (all blocks share one); set process-wide.
+        checkpointed: the blocks' activations are recomputed in the backward (activation checkpointing, by the
+            model or by the strategy). With ``dynamic=None`` the blocks then compile for any shape from the
+            first call: a recomputation has to run the graph its forward ran, and a static graph left beside the
+            dynamic one can be chosen instead, which fails the backward with "A different number of tensors was
+            saved" (pytorch#166926). Dynamo's most-recently-used reordering of compiled graphs is also turned off
+            where this torch has the switch.
 
     Raises:
         ValueError: an unknown or CUDA-graph mode, or a recompile limit below 1.
@@ -83,6 +90,10 @@ def compile_layers(
         torch._dynamo.config.accumulated_recompile_limit, 4 * recompile_limit
     )
     mode = None if mode == "default" else mode
+    if checkpointed:
+        dynamic = True if dynamic is None else dynamic  # False (one static graph per shape) is safe too
+        if hasattr(torch._dynamo.config, "cache_entry_use_lru"):
+            torch._dynamo.config.cache_entry_use_lru = False
     for layer in layers:
         if "forward" in layer.__dict__:  # compiled already: the instance holds its compiled forward
             continue
