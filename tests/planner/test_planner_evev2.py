@@ -14,7 +14,7 @@ from eve_lightning.planner.throughput import MEASURED, TEXT_TOKENS, tokens_per_s
 from eve_lightning.utils.flops import samples_flops
 
 SAMPLES = {"evev2_s0": 10e6, "evev2_s1_0": 29e6, "evev2_s1_1": 48e6, "evev2_s2": 15e6, "evev2_sft": 7.3e6}
-KIND = {"evev2_s0": "prealign", "evev2_s1_0": "pretrain", "evev2_s1_1": "pretrain", "evev2_s2": "sft"}
+KIND = {"evev2_s0": "prealign", "evev2_s1_0": "evev2_pretrain", "evev2_s1_1": "evev2_pretrain", "evev2_s2": "sft"}
 
 
 @pytest.fixture(scope="module")
@@ -62,5 +62,8 @@ def test_recipe_plans_the_five_stages_with_their_samples_and_days(evev2_7b):
     branch = s2.flops_per_sample / 6 / s2.tokens_per_sample
     assert 7.0e9 < branch < 7.4e9  # attention adds a few %; the vision copies (another ~6.5B) are not counted
     assert s1_1.flops_per_sample < s2.flops_per_sample * s1_1.tokens_per_sample / s2.tokens_per_sample
-    assert "no EVEv2 GPU measurement" in text and "16 nodes x 8 GPUs" in text
+    assert "16 nodes x 8 GPUs" in text
+    # stages 1.x on the EVEv2 measurement; the others say that theirs is EVE v1's
+    assert text.count("EVEv2: the routed evev2_1b decoder's MFU (every weight trained, 800 px)") == 2
+    assert text.count("EVEv2: no EVEv2 measurement of this stage kind; the EVE v1") == 3
     assert "experiment=evev2_7b +stage=<stage> " + " ".join(RECIPE_PATH) in text

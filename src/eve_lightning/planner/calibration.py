@@ -39,7 +39,7 @@ def bench_step_memory(result: dict[str, Any]) -> MemoryPlan:
         tokens_per_sample=ours["tokens_per_s"] / ours["samples_per_s"],
         images_per_sample=share,
         patches_per_image=48 * 48,
-        image_tokens_per_image=max_image_tokens(MEASURED_IMAGE_SIZE),
+        image_tokens_per_image=max_image_tokens(MEASURED_IMAGE_SIZE["eve"]),
         vision_width=model.vlm.config.vision_hidden,
         compiled=bool(result.get("compile_ours")),
     )

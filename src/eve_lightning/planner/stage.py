@@ -7,8 +7,9 @@ checkpointing recompute and the multi-GPU scaling efficiency.
 
 EVEv2 stages: image tokens by EVEv2's rule (``1 + h * (w + 1)`` over 32-px cells: 651 for a square image at 800 px,
 2551 at 1600), decoder FLOPs routed (one branch per token, ``routed_flops``: image tokens count 6 x parameters when
-the weights they run train, 4 x when those are frozen, text tokens alike), and the MFU of the EVE v1 stage kind that
-``throughput.STAGE_KIND`` maps the stage to (no EVEv2 GPU measurement exists yet).
+the weights they run train, 4 x when those are frozen, text tokens alike), and the MFU that ``throughput.STAGE_KIND``
+maps the stage to: the routed EVEv2 decoder's measurement for the caption stages 1.0 and 1.1, the EVE v1 figure of
+the matching kind for the others.
 """
 
 from __future__ import annotations

@@ -87,17 +87,30 @@ MEASURED = {
         json="2026-12-03_h200_eve_1b_sft_mb16_varlen_compile_balanced.json",
         readme="H200 section, 'Other workloads' table, row 'eve_1b SFT (8feda02)': 103.3 samples/s, 38.4 %",
     ),
+    # EVEv2: the routed decoder of Qwen2.5-1.5B's shape with vision copies, every weight trained, on caption samples
+    # of ~800 px area (651 image tokens when square); no teacher. Routed against dense in the same process.
+    "evev2_pretrain": MeasuredStep(
+        workload="pretrain",
+        model="evev2_1b",
+        card="NVIDIA H200",
+        micro_batch=16,
+        samples_per_s=59.0388,
+        tokens_per_s=46911.8406,
+        mfu=0.4491,
+        json="2026-12-05_h200_evev2_1b_pretrain_mb16_varlen_compile_balanced_routed_vs_dense.json",
+        readme="EVEv2 section, row 'compiled, micro-batch 16': routed 59.0 samples/s, 44.9 %",
+    ),
 }
-MEASURED_IMAGE_SIZE = 672  # every run above
+MEASURED_IMAGE_SIZE = {"eve": 672, "evev2": 800}  # the runs above, by model family
 STAGE_KIND = {"prealign": "prealign", "pretrain": "pretrain", "sft": "sft", "sft_hd": "sft"}  # stage -> MEASURED key
-# EVEv2's stages have no GPU measurement yet: each carries the EVE v1 figure of the stage kind it resembles. Stage 0
-# trains only the patch embedding under a frozen decoder (as prealign); stages 1.0 and 1.1 train the vision copies,
-# which run the image tokens, most of every caption sample (as pretrain); stage 2 and SFT train everything on
-# conversations (as SFT).
+# EVEv2's caption stages 1.0 and 1.1 (the vision copies train on image tokens, most of every caption sample) carry
+# the EVEv2 measurement. The others have no EVEv2 measurement of their kind and carry the EVE v1 figure of the kind
+# they resemble: stage 0 trains only the patch embedding under a frozen decoder (as prealign; the 7B decoder
+# itself); stage 2 and SFT train everything on conversations (as SFT, whose v1 step includes the teacher).
 STAGE_KIND |= {
     "evev2_s0": "prealign",
-    "evev2_s1_0": "pretrain",
-    "evev2_s1_1": "pretrain",
+    "evev2_s1_0": "evev2_pretrain",
+    "evev2_s1_1": "evev2_pretrain",
     "evev2_s2": "sft",
     "evev2_sft": "sft",
 }
