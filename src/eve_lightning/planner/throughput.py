@@ -74,18 +74,17 @@ MEASURED = {
         json="2026-12-03_h200_eve_1b_pretrain_mb64_varlen_compile_balanced.json",
         readme="H200 section, row '+ tight kernel bound (9edfe08, current)', micro-batch 64: 117.4 samples/s, 41.8 %",
     ),
-    # commit 8feda02; the current code's run of the same command gave 100.3 samples/s, 37.2 % (its JSON did not
-    # come back: README log line), 3 % less
+    # micro-batch 32 (~18.5k tokens), as pretraining's 64: overheads per step weigh about as much as in a 7B step
     "sft": MeasuredStep(
         workload="sft",
         model="eve_1b",
         card="NVIDIA H200",
-        micro_batch=16,
-        samples_per_s=103.3474,
-        tokens_per_s=59345.6103,
-        mfu=0.3835,
-        json="2026-12-03_h200_eve_1b_sft_mb16_varlen_compile_balanced.json",
-        readme="H200 section, 'Other workloads' table, row 'eve_1b SFT (8feda02)': 103.3 samples/s, 38.4 %",
+        micro_batch=32,
+        samples_per_s=112.9956,
+        tokens_per_s=64393.3593,
+        mfu=0.4157,
+        json="2026-12-05_h200_eve_1b_sft_mb32_varlen_compile_balanced.json",
+        readme="FP8 / SFT section (2026-12-05): ours 113.0 samples/s, 41.6 % MFU, 5.55x the reference path",
     ),
     # EVEv2: the routed decoder of Qwen2.5-1.5B's shape with vision copies, every weight trained, on caption samples
     # of ~800 px area (651 image tokens when square); no teacher. Routed against dense in the same process.
