@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eve_lightning.models.checkpointing import enable_checkpointing
-from eve_lightning.models.compile import compile_decoder_layers, decoder_layers, eager_generation
+from eve_lightning.models.compile import compile_decoder_layers, decoder_layers, eager_generation, is_checkpointed
 from tests.helpers.tiny_llm import tiny_llm
 
 
@@ -75,23 +75,41 @@ def test_all_blocks_share_two_compiled_graphs_over_many_lengths():
     assert compiled == [1, 2, 2, 2, 2]
 
 
-def test_checkpointed_blocks_compile_one_graph_for_every_length_and_keep_the_eager_gradients():
-    # a recomputation must run the graph its forward ran: with no static graph beside the dynamic one, it can
+def saved_tensors(llm, ids) -> int:
+    """How many tensors the forward of a step keeps for its backward."""
+    count = 0
+
+    def pack(t):
+        nonlocal count
+        count += 1
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = llm(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids, use_cache=False)
+    out.loss.backward()
+    return count
+
+
+def test_checkpointed_blocks_recompute_inside_their_graph_with_the_eager_gradients():
     torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    eager, compiled = tiny_llm(), tiny_llm()
+    eager, compiled, plain = tiny_llm(), tiny_llm(), tiny_llm()
     for llm in (eager, compiled):
         enable_checkpointing(llm)
-    compile_decoder_layers(compiled, backend="aot_eager", checkpointed=True)
-    graphs, gen = [], torch.Generator().manual_seed(2)
-    for length in (24, 40, 56, 24):  # none equal to the head size (16), which duck sizing would tie to the length
+    compile_decoder_layers(compiled, backend="aot_eager")
+    compile_decoder_layers(plain, backend="aot_eager")
+    blocks = decoder_layers(compiled)
+    # the checkpoint moved inside the compiled forward: the block's own flag is off, so it is not applied twice
+    assert all(is_checkpointed(b) and b.checkpointed_in_graph and not b.gradient_checkpointing for b in blocks)
+    assert not any(map(is_checkpointed, decoder_layers(plain)))
+    gen = torch.Generator().manual_seed(2)
+    for length in (24, 40, 56, 24):
         ids = torch.randint(0, 128, (2, length), generator=gen)
         loss_e, grad_e = loss_and_grad(eager, ids)
         loss_c, grad_c = loss_and_grad(compiled, ids)
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(grad_c, grad_e, rtol=1e-4, atol=1e-6)
-        graphs.append(torch._dynamo.utils.counters["frames"]["ok"])
-    assert graphs == [1, 1, 1, 1]  # unchecked blocks compile twice here (the test above: static, then dynamic)
+    ids = torch.randint(0, 128, (2, 40), generator=gen)
+    assert saved_tensors(compiled, ids) < saved_tensors(plain, ids) / 2  # activations recomputed, not kept
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,10 @@ same losses as eager; samples counted per sample."""
 from __future__ import annotations
 
 import csv
-from types import SimpleNamespace
 
 import pytest
 
-from eve_lightning.lit.strategies import fsdp_strategy
+from eve_lightning.models.compile import is_checkpointed
 from eve_lightning.train import build, train
 from tests.helpers.runs import compose_train
 
@@ -88,19 +87,12 @@ def test_demo_data_made_with_other_settings_is_kept_and_reported(tmp_path, demo_
     assert (demo_data_dir / "demo" / "sft" / "train" / "index.json").stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize("checkpointing", ["model", "fsdp", "none"])
-def test_compiled_blocks_are_told_when_their_activations_are_recomputed(
-    tmp_path, demo_data_dir, monkeypatch, checkpointing
-):
-    seen = {}
-    monkeypatch.setattr(
-        "eve_lightning.lit.eve_module.compile_decoder_layers", lambda llm, **options: seen.update(options)
-    )
-    overrides = ["gradient_checkpointing=true"] if checkpointing == "model" else []
-    run = build(compose_train(["+stage=pretrain", "compile.enabled=true", *overrides], tmp_path, demo_data_dir))
-    if checkpointing == "fsdp":  # the strategy FSDP's checkpoint_layers=true builds (FSDP itself needs a GPU)
-        layer = "transformers.models.llama.modeling_llama.LlamaDecoderLayer"
-        strategy = fsdp_strategy(wrap_layers=[layer], checkpoint_layers=True)
-        run.module._trainer = SimpleNamespace(strategy=strategy)
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_checkpointed_compiled_blocks_recompute_inside_their_graph(tmp_path, demo_data_dir, checkpointing):
+    overrides = ["+stage=pretrain", "compile.enabled=true", "compile.backend=aot_eager"]
+    run = build(compose_train([*overrides, f"gradient_checkpointing={checkpointing}"], tmp_path, demo_data_dir))
     run.module.configure_model()
-    assert seen["checkpointed"] is (checkpointing != "none")
+    blocks = run.module.model.vlm.llm.model.layers
+    assert all("forward" in b.__dict__ for b in blocks)  # compiled
+    assert [is_checkpointed(b) for b in blocks] == [checkpointing] * len(blocks)
+    assert not any(b.gradient_checkpointing for b in blocks)  # never a checkpoint around the compiled forward

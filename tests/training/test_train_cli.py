@@ -59,6 +59,10 @@ def test_unknown_stage_names_the_choices(tmp_path):
         ),
         (["strategy=deepspeed_zero3", "compile.enabled=true"], "not supported under DeepSpeed ZeRO-3"),
         (
+            ["strategy=fsdp", "trainer.strategy.checkpoint_layers=true", "compile.enabled=true"],
+            "with compile.enabled=true use gradient_checkpointing=true instead",
+        ),
+        (
             ["resolution=672"],
             "resolution=672 is not an option of resolution: choose one of evev2_r1600, evev2_r1600_sft, evev2_r800, "
             "r1344, r672",

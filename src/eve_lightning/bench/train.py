@@ -51,7 +51,8 @@ from eve_lightning.data.collate import pack_balanced, pack_first_fit
 from eve_lightning.data.geometry import band_geometry
 from eve_lightning.models import attention
 from eve_lightning.models.build import EveWithTeacher, teacher_cell_mask
-from eve_lightning.models.compile import compile_decoder_layers, compile_layers
+from eve_lightning.models.checkpointing import enable_checkpointing
+from eve_lightning.models.compile import compile_decoder_layers, compile_layers, decoder_layers, is_checkpointed
 from eve_lightning.models.evev2 import EveV2VLM, is_vision_parameter
 from eve_lightning.models.fp8 import FP8_ROW_MULTIPLE, convert_decoder_to_fp8
 from eve_lightning.models.fp8 import RECIPES as FP8_RECIPES
@@ -346,9 +347,9 @@ def time_path(
 ) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=True)
-    if path == "reference" or ckpt:
+    if path == "reference" or (ckpt and not any(map(is_checkpointed, decoder_layers(model.vlm.llm)))):
         model.vlm.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
+    elif not ckpt:
         model.vlm.llm.gradient_checkpointing_disable()
     model.train()
     torch.cuda.reset_peak_memory_stats()
@@ -436,7 +437,11 @@ def run(args: argparse.Namespace) -> dict:
         # comparison is routing against routing; the reference path stays the original's eager computation
         if path in ("ours", "ours_fp8", "dense") and args.compile:
             mode = None if args.compile == "default" else args.compile
-            compile_decoder_layers(model.vlm.llm, mode=mode, checkpointed=args.checkpoint_ours)
+            if args.checkpoint_ours:  # before compiling: the checkpoint goes inside the compiled forward
+                enable_checkpointing(model.vlm.llm)
+            else:  # the reference path left it on
+                model.vlm.llm.gradient_checkpointing_disable()
+            compile_decoder_layers(model.vlm.llm, mode=mode)
             if args.compile_teacher and model.teacher is not None:
                 compile_layers(model.teacher.layers, mode=mode)
         if path == "reference":

@@ -100,11 +100,7 @@ class EveLitModule(pl.LightningModule):
         options = dict(self.hparams.compile or {})
         teacher = options.pop("teacher", True)
         if options.pop("enabled", False):
-            strategy = self.trainer.strategy if self._trainer is not None else None
-            recomputed = self.hparams.gradient_checkpointing or bool(
-                getattr(strategy, "_activation_checkpointing_kwargs", None)  # FSDP's checkpoint_layers
-            )
-            compile_decoder_layers(self.model.vlm.llm, checkpointed=recomputed, **options)
+            compile_decoder_layers(self.model.vlm.llm, **options)  # checkpointed blocks: inside their graph
             if teacher and self.model.teacher is not None:
                 n = compile_layers(self.model.teacher.layers, **options)
                 log.info("compiled the forward of %d teacher encoder blocks", n)

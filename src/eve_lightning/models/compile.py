@@ -7,16 +7,25 @@ would specialise the graph per block). Recompiles come from new sequence lengths
 compiles the first length statically and switches to a dynamic-shape graph at the second, so a training run
 compiles twice (four times with selective checkpointing: checkpointed and plain blocks differ). ``recompile_limit``
 bounds it: past it a block falls back to eager and torch logs a warning instead of compiling for ever.
+
+A block with activation checkpointing on (``models.checkpointing``) is compiled with its checkpoint inside: the
+compiled forward calls ``torch.utils.checkpoint`` on the block's forward, so the recomputation is part of the
+compiled graph (what the forward saves and what the backward recomputes come from one trace), and the block's own
+checkpointing flag is turned off so that it is not checkpointed twice. A checkpoint around an already compiled
+forward failed on the H100/H200 (torch 2.11): the recomputation saved other tensors than the forward ("A different
+number of tensors was saved during the original forward and recomputation", also pytorch#166926).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from eve_lightning.models import attention
 from eve_lightning.utils.logging import get_logger
@@ -56,7 +65,6 @@ def compile_layers(
     dynamic: bool | None = None,
     backend: str = "inductor",
     recompile_limit: int = 16,
-    checkpointed: bool = False,
 ) -> int:
     """Compile the forward of every block of a stack in place (one graph shared by the blocks); returns the count.
 
@@ -71,12 +79,6 @@ def compile_layers(
         dynamic: torch.compile's dynamic-shape setting (None: static first, dynamic after a new shape).
         backend: torch.compile backend ("inductor"; "aot_eager" checks tracing without generating kernels).
         recompile_limit: most compiled variants per code object (all blocks share one); set process-wide.
-        checkpointed: the blocks' activations are recomputed in the backward (activation checkpointing, by the
-            model or by the strategy). With ``dynamic=None`` the blocks then compile for any shape from the
-            first call: a recomputation has to run the graph its forward ran, and a static graph left beside the
-            dynamic one can be chosen instead, which fails the backward with "A different number of tensors was
-            saved" (pytorch#166926). Dynamo's most-recently-used reordering of compiled graphs is also turned off
-            where this torch has the switch.
 
     Raises:
         ValueError: an unknown or CUDA-graph mode, or a recompile limit below 1.
@@ -90,15 +92,28 @@ def compile_layers(
         torch._dynamo.config.accumulated_recompile_limit, 4 * recompile_limit
     )
     mode = None if mode == "default" else mode
-    if checkpointed:
-        dynamic = True if dynamic is None else dynamic  # False (one static graph per shape) is safe too
-        if hasattr(torch._dynamo.config, "cache_entry_use_lru"):
-            torch._dynamo.config.cache_entry_use_lru = False
     for layer in layers:
         if "forward" in layer.__dict__:  # compiled already: the instance holds its compiled forward
             continue
-        layer.forward = torch.compile(layer.forward, mode=mode, dynamic=dynamic, backend=backend)
+        forward = layer.forward
+        if getattr(layer, "gradient_checkpointing", False):
+            layer.gradient_checkpointing = False  # the compiled forward checkpoints instead (module docstring)
+            layer.checkpointed_in_graph = True
+            forward = functools.partial(_checkpointed, forward)
+        layer.forward = torch.compile(forward, mode=mode, dynamic=dynamic, backend=backend)
     return len(layers)
+
+
+def _checkpointed(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``forward`` under non-reentrant activation checkpointing when a backward can follow (as the block's own)."""
+    if torch.is_grad_enabled():
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return forward(*args, **kwargs)
+
+
+def is_checkpointed(layer: nn.Module) -> bool:
+    """Whether a decoder block recomputes its activations in the backward (its own flag, or inside its graph)."""
+    return bool(getattr(layer, "gradient_checkpointing", False) or getattr(layer, "checkpointed_in_graph", False))
 
 
 @contextlib.contextmanager

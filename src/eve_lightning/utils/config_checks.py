@@ -378,6 +378,14 @@ def check_speed_options(cfg: DictConfig) -> None:
             )
     if (cfg.get("compile") or {}).get("enabled") and zero_stage(cfg) == 3:
         raise ConfigError(ZERO3_COMPILE)
+    strategy = (cfg.get("trainer") or {}).get("strategy")
+    fsdp_checkpointing = isinstance(strategy, DictConfig) and strategy.get("checkpoint_layers")
+    if (cfg.get("compile") or {}).get("enabled") and fsdp_checkpointing:
+        raise ConfigError(
+            "trainer.strategy.checkpoint_layers=true wraps the compiled blocks in a checkpoint, whose recomputation "
+            "fails under torch.compile: with compile.enabled=true use gradient_checkpointing=true instead (the "
+            "checkpoint goes inside the compiled blocks)"
+        )
     ce_impl = OmegaConf.select(cfg, "model.eve.ce_impl", default="torch")
     if ce_impl not in CE_IMPLS:
         raise ConfigError(f"model.eve.ce_impl={ce_impl}: use one of {', '.join(CE_IMPLS)}")
