@@ -78,6 +78,16 @@ def test_compile_is_refused_under_deepspeed_zero3(tmp_path, demo_data_dir, monke
         run.module.configure_model()
 
 
+@pytest.mark.parametrize("zero3", [True, False])
+def test_under_deepspeed_zero3_every_forward_calls_every_module(tmp_path, demo_data_dir, monkeypatch, zero3):
+    from eve_lightning.lit import eve_module
+
+    monkeypatch.setattr(eve_module, "hf_zero3_config", lambda strategy: object() if zero3 else None)
+    run = build(compose_train(["+stage=sft"], tmp_path, demo_data_dir))
+    run.module.configure_model()
+    assert run.module.model.vlm.config.uniform_module_calls is zero3
+
+
 def test_demo_data_made_with_other_settings_is_kept_and_reported(tmp_path, demo_data_dir, caplog):
     run = build(compose_train(["+stage=pretrain", "data.synthetic.max_turns=7"], tmp_path, demo_data_dir))
     stamp = (demo_data_dir / "demo" / "sft" / "train" / "index.json").stat().st_mtime_ns

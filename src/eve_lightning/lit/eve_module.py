@@ -92,6 +92,11 @@ class EveLitModule(pl.LightningModule):
         if self._hf_zero3 is not None and (self.hparams.compile or {}).get("enabled"):
             raise ValueError(ZERO3_COMPILE)  # also checked at start-up; this guards other callers
         self.model = self.model_factory()
+        if self._hf_zero3 is not None:
+            # ZeRO-3 gathers a module's weights with a collective of all ranks at every call: each rank has to call
+            # the same modules as often (a rank without images, or with fewer supervised tokens, would hang the rest)
+            self.model.vlm.config.uniform_module_calls = True
+            log.info("DeepSpeed ZeRO-3: every forward calls every module, on empty inputs where a batch has none")
         self._init_weights()
         apply_freezing(self.model, list(self.hparams.stage["trainable"]))
         if self.hparams.gradient_checkpointing:

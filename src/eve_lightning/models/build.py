@@ -43,6 +43,10 @@ class EveWithTeacher(nn.Module):
                 features = self.teacher(views)  # [N, g_t^2, C]
                 if masks is not None:
                     cell_mask = teacher_cell_mask(masks, self.vlm.config.teacher_patch_size)
+        if features is None and self.teacher is not None and self.vlm.aligner is not None:
+            if self.vlm.config.uniform_module_calls:  # ZeRO-3: the teacher's gathers must run on every rank
+                side = self.teacher.clip.config.image_size
+                self.teacher(batch["input_ids"].new_zeros((1, 3, side, side), dtype=torch.uint8))  # output unused
         return self.vlm(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],

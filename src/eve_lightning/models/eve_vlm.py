@@ -48,6 +48,17 @@ class EveConfig:
             matmuls take whole blocks of 16 rows); padding is masked and never supervised.
         ce_impl: how the LM head and the CE loss run: "torch" (logits per chunk), "fused" or "liger" (one pass
             keeping no logits, ``models.fused_ce``); the same loss.
+        uniform_module_calls: every loss forward (``forward``: training and validation steps, with or without gradients)
+            calls every vision module, in the order a batch with images and teacher features calls them: without an
+            image the patch embedding and the projector run on zero images (their empty output spliced like image
+            tokens), and without alignment the aligner runs on zero cells. Needed under DeepSpeed ZeRO-3, which gathers
+            a module's parameters with a collective of all ranks when the module is called: a rank whose micro-batch
+            holds no image would otherwise skip gathers the others wait in. Losses and gradients are the same either way
+            (the skipped parts get exact zero gradients from the empty calls instead of the zero-valued term over their
+            parameters). The LM head is called as often on every rank (``losses.causal_lm_loss``'s
+            ``uniform_calls``), and the training wrapper runs the frozen CLIP teacher on one blank view when no
+            image has one (``build.EveWithTeacher``). Generation (``prepare_inputs`` + ``llm``) is not affected. Set
+            by the LightningModule under DeepSpeed ZeRO-3.
     """
 
     image_size: int = 672
@@ -66,6 +77,7 @@ class EveConfig:
     check_alignment: bool = True
     ce_impl: str = "torch"
     pad_to_multiple_of: int = 1
+    uniform_module_calls: bool = False
 
     @property
     def canvas_grid(self) -> int:
@@ -161,6 +173,7 @@ class EveVLM(nn.Module):
         pad_side: str = "right",
         position_ids: torch.Tensor | None = None,
         seq_ids: torch.Tensor | None = None,
+        run_vision: bool = False,
     ) -> MultimodalInputs:
         """Expand image placeholders into image tokens and re-lay the rows out.
 
@@ -176,6 +189,8 @@ class EveVLM(nn.Module):
             pad_side: "right" (training) or "left" (batched generation).
             position_ids: packed rows: [B, L] positions in expanded coordinates, restarting per sample.
             seq_ids: packed rows: [B, L] sample index within the row (-1 on padding); selects the packed layout.
+            run_vision: without a placeholder, still run the patch embedding and the projector, on zero images, and
+                splice their empty output (``EveConfig.uniform_module_calls``).
         """
         bsz = input_ids.shape[0]
         device = input_ids.device
@@ -196,6 +211,9 @@ class EveVLM(nn.Module):
             if packed and pixel_values.shape[0] != rows.numel():
                 raise ValueError(f"{rows.numel()} image placeholders but {pixel_values.shape[0]} packed images")
             pix, pmask = (pixel_values, pixel_mask) if packed else (pixel_values[rows], pixel_mask[rows])
+        elif run_vision:  # no image: zero canvases, so that every [T] and [M] tensor below is empty
+            pix, pmask = self._no_images(device)
+        if rows.numel() or run_vision:
             image = self.patch_embed(pix, pmask)
             image_tokens = self.projector(image.tokens)  # [T, H]
             img_len[rows, starts] = image.lengths
@@ -267,6 +285,12 @@ class EveVLM(nn.Module):
             n_truncated=new_len - kept_len,
         )
 
+    def _no_images(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """An empty batch of canvases one token cell wide: uint8 [0, 3, c, c] pixels and [0, c, c] masks."""
+        c = self.config.patch_size * self.config.pool_stride
+        pixels = torch.zeros(0, 3, c, c, dtype=torch.uint8, device=device)
+        return pixels, pixels[:, 0]
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -295,21 +319,33 @@ class EveVLM(nn.Module):
             position_ids: packed layout only, see `prepare_inputs`.
             seq_ids: packed layout only; attention then stays inside each packed sample.
         """
+        run_vision = self.config.uniform_module_calls  # every vision module, whatever the batch holds
         mm = self.prepare_inputs(
-            input_ids, attention_mask, pixel_values, pixel_mask, labels, position_ids=position_ids, seq_ids=seq_ids
+            input_ids,
+            attention_mask,
+            pixel_values,
+            pixel_mask,
+            labels,
+            position_ids=position_ids,
+            seq_ids=seq_ids,
+            run_vision=run_vision,
         )
         use_align = self.aligner is not None and teacher_features is not None
         # Everything that reads a count back from the device happens here, before the decoder is queued: after
         # it, each read-back would hold the host until the whole decoder forward has run, and the GPU would then
         # wait for the host to queue the losses and the backward.
         ce_positions = supervised_positions(mm.labels)
+        cell_rows, cell_pos, cell_teacher = mm.cell_rows, mm.cell_pos, mm.cell_teacher  # [M] each: the aligned cells
         align = None
         if use_align and mm.cell_rows.numel():
-            groups = self.aligner.group_cells(mm.cell_teacher)  # (cells [P], inverse [M])
+            groups = self.aligner.group_cells(cell_teacher)  # (cells [P], inverse [M])
             images, image_index = torch.unique(groups[0] // self.config.teacher_grid**2, return_inverse=True)
             if self.config.check_alignment and teacher_cell_mask is not None:
                 self._check_cells(groups[0], images, teacher_cell_mask)
             align = (groups, image_index, int(images.numel()))
+        elif run_vision and self.aligner is not None:  # no alignment in this step: the aligner runs on zero cells
+            cell_rows, cell_pos, cell_teacher = cell_rows[:0], cell_pos[:0], cell_teacher[:0]
+            align = ((cell_teacher, cell_teacher), cell_teacher, 0)  # no cell, no group, no image
         stats = {
             "seq_len": mm.inputs_embeds.shape[1],
             "n_tokens": int(mm.attention_mask.sum()),
@@ -319,7 +355,7 @@ class EveVLM(nn.Module):
         decoder_kwargs = mm.layout.decoder_kwargs(attention.backend_of(self.llm))  # mask or segment offsets
 
         captured: dict[int, torch.Tensor] = {}
-        handles = self._capture_hooks(mm, captured) if align is not None else []
+        handles = self._capture_hooks(cell_rows, cell_pos, captured) if align is not None else []
         try:
             decoder = self.llm.get_decoder()
             out = decoder(inputs_embeds=mm.inputs_embeds, use_cache=False, **decoder_kwargs)
@@ -328,7 +364,12 @@ class EveVLM(nn.Module):
                 h.remove()
         last = out.last_hidden_state  # [B, L', H], final-norm output
         loss_ce, n_tok = causal_lm_loss(
-            last, mm.labels, self.llm.get_output_embeddings(), positions=ce_positions, impl=self.config.ce_impl
+            last,
+            mm.labels,
+            self.llm.get_output_embeddings(),
+            positions=ce_positions,
+            impl=self.config.ce_impl,
+            uniform_calls=self.config.uniform_module_calls,
         )
 
         loss_align = last.new_zeros((), dtype=torch.float32)
@@ -336,14 +377,19 @@ class EveVLM(nn.Module):
         if align is not None:
             groups, image_index, n_align = align
             top = self.aligner.layer_indices[0]
-            captured[top] = last[mm.cell_rows, mm.cell_pos]
-            captured[0] = mm.inputs_embeds[mm.cell_rows, mm.cell_pos]
+            captured[top] = last[cell_rows, cell_pos]
+            captured[0] = mm.inputs_embeds[cell_rows, cell_pos]
             layers = [captured[i] for i in self.aligner.layer_indices]
-            pred, cells = self.aligner(layers, mm.cell_teacher, groups)  # [P, C], [P]
-            target = teacher_features.reshape(-1, teacher_features.shape[-1])[cells]  # [P, C]
-            loss_align = cosine_alignment_loss(pred, target.to(pred.dtype), image_index, n_align)
+            pred, cells = self.aligner(layers, cell_teacher, groups)  # [P, C], [P]
+            if n_align:
+                target = teacher_features.reshape(-1, teacher_features.shape[-1])[cells]  # [P, C]
+                loss_align = cosine_alignment_loss(pred, target.to(pred.dtype), image_index, n_align)
+            else:  # zero cells (uniform_module_calls): an exact 0 that keeps the aligner's graph
+                loss_align = (pred.sum() * 0.0).float()
 
-        align_term = self.config.align_weight * loss_align + self._touch_unused(mm, n_align > 0)
+        # with uniform_module_calls every part ran (on empty inputs when unused): nothing is left to touch
+        unused = loss_align.new_zeros(()) if run_vision else self._touch_unused(mm, n_align > 0)
+        align_term = self.config.align_weight * loss_align + unused
         loss = loss_ce + align_term
         return EveOutput(
             loss=loss,
@@ -356,11 +402,10 @@ class EveVLM(nn.Module):
             terms=(loss_ce, align_term),
         )
 
-    def _capture_hooks(self, mm: MultimodalInputs, store: dict[int, torch.Tensor]) -> list:
-        """Forward hooks keeping decoder-layer outputs at image cells, for the aligner's middle indices."""
+    def _capture_hooks(self, rows: torch.Tensor, pos: torch.Tensor, store: dict[int, torch.Tensor]) -> list:
+        """Forward hooks keeping decoder-layer outputs at the cells (rows, pos: [M]) for the aligner's inner layers."""
         layers = self.llm.get_decoder().layers
         wanted = [i for i in self.aligner.layer_indices if 0 < i < len(layers)]
-        rows, pos = mm.cell_rows, mm.cell_pos
 
         def make(index: int):
             def hook(_module, _args, output):
@@ -384,7 +429,11 @@ class EveVLM(nn.Module):
             )
 
     def _touch_unused(self, mm: MultimodalInputs, aligned: bool) -> torch.Tensor:
-        """Zero-valued term over parts that took no part in this step, so DDP/ZeRO-3 see every parameter."""
+        """Zero-valued term over parts that took no part in this step, so that DDP sees every parameter.
+
+        Under DeepSpeed ZeRO-3 this is not enough (a partitioned parameter read outside its module's forward is not
+        gathered, and the other ranks' gathers in those modules find no partner): ``uniform_module_calls``.
+        """
         unused: list[nn.Module] = []
         if not mm.image_rows.numel():
             unused += [self.patch_embed, self.projector]

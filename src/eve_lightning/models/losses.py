@@ -31,6 +31,7 @@ def causal_lm_loss(
     chunk_size: int = 4096,
     positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     impl: str = "torch",
+    uniform_calls: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """Mean next-token cross entropy, computing logits only where a label is supervised.
 
@@ -43,6 +44,10 @@ def causal_lm_loss(
             device, which is cheaper before the decoder is queued than after).
         impl: "torch" (logits per chunk, then ``F.cross_entropy``), "fused" or "liger" (the LM head and the loss
             in one pass that keeps no logits: ``models.fused_ce``); the same loss either way.
+        uniform_calls: call ``lm_head`` the same number of times on every rank (the most chunks any rank needs,
+            agreed by one all-reduce; at least once, on zero rows where a rank has fewer or no supervised tokens).
+            DeepSpeed ZeRO-3 gathers the head's weight with a collective at every call, so a rank with fewer chunks
+            would leave another waiting. The loss is unchanged.
 
     Returns:
         (loss, n_tokens). With no supervised token the loss is an exact 0 that still keeps the graph
@@ -50,17 +55,32 @@ def causal_lm_loss(
     """
     rows, cols, targets = positions if positions is not None else supervised_positions(labels)
     n = int(targets.numel())
-    if n == 0:
+    calls = -(-n // chunk_size)  # chunks of supervised positions
+    if uniform_calls and impl == "torch":
+        calls = calls_on_every_rank(max(calls, 1), hidden.device)
+    if calls == 0:
         return hidden.sum() * 0.0, 0
     h = hidden[rows, cols]  # [K, H]
     if impl != "torch":
         weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
         return linear_cross_entropy_sum(h, weight, bias, targets, impl, chunk_size) / n, n
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, n, chunk_size):
-        logits = lm_head(h[start : start + chunk_size]).float()  # [k, V]
-        total = total + F.cross_entropy(logits, targets[start : start + chunk_size], reduction="sum")
+    for i in range(calls):  # past the last supervised position a chunk has zero rows (uniform_calls)
+        chunk = slice(i * chunk_size, (i + 1) * chunk_size)
+        logits = lm_head(h[chunk]).float()  # [k, V]
+        total = total + F.cross_entropy(logits, targets[chunk], reduction="sum")
+    if n == 0:  # zero rows only: an exact 0 that keeps the graph
+        return total + hidden.sum() * 0.0, 0
     return total / n, n
+
+
+def calls_on_every_rank(calls: int, device: torch.device) -> int:
+    """The largest ``calls`` over the ranks of the default process group (``calls`` itself without one)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return calls
+    most = torch.tensor([calls], device=device)
+    torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
+    return int(most.item())
 
 
 def cosine_alignment_loss(pred: torch.Tensor, target: torch.Tensor, image_index: torch.Tensor, n_images: int):

@@ -8,8 +8,10 @@ stays one joint call over the whole sequence, through the attention function of 
 (``models.attention.backend_of``: "sdpa", "eager", "flex_attention", "flash_attention_2" or "torch_varlen"), with
 the keyword arguments of the rows' ``models.attention`` layout, as the EVE v1 decoder receives them.
 ``config.routing`` chooses how the split runs (``routing.Routing``): "routed" (each token through its own branch)
-or "dense" (the original: both for every token, blended). A forward without ``vision_mask`` (KV-cache decoding
-steps, text-only prompts) runs text weights only.
+or "dense" (the original: both for every token, blended). A forward without image tokens (no ``vision_mask``:
+KV-cache decoding steps, text-only prompts; or a mask that marks none) runs text weights only, unless it passes
+``run_vision=True``: then every vision copy runs too, on zero rows (the loss forward of a model with
+``EveV2Config.uniform_module_calls``, for DeepSpeed ZeRO-3).
 
 Parameter names of the copies are the original checkpoint's (``moe_`` before the text part's name):
 ``layers.N.moe_input_layernorm``, ``layers.N.moe_post_attention_layernorm``, ``layers.N.self_attn.moe_q_proj``
@@ -227,6 +229,7 @@ class EveV2Model(Qwen2PreTrainedModel):
         use_cache: bool | None = None,
         vision_mask: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
+        run_vision: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """Decoder forward.
@@ -238,8 +241,11 @@ class EveV2Model(Qwen2PreTrainedModel):
             cache: KV cache (``past_key_values`` is the same argument under its older name).
             inputs_embeds: [B, L, H].
             use_cache: return the (new or updated) cache.
-            vision_mask: bool [B, L], True on image tokens; None = text only (no vision weight runs).
+            vision_mask: bool [B, L], True on image tokens; None = text only (no vision weight runs, unless
+                ``run_vision``).
             past_key_values: see ``cache``.
+            run_vision: call every vision copy of every layer even without image tokens (on zero rows; the output
+                does not change), so that every forward calls the same modules in the same order.
             **kwargs: passed to every attention call (e.g. the ``torch_varlen`` segment offsets).
 
         Returns:
@@ -275,7 +281,8 @@ class EveV2Model(Qwen2PreTrainedModel):
             if self.has_sliding_layers:
                 masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
 
-        routing = Routing.build(vision_mask, getattr(self.config, "routing", "routed"), bsz, length)
+        mode = getattr(self.config, "routing", "routed")
+        routing = Routing.build(vision_mask, mode, bsz, length, every_branch=run_vision)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)  # (cos, sin) [B, L, D]
         stream = routing.from_sequence(inputs_embeds)  # [N, H]
         for i, layer in enumerate(self.layers[: self.config.num_hidden_layers]):

@@ -6,6 +6,9 @@ that routes tokens to the vision weights, and logits are computed only at superv
 teacher and no alignment loss (``EveOutput.loss_align`` is 0), so the Lightning module and the benchmark drive it
 like a v1 model built with ``align_weight: 0``.
 
+With ``EveV2Config.uniform_module_calls`` (for DeepSpeed ZeRO-3) a forward whose batch holds no image still calls the
+patch embedding (on zero images) and every layer's vision copies (on zero rows), as an image batch does.
+
 Generation uses the same hooks as v1 (``prepare_inputs`` with ``pad_side="left"``, then ``llm(...)`` with a KV
 cache); the prefill call must also pass ``llm_kwargs(mm)`` (the image-token mask). Decoding steps carry text tokens
 only and run the text weights.
@@ -41,6 +44,16 @@ class EveV2Config:
         max_length: sequence cap after image expansion (2048; 4096 from stage 1.1, 5000 in SFT).
         routing: "routed" (each token through its own branch) or "dense" (both branches for every token, blended:
             the original's formulation, a reference).
+        uniform_module_calls: every loss forward (``forward``: training and validation steps, with or without gradients)
+            calls every vision module, in the order a batch with images calls them: without an image, the patch
+            embedding runs on zero images (its empty output spliced like image tokens) and every layer's vision copies
+            on zero rows after its text weights (``routing.Routing`` ``every_branch``). Needed under DeepSpeed ZeRO-3,
+            which gathers a module's parameters with a collective of all ranks when the module is called: a rank whose
+            micro-batch holds no image would otherwise skip gathers the others wait in. Losses and gradients are the
+            same either way (the vision parameters get exact zero gradients from the empty calls instead of the
+            zero-valued term over them). The LM head is called as often on every rank (``losses.causal_lm_loss``'s
+            ``uniform_calls``). Generation (``prepare_inputs`` + ``llm``) is not affected. Set by the
+            LightningModule under DeepSpeed ZeRO-3.
     """
 
     image_size: int = 800
@@ -50,6 +63,7 @@ class EveV2Config:
     moe_parts: list[str] = field(default_factory=lambda: list(MOE_PARTS))
     max_length: int = 2048
     routing: str = "routed"
+    uniform_module_calls: bool = False
 
     def __post_init__(self) -> None:
         self.moe_parts = list(parse_moe_parts(self.moe_parts))
@@ -125,6 +139,7 @@ class EveV2VLM(nn.Module):
         pad_side: str = "right",
         position_ids: torch.Tensor | None = None,
         seq_ids: torch.Tensor | None = None,
+        run_vision: bool = False,
     ) -> DecoderInputs:
         """Embed the images and splice them at their placeholders (arguments as EVE v1's ``prepare_inputs``).
 
@@ -139,6 +154,8 @@ class EveV2VLM(nn.Module):
             pad_side: "right" (training) or "left" (batched generation).
             position_ids: packed rows: [B, L] positions in expanded coordinates.
             seq_ids: packed rows: [B, L] sample index within the row (-1 on padding).
+            run_vision: without a placeholder, still run the patch embedding, on zero images, and splice its empty
+                output (``EveV2Config.uniform_module_calls``).
         """
         packed = seq_ids is not None
         rows, _ = placeholders(input_ids, attention_mask)
@@ -152,6 +169,8 @@ class EveV2VLM(nn.Module):
                 raise ValueError(f"{rows.numel()} image placeholders but {pixel_values.shape[0]} packed images")
             pix, pmask = (pixel_values, pixel_mask) if packed else (pixel_values[rows], pixel_mask[rows])
             image = self.patch_embed(pix, pmask)
+        elif run_vision:
+            image = self.patch_embed(*self._no_images(input_ids.device))  # tokens [0, H]
         return splice_image_tokens(
             self.llm.get_input_embeddings(),
             self.llm.config.hidden_size,
@@ -164,6 +183,12 @@ class EveV2VLM(nn.Module):
             position_ids=position_ids,
             seq_ids=seq_ids,
         )
+
+    def _no_images(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """An empty batch of canvases one token cell wide: uint8 [0, 3, c, c] pixels and [0, c, c] masks."""
+        c = self.config.cell_size
+        pixels = torch.zeros(0, 3, c, c, dtype=torch.uint8, device=device)
+        return pixels, pixels[:, 0]
 
     @staticmethod
     def llm_kwargs(mm: DecoderInputs) -> dict:
@@ -206,8 +231,16 @@ class EveV2VLM(nn.Module):
         """
         if teacher_features is not None or teacher_cell_mask is not None:
             raise ValueError("EVEv2 has no CLIP teacher or alignment loss; build the training model without a teacher")
+        run_vision = self.config.uniform_module_calls  # every vision module, whatever the batch holds
         mm = self.prepare_inputs(
-            input_ids, attention_mask, pixel_values, pixel_mask, labels, position_ids=position_ids, seq_ids=seq_ids
+            input_ids,
+            attention_mask,
+            pixel_values,
+            pixel_mask,
+            labels,
+            position_ids=position_ids,
+            seq_ids=seq_ids,
+            run_vision=run_vision,
         )
         # read counts back before the decoder is queued (as v1 does): after it each read-back would wait for it
         ce_positions = supervised_positions(mm.labels)
@@ -219,12 +252,20 @@ class EveV2VLM(nn.Module):
         }
         decoder_kwargs = self.decoder_kwargs(mm)  # mask, positions or segment offsets
         out = self.llm.get_decoder()(
-            inputs_embeds=mm.inputs_embeds, use_cache=False, **decoder_kwargs, **self.llm_kwargs(mm)
+            inputs_embeds=mm.inputs_embeds,
+            use_cache=False,
+            run_vision=run_vision,
+            **decoder_kwargs,
+            **self.llm_kwargs(mm),
         )
         loss_ce, n_tok = causal_lm_loss(
-            out.last_hidden_state, mm.labels, self.llm.get_output_embeddings(), positions=ce_positions
+            out.last_hidden_state,
+            mm.labels,
+            self.llm.get_output_embeddings(),
+            positions=ce_positions,
+            uniform_calls=self.config.uniform_module_calls,
         )
-        unused = self._touch_unused(mm, stats["n_image_tokens"] > 0)
+        unused = self._touch_unused(mm, run_vision or stats["n_image_tokens"] > 0)
         return EveOutput(
             loss=loss_ce + unused,
             loss_ce=loss_ce.detach(),
@@ -236,10 +277,14 @@ class EveV2VLM(nn.Module):
             terms=(loss_ce, unused),
         )
 
-    def _touch_unused(self, mm: DecoderInputs, has_images: bool) -> torch.Tensor:
-        """Zero-valued term over the vision parts when no image token ran, so DDP/ZeRO-3 see every parameter."""
+    def _touch_unused(self, mm: DecoderInputs, vision_ran: bool) -> torch.Tensor:
+        """Zero-valued term over the vision parts when none of them ran, so that DDP sees every parameter.
+
+        Under DeepSpeed ZeRO-3 this is not enough (a partitioned parameter read outside its module's forward is not
+        gathered, and the other ranks' gathers in the vision modules find no partner): ``uniform_module_calls``.
+        """
         zero = mm.inputs_embeds.new_zeros((), dtype=torch.float32)
-        if has_images or not torch.is_grad_enabled():
+        if vision_ran or not torch.is_grad_enabled():
             return zero
         params = [p for p in self.patch_embed.parameters() if p.requires_grad]
         params += [p for n, p in self.llm.named_parameters() if p.requires_grad and is_vision_parameter(n)]

@@ -10,10 +10,17 @@ permutes only q, k, v into sequence order and the attention output back (four ro
 
 Modes:
   * ``text``: no image token (text-only batches, one-token decoding steps): the stream stays in sequence order and
-    only text weights run; no vision weight is touched, so experts get no gradient at all.
+    only text weights run; no vision weight is touched (unless ``every_branch``, below), so experts get no gradient.
   * ``routed``: the modality order above; each token runs through its own branch only.
   * ``dense``: the original's formulation, kept as a reference for tests and benchmarks: both branches run on every
     token and are blended with the 0/1 mask (about twice the FLOPs of the split parts).
+
+``every_branch`` (``EveV2Config.uniform_module_calls``) makes every part call its text and its vision branch, in that
+order, whatever the batch holds: a branch without tokens runs on zero rows and adds zero rows to the output. In
+``text`` mode the vision copies then run on zero rows after the text weights; in ``routed`` mode a batch of image
+tokens only still calls the text weights. Every forward then calls the same modules in the same order, which
+DeepSpeed ZeRO-3 needs (a module's parameters are gathered by a collective of all ranks when it is called). The
+zero-row calls change no value and give the vision weights exact zero gradients.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ class Routing:
         perm: routed: [N] int64, stream row -> flat sequence index (b * L + t).
         inverse: routed: [N] int64, flat sequence index -> stream row.
         weight: dense: [N, 1] float, 1.0 on image tokens.
+        every_branch: text and routed: call both branches of every part, also one with zero rows.
     """
 
     mode: str
@@ -47,13 +55,16 @@ class Routing:
     perm: torch.Tensor | None = None
     inverse: torch.Tensor | None = None
     weight: torch.Tensor | None = None
+    every_branch: bool = False
 
     @classmethod
-    def text_only(cls, batch: int, length: int) -> Routing:
-        return cls("text", batch, length)
+    def text_only(cls, batch: int, length: int, every_branch: bool = False) -> Routing:
+        return cls("text", batch, length, every_branch=every_branch)
 
     @classmethod
-    def build(cls, vision_mask: torch.Tensor | None, mode: str, batch: int, length: int) -> Routing:
+    def build(
+        cls, vision_mask: torch.Tensor | None, mode: str, batch: int, length: int, every_branch: bool = False
+    ) -> Routing:
         """The routing of a forward over [B, L] tokens.
 
         Args:
@@ -61,13 +72,15 @@ class Routing:
             mode: "routed" or "dense".
             batch: B.
             length: L.
+            every_branch: call the vision branch of every part even when there is no image token (on zero rows),
+                and the text branch when there is no text token; dense mode runs both branches anyway.
 
         Routed mode reads the number of image tokens back from the device (once per forward, not per layer).
         """
         if mode not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {mode!r}")
         if vision_mask is None:
-            return cls.text_only(batch, length)
+            return cls.text_only(batch, length, every_branch)
         if tuple(vision_mask.shape) != (batch, length):
             raise ValueError(f"vision_mask has shape {tuple(vision_mask.shape)}, expected [B, L] = [{batch}, {length}]")
         flat = vision_mask.reshape(-1).bool()  # [N]
@@ -75,16 +88,17 @@ class Routing:
             return cls("dense", batch, length, weight=flat[:, None].float())
         n_vision = int(flat.sum())
         if n_vision == 0:
-            return cls.text_only(batch, length)
+            return cls.text_only(batch, length, every_branch)
         # stable sort of 0/1 keys: text rows first, then image rows, each in sequence order
         perm = torch.sort(flat.to(torch.int32), stable=True).indices  # [N]
         inverse = torch.empty_like(perm).scatter_(0, perm, torch.arange(perm.numel(), device=perm.device))
-        return cls("routed", batch, length, n_text=perm.numel() - n_vision, perm=perm, inverse=inverse)
+        n_text = perm.numel() - n_vision
+        return cls("routed", batch, length, n_text=n_text, perm=perm, inverse=inverse, every_branch=every_branch)
 
     @property
     def uses_vision(self) -> bool:
-        """Whether any vision weight runs in this forward."""
-        return self.mode != "text"
+        """Whether any vision weight runs in this forward (on zero rows, with ``every_branch``)."""
+        return self.mode != "text" or self.every_branch
 
     def from_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, C] in sequence order -> [N, C] stream rows."""
@@ -113,12 +127,17 @@ class Routing:
         Returns:
             [N, C'] stream rows.
         """
-        if self.mode == "text" or text_fn is vision_fn:
+        if text_fn is vision_fn:
             return text_fn(x)
+        if self.mode == "text":
+            if not self.every_branch:
+                return text_fn(x)
+            return torch.cat([text_fn(x), vision_fn(x[:0])])  # [N, C'] and the vision copy's [0, C']
         if self.mode == "dense":
             text, vision = text_fn(x), vision_fn(x)
             w = self.weight.to(text.dtype)
             return text * (1 - w) + vision * w
-        if self.n_text == 0:
+        if self.n_text == 0 and not self.every_branch:
             return vision_fn(x)
+        # [n_text, C'] then [N - n_text, C']; with every_branch either side may have zero rows
         return torch.cat([text_fn(x[: self.n_text]), vision_fn(x[self.n_text :])])

@@ -70,6 +70,8 @@ def splice_image_tokens(
         input_ids: [B, L] token ids with IMAGE_TOKEN_INDEX placeholders.
         attention_mask: [B, L] True/1 on real tokens.
         image: tokens of the images of the placeholders, in row-major placeholder order (None when there is none).
+            Tokens of zero images (``EveV2Config.uniform_module_calls``) go through the same scatter, which then
+            writes nothing: the embeddings are unchanged, but the patch embedding's output joins the graph.
         labels: [B, L] or None.
         max_length: padded rows: cap after expansion (None: no cap). Packed rows are never cut.
         pad_side: "right" (training) or "left" (batched generation).
@@ -93,7 +95,7 @@ def splice_image_tokens(
         raise ValueError(f"{rows.numel()} image placeholders but {n_img} embedded images")
 
     room = torch.ones_like(input_ids)  # [B, L] slots each token takes
-    if n_img:
+    if image is not None:
         room[rows, starts] = image.lengths
     room = room * real
     dst = torch.cumsum(room, 1) - room  # [B, L] first slot of each token
@@ -121,7 +123,7 @@ def splice_image_tokens(
         new_pos[t_rows, t_dst] = position_ids[t_rows, t_cols]
         new_seq[t_rows, t_dst] = seq_ids[t_rows, t_cols]
 
-    if n_img:
+    if image is not None:  # also with zero images: every [T] below is then empty
         lay = token_layout(image.grids, image.lengths, image.canvas_grid)
         first = dst[rows, starts]  # [N] slot of each image's first token
         tok_row = rows[lay["image"]]  # [T]
