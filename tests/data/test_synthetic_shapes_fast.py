@@ -2,26 +2,30 @@
 
 The original pipeline, rebuilt here from its parts: every sample drawn in order, its picture saved by Pillow as a
 PNG file, the annotations dumped, then ``build_shards`` reading the pictures back (decode, resize, JPEG). The fast
-one draws and encodes in blocks of one shard each, in worker processes that write their own shards, resizes only
-around the shapes and caches whole sets.
+one draws and encodes in blocks of one shard each, in worker processes that write their own shards, encodes the
+PNG files itself (Pillow's filters, zlib), resizes only around the shapes from Pillow's weights, builds the tar
+shards in memory and caches whole sets. Its parts are checked against Pillow, ``json`` and ``tarfile`` below.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from eve_lightning.bench import demo_data
 from eve_lightning.data import synthetic_shapes
 from eve_lightning.data.geometry import band_geometry
-from eve_lightning.data.make_shards import DEFAULT_SHARD_BYTES, build_shards
+from eve_lightning.data.make_shards import DEFAULT_SHARD_BYTES, ShardWriter, build_shards
 from eve_lightning.data.records import BuildOptions, prepare_record
+from eve_lightning.data.shards import tar_member
 
 RECIPE = {"max_turns": 10, "turns": "independent", "shuffled_captions": 0.5, "answers": "restated",
           "shape_first_captions": 0.5}  # fmt: skip
@@ -134,6 +138,131 @@ def test_the_box_of_a_drawn_picture_holds_every_pixel_of_its_shapes():
         ys, xs = np.nonzero((np.asarray(image) != scene.background).any(-1))
         assert x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1, (i, scene)
         assert x0 >= xs.min() - 4 and y0 >= ys.min() - 4  # and hugs them
+
+
+def test_each_shape_is_inside_its_own_box():
+    for i in range(200):
+        sketch = synthetic_shapes._layout(synthetic_shapes.sample_scene(rng := np.random.default_rng(i)), rng)
+        for stroke, (x0, y0, x1, y1) in zip(sketch.strokes, sketch.parts):
+            alone = synthetic_shapes.Sketch(sketch.scene, (stroke,), sketch.box, ((x0, y0, x1, y1),)).paint()
+            ys, xs = np.nonzero((np.asarray(alone) != sketch.scene.background).any(-1))
+            assert x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1, (i, stroke)
+
+
+def pillow_png(image: Image.Image) -> bytes:
+    """The PNG file Pillow writes, as the original pipeline saved the pictures."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=synthetic_shapes.PNG_LEVEL)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name", ["astronaut", "chelsea", "coffee"])
+def test_the_png_encoder_writes_pillows_bytes_for_photographs(name):
+    data = pytest.importorskip("skimage.data")
+    image = Image.fromarray(getattr(data, name)())  # RGB; the astronaut's stream fills several IDAT chunks
+    assert synthetic_shapes.png_bytes(image) == pillow_png(image)
+    for mode in ("L", "RGBA"):  # other modes go through Pillow's own encoder
+        assert synthetic_shapes.png_bytes(image.convert(mode)) == pillow_png(image.convert(mode))
+
+
+def test_the_png_encoder_writes_pillows_bytes_for_drawn_pictures_in_any_order():
+    sketches = [s for i in range(80) if (s := synthetic_shapes.sketch_sample(
+        i, task="sft", split="train", seed=6, text_only=0.1)[1]) is not None]  # fmt: skip
+    sketches.sort(key=lambda k: (k.scene.width, k.scene.height, k.scene.background, k.box[1]))
+    want = [pillow_png(k.paint()) for k in sketches]
+    for order in (sketches, sketches[::-1]):  # sharing the plain rows on top, then starting over each time
+        encoder = synthetic_shapes.PngEncoder()
+        jobs = [encoder.read(k.paint(), k.scene.background, k.parts) for k in order]
+        assert encoder.finish(jobs) == (want if order is sketches else want[::-1])
+
+
+@pytest.mark.parametrize("background", [(0, 0, 0), (250, 250, 250), (30, 0, 205)])
+def test_the_png_encoder_writes_pillows_bytes_for_boxes_anywhere(background):
+    rng = np.random.default_rng(sum(background))
+    for _ in range(25):
+        width, height = int(rng.integers(1, 70)), int(rng.integers(1, 50))
+        image = Image.new("RGB", (width, height), background)
+        boxes = []
+        for _ in range(int(rng.integers(0, 4))):  # patches of a few levels, touching the edges now and then
+            x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+            x1, y1 = int(rng.integers(x0, width + 1)), int(rng.integers(y0, height + 1))
+            patch = rng.choice(np.array([0, 1, 127, 128, 255], np.uint8), (y1 - y0, x1 - x0, 3))
+            image.paste(Image.fromarray(patch), (x0, y0))
+            boxes.append((x0, y0, x1, y1))
+        assert synthetic_shapes.png_bytes(image, background, boxes) == pillow_png(image), (width, height, boxes)
+
+
+def resize_from_taps(pixels: np.ndarray, new_size: int) -> np.ndarray:
+    """Pillow's horizontal bicubic pass of ``pixels`` [rows, size, 3], from ``_pillow_taps`` (every output)."""
+    first, _, weights = synthetic_shapes._pillow_taps(pixels.shape[1], new_size)
+    taps = np.minimum(first[:, None] + np.arange(weights.shape[1]), pixels.shape[1] - 1)  # [new_size, ksize]
+    total = (pixels[:, taps].astype(np.int64) * weights[None, :, :, None]).sum(2) + (1 << 21)
+    return np.clip(total >> 22, 0, 255).astype(np.uint8)
+
+
+def test_the_bicubic_weights_are_pillows():
+    pairs = {(300, 200), (200, 300), (97, 131), (131, 97), (10, 3)}
+    for side in (672, 1344):
+        for canvas in synthetic_shapes.CANVASES:
+            eve = band_geometry(*canvas, side).eve
+            pairs |= {(canvas[0], eve.width), (canvas[1], eve.height)}
+    rng = np.random.default_rng(0)
+    for size, new_size in sorted(p for p in pairs if p[0] != p[1]):
+        pixels = rng.integers(0, 256, (24, size, 3), dtype=np.uint8)
+        want = np.asarray(Image.fromarray(pixels).resize((new_size, 24), Image.Resampling.BICUBIC))
+        assert np.array_equal(resize_from_taps(pixels, new_size), want), (size, new_size)
+
+
+@pytest.mark.parametrize("canvas", [(800, 400), (400, 800), (960, 540), (256, 768), (448, 448)])
+def test_the_fast_resize_of_every_kind_of_box_anywhere(canvas):
+    """Solid rectangles, single runs and noise (Pillow's windows, with outputs off the pattern) all over a canvas."""
+    target = (band_geometry(*canvas, 672).eve.width, band_geometry(*canvas, 672).eve.height)
+    rng = np.random.default_rng(canvas[0])
+    for _ in range(12):
+        picture = Image.new("RGB", canvas, (205, 205, 205))
+        parts = []
+        for kind in ("rectangle", "ellipse", "noise"):
+            w, h = int(rng.integers(8, canvas[0] // 4)), int(rng.integers(8, canvas[1] // 4))
+            x0, y0 = int(rng.integers(0, canvas[0] - w)), int(rng.integers(0, canvas[1] - h))
+            if kind == "noise":
+                picture.paste(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), (x0, y0))
+            else:
+                getattr(ImageDraw.Draw(picture), kind)((x0, y0, x0 + w - 1, y0 + h - 1), fill=(40, 80, 220))
+            parts.append((x0, y0, x0 + w, y0 + h))
+        box = synthetic_shapes._union(parts)
+        want = picture.resize(target, Image.Resampling.BICUBIC).tobytes()
+        got = synthetic_shapes.resize_bicubic(picture, target, (205, 205, 205), box, parts)
+        assert got.tobytes() == want, (canvas, parts)
+
+
+def test_the_annotations_are_jsons_indented_text():
+    records = [synthetic_shapes.sketch_sample(i, task=task, split="train", seed=2, text_only=0.3, max_turns=4)[0]
+               for task in ("pretrain", "sft") for i in range(20)]  # fmt: skip
+    odd = {"empty": [], "none": {}, "values": [1, -2.5, None, True, False, 'é"\\\n'], "deep": {"a": [{"b": []}]}}
+    for value in [*records, odd]:
+        assert " " + synthetic_shapes._indented_json(value, 1) == json.dumps([value], indent=1)[2:-2]
+
+
+def test_the_shard_is_the_shard_writers(tmp_path):
+    samples = []
+    for i in range(9):
+        record, picture = synthetic_shapes.draw_sample(i, task="sft", split="train", seed=3, text_only=0.3)
+        member = None if picture is None else synthetic_shapes.shard_image(picture, b"png", 672)
+        samples.append(synthetic_shapes.shard_sample(i, record, member, "llava"))
+    writer = ShardWriter(tmp_path, shard_size=len(samples))
+    shard = synthetic_shapes._ShardBytes()
+    for sample in samples:
+        writer.add(sample)
+        shard.add(sample)
+    entry = writer.close()["shards"][0]
+    assert shard.tar() == (tmp_path / entry["file"]).read_bytes()
+    assert shard.sidecar() == (tmp_path / entry["sidecar"]).read_bytes()
+    assert (shard.samples, shard.images, shard.words) == (entry["num_samples"], entry["num_images"], entry["words"])
+    for name, size in (("000000001.json", 0), ("x" * 100, 1 << 20)):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            tar.addfile(*tar_member(name, bytes(size)))
+        assert synthetic_shapes._tar_header(name, size) == buf.getvalue()[:512]
 
 
 def test_the_fast_resize_of_any_picture_and_without_a_checked_order(monkeypatch):
