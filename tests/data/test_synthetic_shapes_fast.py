@@ -21,7 +21,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from eve_lightning.bench import demo_data
-from eve_lightning.data import synthetic_shapes
+from eve_lightning.data import bicubic_resize, png_encoder, synthetic_shapes
 from eve_lightning.data.geometry import band_geometry
 from eve_lightning.data.make_shards import DEFAULT_SHARD_BYTES, ShardWriter, build_shards
 from eve_lightning.data.records import BuildOptions, prepare_record
@@ -127,7 +127,7 @@ def test_the_fast_resize_is_pillows_resize_for_every_canvas():
                 assert synthetic_shapes.resize_bicubic(picture, target).tobytes() == want, (canvas, side)
                 fast = synthetic_shapes.resize_bicubic(picture, target, scene.background, box)  # the drawn box
                 assert fast.tobytes() == want, (canvas, side)
-    assert set(synthetic_shapes._RESIZE_ORDERS.values()) <= {"hv", "vh"}  # every size pair takes the fast path
+    assert set(bicubic_resize._RESIZE_ORDERS.values()) <= {"hv", "vh"}  # every size pair takes the fast path
 
 
 def test_the_box_of_a_drawn_picture_holds_every_pixel_of_its_shapes():
@@ -171,7 +171,7 @@ def test_the_png_encoder_writes_pillows_bytes_for_drawn_pictures_in_any_order():
     sketches.sort(key=lambda k: (k.scene.width, k.scene.height, k.scene.background, k.box[1]))
     want = [pillow_png(k.paint()) for k in sketches]
     for order in (sketches, sketches[::-1]):  # sharing the plain rows on top, then starting over each time
-        encoder = synthetic_shapes.PngEncoder()
+        encoder = png_encoder.PngEncoder()
         jobs = [encoder.read(k.paint(), k.scene.background, k.parts) for k in order]
         assert encoder.finish(jobs) == (want if order is sketches else want[::-1])
 
@@ -194,7 +194,7 @@ def test_the_png_encoder_writes_pillows_bytes_for_boxes_anywhere(background):
 
 def resize_from_taps(pixels: np.ndarray, new_size: int) -> np.ndarray:
     """Pillow's horizontal bicubic pass of ``pixels`` [rows, size, 3], from ``_pillow_taps`` (every output)."""
-    first, _, weights = synthetic_shapes._pillow_taps(pixels.shape[1], new_size)
+    first, _, weights = bicubic_resize._pillow_taps(pixels.shape[1], new_size)
     taps = np.minimum(first[:, None] + np.arange(weights.shape[1]), pixels.shape[1] - 1)  # [new_size, ksize]
     total = (pixels[:, taps].astype(np.int64) * weights[None, :, :, None]).sum(2) + (1 << 21)
     return np.clip(total >> 22, 0, 255).astype(np.uint8)
@@ -229,7 +229,7 @@ def test_the_fast_resize_of_every_kind_of_box_anywhere(canvas):
             else:
                 getattr(ImageDraw.Draw(picture), kind)((x0, y0, x0 + w - 1, y0 + h - 1), fill=(40, 80, 220))
             parts.append((x0, y0, x0 + w, y0 + h))
-        box = synthetic_shapes._union(parts)
+        box = png_encoder.union_box(parts)
         want = picture.resize(target, Image.Resampling.BICUBIC).tobytes()
         got = synthetic_shapes.resize_bicubic(picture, target, (205, 205, 205), box, parts)
         assert got.tobytes() == want, (canvas, parts)
@@ -274,7 +274,7 @@ def test_the_fast_resize_of_any_picture_and_without_a_checked_order(monkeypatch)
         for target in ((240, 144), (150, 90), (200, 60), (80, 120)):
             want = picture.resize(target, Image.Resampling.BICUBIC).tobytes()
             assert synthetic_shapes.resize_bicubic(picture, target).tobytes() == want
-    monkeypatch.setitem(synthetic_shapes._RESIZE_ORDERS, (200, 120, 240, 144), None)  # Pillow's own call
+    monkeypatch.setitem(bicubic_resize._RESIZE_ORDERS, (200, 120, 240, 144), None)  # Pillow's own call
     assert synthetic_shapes.resize_bicubic(noise, (240, 144)).tobytes() == noise.resize((240, 144)).tobytes()
 
 
