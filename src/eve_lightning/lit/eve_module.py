@@ -11,6 +11,7 @@ import torch
 from eve_lightning.lit.freezing import apply_freezing, format_freezing_table, freezing_table
 from eve_lightning.lit.loss_reduction import global_mean_terms, undo_deepspeed_gas_scaling
 from eve_lightning.lit.optim import build_optimizer
+from eve_lightning.lit.zero3 import writable_weights
 from eve_lightning.models.build import EveWithTeacher
 from eve_lightning.models.checkpointing import enable_checkpointing
 from eve_lightning.models.compile import compile_decoder_layers, compile_layers
@@ -111,7 +112,15 @@ class EveLitModule(pl.LightningModule):
                 log.info("compiled the forward of %d teacher encoder blocks", n)
 
     def _init_weights(self) -> None:
-        """Load `init_from` (weights only), then run the copy step when the stage asks for it."""
+        """Load `init_from` (weights only), then run the copy step when the stage asks for it.
+
+        Under ZeRO-3 the parameters are partitioned by now: both write through ``zero3.writable_weights``.
+        """
+        if self.hparams.init_from or self.hparams.stage.get("init_copy_experts", False):
+            with writable_weights(self.model):
+                self._load_init_weights()
+
+    def _load_init_weights(self) -> None:
         copy_experts = bool(self.hparams.stage.get("init_copy_experts", False))
         if self.hparams.init_from:
             info = load_export_weights(
