@@ -5,14 +5,11 @@ The family is read from the weights' own config; exports written before it was r
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from eve_lightning.data.tokenizer import default_tokenizer_path
@@ -21,18 +18,7 @@ from eve_lightning.inference.loading import load_model
 from eve_lightning.models.evev2 import EveV2VLM, is_vision_parameter
 from eve_lightning.models.evev2.decoder import vision_text_pairs
 from eve_lightning.models.export_format import load_export_weights, read_export_config, save_export
-from tests.helpers.repo_paths import CONF
-
-
-def tiny_v2(seed: int = 0, **eve) -> EveV2VLM:
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "evev2_tiny.yaml"), resolve=True)
-    cfg["eve"].update(eve)
-    torch.manual_seed(seed)
-    vlm = instantiate(copy.deepcopy(cfg), _convert_="all").vlm.eval()
-    with torch.no_grad():  # experts that differ from their text weights, as after training
-        for _, vision, _ in vision_text_pairs(vlm):
-            vision.add_(torch.randn_like(vision) * 0.05)
-    return vlm
+from tests.helpers.official_checkpoint_v2 import tiny_evev2
 
 
 def batch() -> dict[str, torch.Tensor]:
@@ -53,7 +39,7 @@ def loss(vlm, b) -> torch.Tensor:
 
 
 def test_an_evev2_export_records_its_family_and_loads_back_identical(tmp_path):
-    vlm = tiny_v2()
+    vlm = tiny_evev2()
     folder = save_export(tmp_path / "export", vlm, tokenizer_files=[default_tokenizer_path()], stage="evev2_sft")
     config = read_export_config(folder)
     assert config["family"] == "evev2" and config["llm"]["model_type"] == "qwen2"
@@ -75,10 +61,10 @@ def test_an_export_without_a_family_is_eve_v1(tiny_export, tmp_path):
 
 
 def test_export_copy_experts_turns_a_stage_0_export_into_a_stage_1_start(tmp_path, capsys):
-    s0 = tiny_v2(seed=3, moe_parts=[])
+    s0 = tiny_evev2(seed=3, moe_parts=[])
     source = save_export(tmp_path / "s0", s0, tokenizer_files=[default_tokenizer_path()], stage="evev2_s0")
     with pytest.raises(ValueError, match="no EVEv2 vision experts"):  # a model with experts does not take it as is
-        load_export_weights(source, tiny_v2())
+        load_export_weights(source, tiny_evev2())
     out = tmp_path / "copied"
     assert export_main(["--copy-experts", "--dtype", "float32", str(source), str(out)]) == 0
     assert "with vision experts copied from the text weights" in capsys.readouterr().out

@@ -20,7 +20,7 @@ from torch import nn
 from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from eve_lightning.inference.generate import GenerationConfig, generate_tokens
 from eve_lightning.models.evev2.routing import Routing
-from eve_lightning.models.losses import causal_lm_loss
+from eve_lightning.models.losses import causal_lm_loss, lm_head_calls
 from tests.helpers.views import make_batch
 from tests.models.evev2.helpers import model_inputs_padded_text, packed_batch, padded_batch, tiny_vlm
 
@@ -269,7 +269,8 @@ def test_the_lm_head_runs_at_least_once_and_gives_the_same_loss_with_uniform_cal
     labels = torch.cat([torch.full((2, 1), IGNORE_INDEX), targets.view(2, 5)], dim=1)  # [2, 6]
     want, n_want = causal_lm_loss(hidden, labels, head, chunk_size=4)
     with module_calls(head) as seen:
-        got, n_got = causal_lm_loss(hidden, labels, head, chunk_size=4, uniform_calls=True)
+        calls_here = lm_head_calls(n_want, hidden.device, chunk_size=4)
+        got, n_got = causal_lm_loss(hidden, labels, head, chunk_size=4, calls=calls_here)
     assert len(seen) == calls and n_got == n_want
     assert torch.equal(got, want)
     got.backward()

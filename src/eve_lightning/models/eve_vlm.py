@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, TEACHER_IMAGE_SIZE
 from eve_lightning.models import attention
 from eve_lightning.models.attention import Layout, LayoutViews, PackedLayout, PaddedLayout
-from eve_lightning.models.losses import causal_lm_loss, cosine_alignment_loss, supervised_positions
+from eve_lightning.models.losses import causal_lm_loss, cosine_alignment_loss, lm_head_calls, supervised_positions
 from eve_lightning.models.patch_aligner import PatchAligner
 from eve_lightning.models.patch_embedding import PatchEmbedding, token_layout
 from eve_lightning.models.projector import Projector
@@ -56,7 +56,7 @@ class EveConfig:
             holds no image would otherwise skip gathers the others wait in. Losses and gradients are the same either way
             (the skipped parts get exact zero gradients from the empty calls instead of the zero-valued term over their
             parameters). The LM head is called as often on every rank (``losses.causal_lm_loss``'s
-            ``uniform_calls``), and the training wrapper runs the frozen CLIP teacher on one blank view when no
+            ``lm_head_calls``), and the training wrapper runs the frozen CLIP teacher on one blank view when no
             image has one (``build.EveWithTeacher``). Generation (``prepare_inputs`` + ``llm``) is not affected. Set
             by the LightningModule under DeepSpeed ZeRO-3.
     """
@@ -335,6 +335,7 @@ class EveVLM(nn.Module):
         # it, each read-back would hold the host until the whole decoder forward has run, and the GPU would then
         # wait for the host to queue the losses and the backward.
         ce_positions = supervised_positions(mm.labels)
+        head_calls = lm_head_calls(ce_positions[2].numel(), mm.labels.device) if run_vision else None  # ZeRO-3
         cell_rows, cell_pos, cell_teacher = mm.cell_rows, mm.cell_pos, mm.cell_teacher  # [M] each: the aligned cells
         align = None
         if use_align and mm.cell_rows.numel():
@@ -369,7 +370,7 @@ class EveVLM(nn.Module):
             self.llm.get_output_embeddings(),
             positions=ce_positions,
             impl=self.config.ce_impl,
-            uniform_calls=self.config.uniform_module_calls,
+            calls=head_calls,
         )
 
         loss_align = last.new_zeros((), dtype=torch.float32)

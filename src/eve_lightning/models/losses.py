@@ -24,14 +24,17 @@ def supervised_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return rows, cols, nxt[rows, cols]
 
 
+CE_CHUNK = 4096  # supervised positions per LM-head call (bounds the [chunk, V] float32 logits)
+
+
 def causal_lm_loss(
     hidden: torch.Tensor,
     labels: torch.Tensor,
     lm_head: nn.Module,
-    chunk_size: int = 4096,
+    chunk_size: int = CE_CHUNK,
     positions: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     impl: str = "torch",
-    uniform_calls: bool = False,
+    calls: int | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Mean next-token cross entropy, computing logits only where a label is supervised.
 
@@ -44,10 +47,8 @@ def causal_lm_loss(
             device, which is cheaper before the decoder is queued than after).
         impl: "torch" (logits per chunk, then ``F.cross_entropy``), "fused" or "liger" (the LM head and the loss
             in one pass that keeps no logits: ``models.fused_ce``); the same loss either way.
-        uniform_calls: call ``lm_head`` the same number of times on every rank (the most chunks any rank needs,
-            agreed by one all-reduce; at least once, on zero rows where a rank has fewer or no supervised tokens).
-            DeepSpeed ZeRO-3 gathers the head's weight with a collective at every call, so a rank with fewer chunks
-            would leave another waiting. The loss is unchanged.
+        calls: how many times to call ``lm_head`` (``lm_head_calls``; None: once per chunk of supervised positions).
+            More calls than chunks run on zero rows; the loss is unchanged.
 
     Returns:
         (loss, n_tokens). With no supervised token the loss is an exact 0 that still keeps the graph
@@ -55,17 +56,17 @@ def causal_lm_loss(
     """
     rows, cols, targets = positions if positions is not None else supervised_positions(labels)
     n = int(targets.numel())
-    calls = -(-n // chunk_size)  # chunks of supervised positions
-    if uniform_calls and impl == "torch":
-        calls = calls_on_every_rank(max(calls, 1), hidden.device)
+    if impl != "torch":  # the head's weight is read directly (refused under ZeRO-3): ``calls`` does not apply
+        if n == 0:
+            return hidden.sum() * 0.0, 0
+        weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
+        return linear_cross_entropy_sum(hidden[rows, cols], weight, bias, targets, impl, chunk_size) / n, n
+    calls = -(-n // chunk_size) if calls is None else calls  # chunks of supervised positions
     if calls == 0:
         return hidden.sum() * 0.0, 0
     h = hidden[rows, cols]  # [K, H]
-    if impl != "torch":
-        weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
-        return linear_cross_entropy_sum(h, weight, bias, targets, impl, chunk_size) / n, n
     total = hidden.new_zeros((), dtype=torch.float32)
-    for i in range(calls):  # past the last supervised position a chunk has zero rows (uniform_calls)
+    for i in range(calls):  # past the last supervised position a chunk has zero rows (lm_head_calls)
         chunk = slice(i * chunk_size, (i + 1) * chunk_size)
         logits = lm_head(h[chunk]).float()  # [k, V]
         total = total + F.cross_entropy(logits, targets[chunk], reduction="sum")
@@ -74,8 +75,14 @@ def causal_lm_loss(
     return total / n, n
 
 
-def calls_on_every_rank(calls: int, device: torch.device) -> int:
-    """The largest ``calls`` over the ranks of the default process group (``calls`` itself without one)."""
+def lm_head_calls(n_positions: int, device: torch.device, chunk_size: int = CE_CHUNK) -> int:
+    """How many times every rank calls the LM head in ``causal_lm_loss``: the most chunks any rank needs, at least 1.
+
+    DeepSpeed ZeRO-3 gathers the head's weight with a collective at every call, so a rank with fewer chunks (or no
+    supervised token) would leave another waiting. One all-reduce of the default process group (``n_positions``'s
+    own chunk count without one); it reads the result back, so models call it before queueing the decoder.
+    """
+    calls = max(-(-n_positions // chunk_size), 1)
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return calls
     most = torch.tensor([calls], device=device)

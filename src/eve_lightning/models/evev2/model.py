@@ -27,7 +27,7 @@ from eve_lightning.models.evev2.decoder import MOE_PARTS, EveV2ForCausalLM, is_v
 from eve_lightning.models.evev2.patch_embedding import EveV2PatchEmbedding
 from eve_lightning.models.evev2.routing import ROUTINGS
 from eve_lightning.models.evev2.splice import DecoderInputs, placeholders, splice_image_tokens
-from eve_lightning.models.losses import causal_lm_loss, supervised_positions
+from eve_lightning.models.losses import causal_lm_loss, lm_head_calls, supervised_positions
 
 
 @dataclass
@@ -52,7 +52,7 @@ class EveV2Config:
             micro-batch holds no image would otherwise skip gathers the others wait in. Losses and gradients are the
             same either way (the vision parameters get exact zero gradients from the empty calls instead of the
             zero-valued term over them). The LM head is called as often on every rank (``losses.causal_lm_loss``'s
-            ``uniform_calls``). Generation (``prepare_inputs`` + ``llm``) is not affected. Set by the
+            ``lm_head_calls``). Generation (``prepare_inputs`` + ``llm``) is not affected. Set by the
             LightningModule under DeepSpeed ZeRO-3.
     """
 
@@ -244,6 +244,7 @@ class EveV2VLM(nn.Module):
         )
         # read counts back before the decoder is queued (as v1 does): after it each read-back would wait for it
         ce_positions = supervised_positions(mm.labels)
+        head_calls = lm_head_calls(ce_positions[2].numel(), mm.labels.device) if run_vision else None  # ZeRO-3
         stats = {
             "seq_len": mm.inputs_embeds.shape[1],
             "n_tokens": int(mm.attention_mask.sum()),
@@ -263,7 +264,7 @@ class EveV2VLM(nn.Module):
             mm.labels,
             self.llm.get_output_embeddings(),
             positions=ce_positions,
-            uniform_calls=self.config.uniform_module_calls,
+            calls=head_calls,
         )
         unused = self._touch_unused(mm, run_vision or stats["n_image_tokens"] > 0)
         return EveOutput(
