@@ -112,6 +112,24 @@ def test_checkpointed_blocks_recompute_inside_their_graph_with_the_eager_gradien
     assert saved_tensors(compiled, ids) < saved_tensors(plain, ids) / 2  # activations recomputed, not kept
 
 
+def test_checkpointing_again_after_compiling_keeps_each_block_checkpointed_once():
+    """A second path (the bench's FP8 one) turns checkpointing on again over blocks compiled with it inside."""
+    llm = tiny_llm()
+    enable_checkpointing(llm)
+    compile_decoder_layers(llm, backend="aot_eager")
+    assert enable_checkpointing(llm) == 3
+    blocks = decoder_layers(llm)
+    assert all(b.checkpointed_in_graph and not b.gradient_checkpointing for b in blocks)  # not twice
+
+
+def test_checkpointing_blocks_compiled_without_it_is_refused():
+    llm = tiny_llm()
+    compile_decoder_layers(llm, backend="aot_eager")
+    with pytest.raises(ValueError, match=r"block 0 is compiled already without checkpointing.*before compiling"):
+        enable_checkpointing(llm, layers=2)
+    assert enable_checkpointing(llm, layers=0) == 0  # no block asked for: nothing to refuse
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

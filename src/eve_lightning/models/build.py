@@ -12,6 +12,9 @@ from eve_lightning.models.clip_teacher import ClipTeacher, build_teacher
 from eve_lightning.models.eve_vlm import EveConfig, EveOutput, EveVLM
 from eve_lightning.models.fp8 import FP8_ROW_MULTIPLE, convert_decoder_to_fp8
 from eve_lightning.models.llm import build_llm
+from eve_lightning.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 
 def teacher_cell_mask(teacher_pixel_mask: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -88,6 +91,7 @@ def build_eve_model(
         cfg.teacher_patch_size = tcfg.patch_size
     decoder = build_llm(**llm)
     if fp8:
-        convert_decoder_to_fp8(decoder, fp8)
+        n = convert_decoder_to_fp8(decoder, fp8)
+        log.info("model.fp8=%s: %d decoder linear layers train in float8", fp8, n)
         cfg.pad_to_multiple_of = max(cfg.pad_to_multiple_of, FP8_ROW_MULTIPLE)
     return EveWithTeacher(EveVLM(decoder, cfg), tmodel)

@@ -15,8 +15,12 @@ from eve_lightning.models.compile import decoder_layers
 def enable_checkpointing(llm: nn.Module, layers: int | None = None) -> int:
     """Turn on activation checkpointing for the first ``layers`` decoder blocks (None: all); returns how many.
 
+    Blocks compiled with their checkpoint inside (``models.compile``) are checkpointed already and keep their own
+    flag off, so calling this again after compiling changes nothing for them.
+
     Raises:
-        ValueError: ``layers`` is negative or more than the decoder has.
+        ValueError: ``layers`` is negative or more than the decoder has, or one of the first ``layers`` blocks was
+            compiled without checkpointing (a checkpoint around a compiled forward fails in the backward).
     """
     blocks = decoder_layers(llm)
     n = len(blocks) if layers is None else int(layers)
@@ -25,7 +29,22 @@ def enable_checkpointing(llm: nn.Module, layers: int | None = None) -> int:
             f"gradient_checkpointing_layers={layers}: the decoder has {len(blocks)} blocks; use 0-{len(blocks)} "
             "or null for all of them"
         )
+    compiled_plain = [i for i, b in enumerate(blocks[:n]) if _compiled(b) and not _in_graph(b)]
+    if compiled_plain:
+        raise ValueError(
+            f"decoder block {compiled_plain[0]} is compiled already without checkpointing: a checkpoint around a "
+            "compiled forward fails in the backward (models/compile.py); turn checkpointing on before compiling"
+        )
     llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     for i, block in enumerate(blocks):
-        block.gradient_checkpointing = i < n
+        # a block compiled with its checkpoint inside is checkpointed already: its own flag stays off (not twice)
+        block.gradient_checkpointing = i < n and not _in_graph(block)
     return n
+
+
+def _compiled(block: nn.Module) -> bool:
+    return "forward" in block.__dict__  # models.compile keeps the compiled forward on the instance
+
+
+def _in_graph(block: nn.Module) -> bool:
+    return bool(getattr(block, "checkpointed_in_graph", False))
