@@ -39,11 +39,24 @@ def test_eve7b_on_two_a100_nodes_prints_every_stage_and_a_total_in_range(eve7b):
         assert re.search(row, out), row
     total = sum(p.days for p in plans)
     assert f"{total:.2f} days" in out
-    # 9.5e20 decoder FLOPs at the measured MFUs, less the recompute and 0.9 scaling, on 16 x 312 TFLOP/s: ~7.6 days.
-    # The band leaves out a plan without the recompute (5.6), without the scaling efficiency (6.8), with the older
-    # H100 figures (8.9) and the eager table the planner used before (28.9).
-    assert 7.0 < total < 8.5
+    # 9.5e20 decoder FLOPs on 16 x 312 TFLOP/s at 0.9 scaling: prealign at the frozen 7B decoder's 55.5 % MFU less
+    # its x3/2 recompute (1.60 days), pretraining and SFT at the 7B full-parameter 44.3 % / 44.7 %, measured with
+    # every block checkpointed as planned, so no recompute on top (4.12 + 0.09). The plan printed 7.55 days with the
+    # 1.1B decoder's 41.8 % / 41.6 % and x4/3 added (5.83 + 0.13), and 28.9 with the eager table before that.
+    assert [round(p.days, 2) for p in plans] == [1.60, 4.12, 0.09]
+    assert total == pytest.approx(5.80, abs=0.005)
     assert "the paper: ~9 days for these three stages" in out and "gap: " in out
+
+
+def test_the_trained_7b_stages_print_the_7b_full_parameter_runs(eve7b):
+    plans, out = eve7b
+    for p in plans[1:]:
+        m = p.measured
+        assert f"measured: eve_7b {m.workload}, micro-batch 32, every decoder block checkpointed, NVIDIA H200" in out
+        assert f"benchmarks/results/{m.json}" in out
+    assert out.count("/ 1.000 (checkpointing recompute, over the measured run's)") == 2
+    assert "/ 1.500 (checkpointing recompute)" in out  # the frozen decoder, measured without checkpointing
+    assert "eve_1b" not in out  # no 1.1B figure left in the EVE-7B recipe
 
 
 def test_a_config_off_the_measured_path_is_flagged(capsys):

@@ -14,7 +14,13 @@ from eve_lightning.planner.throughput import MEASURED, TEXT_TOKENS, tokens_per_s
 from eve_lightning.utils.flops import samples_flops
 
 SAMPLES = {"evev2_s0": 10e6, "evev2_s1_0": 29e6, "evev2_s1_1": 48e6, "evev2_s2": 15e6, "evev2_sft": 7.3e6}
-KIND = {"evev2_s0": "prealign", "evev2_s1_0": "evev2_pretrain", "evev2_s1_1": "evev2_pretrain", "evev2_s2": "sft"}
+KIND = {  # the MEASURED entry each stage projects from; stage 2 and SFT keep the 1.1B SFT figure (no EVEv2 point)
+    "evev2_s0": "prealign",
+    "evev2_s1_0": "evev2_pretrain",
+    "evev2_s1_1": "evev2_pretrain",
+    "evev2_s2": "eve_1b_sft",
+    "evev2_sft": "eve_1b_sft",
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +55,8 @@ def test_recipe_plans_the_five_stages_with_their_samples_and_days(evev2_7b):
     for p in plans:
         assert p.family == "evev2" and p.n_gpus == 16
         assert p.samples == pytest.approx(SAMPLES[p.name], rel=1e-3)
-        assert p.measured is MEASURED[KIND.get(p.name, "sft")]
+        assert p.measured is MEASURED[KIND[p.name]]
+        assert p.recompute == pytest.approx(3 / 2 if p.name == "evev2_s0" else 4 / 3)  # none of these checkpointed
         assert p.image_size == (800 if p.name in ("evev2_s0", "evev2_s1_0") else 1600)
         assert p.days > 0 and f"{p.days:.2f}" in text
         assert not p.off_path  # planned on the measured path (RECIPE_PATH)
@@ -66,4 +73,5 @@ def test_recipe_plans_the_five_stages_with_their_samples_and_days(evev2_7b):
     # stages 1.x on the EVEv2 measurement; the others say that theirs is EVE v1's
     assert text.count("EVEv2: the routed evev2_1b decoder's MFU (every weight trained, 800 px)") == 2
     assert text.count("EVEv2: no EVEv2 measurement of this stage kind; the EVE v1") == 3
+    assert text.count("the EVE v1 sft MFU (eve_1b)") == 2 and text.count("the EVE v1 prealign MFU (eve_7b)") == 1
     assert "experiment=evev2_7b +stage=<stage> " + " ".join(RECIPE_PATH) in text

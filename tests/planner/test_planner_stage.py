@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from eve_lightning.planner import cli
 from eve_lightning.planner import throughput as tt
 from eve_lightning.planner.recipe import RECIPE_PATH
-from eve_lightning.planner.stage import recompute_factor
+from eve_lightning.planner.stage import recompute_factor, stage_recompute
 from eve_lightning.utils.flops import samples_flops
 
 VICUNA_7B_NO_EMBED = 6_738_415_616 - 32000 * 4096  # Vicuna-7B parameters without the input embedding
@@ -18,12 +19,16 @@ def test_stage_days_follow_from_the_measured_table(eve7b):
     plans, _ = eve7b
     for p in plans:
         m = tt.MEASURED[p.name]
+        assert p.measured is m and m.model == "eve_7b"  # every EVE-7B stage on a 7B point of its kind
         trained = p.name != "prealign"
         # the benchmark's samples: 405 image tokens on average, 131 caption tokens; SFT 95 % images, 192 text tokens
         tokens = {"prealign": 405 + 131, "pretrain": 405 + 131, "sft": 0.95 * 405 + 192}[p.name]
         flops = samples_flops(VICUNA_7B_NO_EMBED, 32, 4096, [tokens], trained)
         assert p.tokens_per_sample == pytest.approx(tokens) and p.flops_per_sample == pytest.approx(flops)
-        recompute = 4 / 3 if trained else 3 / 2  # every decoder layer checkpointed: the forward runs twice
+        # Every decoder layer checkpointed: the forward runs twice. The frozen decoder was measured without
+        # checkpointing (x3/2 added); the trained one with every block checkpointed, already in its MFU (x1).
+        recompute = 1.0 if trained else 3 / 2
+        assert m.checkpointing == trained and p.recompute == pytest.approx(recompute)
         per_gpu = m.mfu * 989e12 / flops * (312 / 989) / recompute * 0.9
         assert p.samples_per_s == pytest.approx(per_gpu)
         assert p.days == pytest.approx(p.samples / (per_gpu * 16) / 86400)
@@ -43,6 +48,31 @@ def test_the_projection_reproduces_the_measured_7b_run(stage):
     assert p.samples_per_s == pytest.approx(m.samples_per_s, rel=0.01)  # mean length vs per-sample attention
 
 
+@pytest.mark.parametrize("stage_name", ["pretrain", "sft"])
+def test_the_projection_reproduces_the_measured_7b_full_parameter_runs(stage, stage_name):
+    """Checkpointed as the run was (every block), one GPU of the measured card, its tokens: its samples/s comes back,
+    with no recompute added on top of the measured MFU."""
+    m = tt.MEASURED[stage_name]
+    p = stage(
+        f"eve7b_{stage_name}_r672",
+        *RECIPE_PATH,
+        "cluster=gpu1",
+        "gradient_checkpointing=true",
+        options={"tokens_per_sample": {stage_name: m.tokens_per_sample}},
+    )
+    assert (p.card_ratio, p.recompute, p.efficiency, p.n_gpus) == (1.0, 1.0, 1.0, 1)
+    assert p.samples_per_s == pytest.approx(m.samples_per_s, rel=0.01)
+
+
+def test_the_hd_sft_takes_the_7b_sft_point_measured_at_672_px(capsys):
+    plans = cli.main(["recipe=eve7b_hd", "cluster=a100_2x8"])
+    hd = plans[-1]
+    assert hd.name == "sft_hd" and hd.measured is tt.MEASURED["sft"] and hd.recompute == 1.0
+    out = capsys.readouterr().out
+    assert "measured at 672 px: its MFU carried to 1344 px (not measured)" in out
+    assert f"{hd.days:.2f}" in out and tt.MEASURED["sft"].json in out
+
+
 def test_card_scaling_is_the_dense_bf16_peak_ratio(eve7b, stage):
     plans, out = eve7b
     assert all(p.card_ratio == 312 / 989 for p in plans)
@@ -57,6 +87,18 @@ def test_recompute_factor_counts_the_forward_again():
     assert recompute_factor(True, True) == pytest.approx(4 / 3)  # trained: forward 2 + backward 4, +2
     assert recompute_factor(True, False) == pytest.approx(3 / 2)  # frozen: forward 2 + backward 2, +2
     assert recompute_factor(True, True, fraction=0.25) == pytest.approx(1 + 0.25 / 3)
+
+
+def test_the_recompute_is_counted_once_over_a_checkpointed_measurement():
+    """A measured MFU whose step checkpointed every block already holds the recompute: the stage's factor is taken
+    over the run's, so every block checkpointed gives 1, fewer blocks run faster than measured."""
+    checkpointed, plain = tt.MEASURED["pretrain"], tt.MEASURED["prealign"]
+    assert checkpointed.checkpointing and not plain.checkpointing
+    assert stage_recompute(checkpointed, True, True) == 1.0
+    assert stage_recompute(checkpointed, False, True) == pytest.approx(3 / 4)
+    assert stage_recompute(checkpointed, True, True, fraction=0.5) == pytest.approx((1 + 0.5 / 3) / (4 / 3))
+    assert stage_recompute(plain, True, False) == pytest.approx(3 / 2)  # measured without: the whole factor
+    assert stage_recompute(plain, False, False) == 1.0
 
 
 def test_strategy_checkpointing_and_options_move_the_plan(stage):

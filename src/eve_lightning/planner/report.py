@@ -6,7 +6,13 @@ from collections.abc import Sequence
 
 from eve_lightning.planner.recipe import RECIPE_PATH
 from eve_lightning.planner.stage import StagePlan
-from eve_lightning.planner.throughput import MEASURED, MEASURED_IMAGE_SIZE, REFERENCE_PEAK_TFLOPS, RESULTS_DIR
+from eve_lightning.planner.throughput import (
+    MEASURED,
+    MEASURED_IMAGE_SIZE,
+    PRETRAIN_7B_MB8,
+    REFERENCE_PEAK_TFLOPS,
+    RESULTS_DIR,
+)
 
 # The paper's EVE-7B training time (16M prealign + 33M pretrain + 665K SFT) on two 8-A100-40G nodes (paper, README)
 PAPER_DAYS, PAPER_GPUS, PAPER_PEAK_TFLOPS = 9.0, 16, 312.0
@@ -23,17 +29,22 @@ ASSUMPTIONS = [
     "embedding x tokens + causal attention; 4 x and 4/6 of the attention for a frozen decoder). The teacher and the "
     "patch embedding ran inside the measured step; the LM head is counted at every token though our path computes "
     "logits only at supervised positions (as in the measurement)",
-    f"7B trained decoder: carries the 1.1B decoder's MFU (pretrain {MEASURED['pretrain'].mfu:.1%}, SFT "
-    f"{MEASURED['sft'].mfu:.1%}). The teacher and patch embedding take ~11 % of the 1.1B step but ~4 % of the 7B "
-    "prealign step (the 7B would run ~7 % faster); the LM head is 6 % of the 1.1B FLOP count but 2 % of the 7B one "
-    "(~4 % slower)",
+    f"7B trained decoder (pretrain, SFT, HD SFT): the 7B full-parameter steps measured on one H200 at micro-batch "
+    f"{MEASURED['pretrain'].micro_batch}, every block checkpointed (pretrain {MEASURED['pretrain'].mfu:.1%}, SFT "
+    f"{MEASURED['sft'].mfu:.1%}), with one AdamW step over the unsharded fp32 states per micro-batch. The stage's "
+    "micro-batch and accumulation are not taken into account (its line gives the micro-batch): the same pretraining "
+    f"step at micro-batch {PRETRAIN_7B_MB8.micro_batch} measured {PRETRAIN_7B_MB8.mfu:.1%} (a whole AdamW step per "
+    f"{PRETRAIN_7B_MB8.micro_batch} samples)",
     "card: the samples/s measured on the H200 x (the cluster's perf.peak_tflops / 989), the ratio of dense BF16 "
     "peaks (A100 312, H100 and H200 989 TFLOP/s): the same MFU on the planned card. The A100's memory bandwidth "
     "per peak FLOP is at least the H200's, and host overheads do not slow down with the card, so for the A100 this "
     "errs long",
-    "checkpointing: the measured steps had none; with it the forward runs again in the backward: step time x4/3 "
-    "(trained decoder) or x3/2 (frozen decoder), for N of L layers N/L of that extra (the whole step is scaled, "
-    "though the teacher is not recomputed)",
+    "checkpointing: the forward runs again in the backward: step time x4/3 (trained decoder) or x3/2 (frozen "
+    "decoder), for N of L layers N/L of that extra (the whole step is scaled, though the teacher is not "
+    "recomputed), over the measured run's. The 7B full-parameter runs checkpointed every block: their MFU (6N x "
+    "tokens over the step time) already holds the recompute, so a stage checkpointing every block takes it as "
+    "measured (x1) and one checkpointing N of L blocks is sped up by the same rule ((1 + N/3L) / (4/3)); the other "
+    "runs (7B prealign, 1.1B, EVEv2) had none, so the whole factor applies",
     "scaling efficiency across GPUs: 0.9 (plan.scaling_efficiency), not measured: no multi-GPU run has been timed",
 ]
 
@@ -41,10 +52,11 @@ ASSUMPTIONS = [
 EVEV2_ASSUMPTIONS = [
     "EVEv2 throughput: stages 1.0 and 1.1 carry the MFU measured on the routed EVEv2 decoder (evev2_1b: Qwen2.5-1.5B's "
     "shape with vision copies, every weight trained, caption samples at 800 px, 44.9 % on one H200); stage 0 (frozen "
-    "decoder, as EVE v1's prealign) and stages 2 and SFT (conversations, as EVE v1's SFT, whose measured step "
-    "includes the teacher EVEv2 does not have) carry the EVE v1 figure of that kind, for want of an EVEv2 "
-    "measurement of it. Each MFU applies to the routed FLOPs of the EVEv2-7B decoder, its 800 / 1600 px images and "
-    "their token counts",
+    "decoder, as EVE v1's prealign: the 7B decoder's figure) and stages 2 and SFT (conversations, as EVE v1's SFT, "
+    "whose measured step includes the teacher EVEv2 does not have: the 1.1B decoder's figure, "
+    f"{MEASURED['eve_1b_sft'].mfu:.1%} without checkpointing, not the 7B full-parameter one) carry the EVE v1 figure "
+    "of that kind, for want of an EVEv2 measurement of it. Each MFU applies to the routed FLOPs of the EVEv2-7B "
+    "decoder, its 800 / 1600 px images and their token counts",
     "EVEv2 tokens per sample: the benchmark's aspect ratios under EVEv2's rule (area about max_size^2 in 32-px "
     "cells, 1 + h (w + 1) tokens: 651 for a square image at 800 px, 2551 at 1600; the mean of the 7 aspects is 658 / "
     "2560) plus the same text as EVE v1's samples; the original's data (EVE-recap, Infinity-MM, LLaVA-OneVision) "
@@ -65,15 +77,18 @@ def format_stage(p: StagePlan) -> list[str]:
         f"   time: {p.samples:,} samples x {p.tokens_per_sample:.0f} tokens = "
         f"{p.flops_per_sample / 1e12:.1f} TFLOP (decoder) per sample"
     )
+    ckpt = "every decoder block checkpointed" if m.checkpointing else "no checkpointing"
     lines.append(
-        f"     measured: {m.model} {m.workload}, micro-batch {m.micro_batch}, {m.card}: {m.samples_per_s:.1f} "
-        f"samples/s at {m.tokens_per_sample:.0f} tokens, decoder MFU {m.mfu:.1%} ({RESULTS_DIR}/{m.json})"
+        f"     measured: {m.model} {m.workload}, micro-batch {m.micro_batch}, {ckpt}, {m.card}: "
+        f"{m.samples_per_s:.1f} samples/s at {m.tokens_per_sample:.0f} tokens, decoder MFU {m.mfu:.1%} "
+        f"({RESULTS_DIR}/{m.json})"
     )
     mfu = f"MFU {p.mfu:.1%}" + ("" if p.mfu == m.mfu else " (plan.mfu)")
+    recompute = "checkpointing recompute" + (", over the measured run's" if m.checkpointing else "")
     lines.append(
         f"     per GPU: {mfu} -> {p.reference_samples_per_s:.2f} samples/s at {REFERENCE_PEAK_TFLOPS:g} TFLOP/s"
         f" x {p.card_ratio:.3f} (peak ratio {p.card_ratio * REFERENCE_PEAK_TFLOPS:g}/{REFERENCE_PEAK_TFLOPS:g})"
-        f" / {p.recompute:.3f} (checkpointing recompute) x {p.efficiency:.2f} (scaling) = {p.samples_per_s:.2f}"
+        f" / {p.recompute:.3f} ({recompute}) x {p.efficiency:.2f} (scaling) = {p.samples_per_s:.2f}"
     )
     lines.append(
         f"     {p.samples:,} / ({p.samples_per_s:.2f} samples/s x {p.n_gpus} GPUs) = {p.seconds / 3600:.1f} h"
@@ -82,8 +97,8 @@ def format_stage(p: StagePlan) -> list[str]:
     measured_size = MEASURED_IMAGE_SIZE["evev2" if m.model.startswith("evev2") else "eve"]
     if p.family == "evev2" and not m.model.startswith("evev2"):
         lines.append(
-            f"     EVEv2: no EVEv2 measurement of this stage kind; the EVE v1 {m.workload} MFU carried to this EVEv2 "
-            f"stage and its {p.image_size} px images"
+            f"     EVEv2: no EVEv2 measurement of this stage kind; the EVE v1 {m.workload} MFU ({m.model}) carried to "
+            f"this EVEv2 stage and its {p.image_size} px images"
         )
     elif p.family == "evev2":
         lines.append(
@@ -106,7 +121,9 @@ def paper_gap(plans: list[StagePlan]) -> str:
     square = sum(p.samples * p.square_flops_per_sample for p in plans)
     paper = PAPER_DAYS * 86400 * PAPER_GPUS * PAPER_PEAK_TFLOPS * 1e12
     ours = sum(p.seconds * p.n_gpus * p.card_ratio for p in plans) * REFERENCE_PEAK_TFLOPS * 1e12
-    measured = " / ".join(dict.fromkeys(f"{p.mfu:.1%}" for p in plans))
+    measured = " / ".join(
+        dict.fromkeys(f"{p.mfu:.1%}" + (" (checkpointed)" if p.measured.checkpointing else "") for p in plans)
+    )
     less = [
         *(["the checkpointing recompute"] if any(p.recompute > 1 for p in plans) else []),
         *(["the scaling efficiency"] if any(p.efficiency < 1 for p in plans) else []),

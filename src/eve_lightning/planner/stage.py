@@ -3,7 +3,8 @@
 Memory: the model states of the configured sharding and the activations of one micro-batch whose images are all
 square (``planner.memory``). Time: the stage's samples over the samples/s that the measured decoder MFU of its stage
 kind gives for this stage's decoder and tokens (``planner.throughput``), scaled by the cluster's peak ratio, the
-checkpointing recompute and the multi-GPU scaling efficiency.
+checkpointing recompute of the stage over the measured run's (``recompute_factor``) and the multi-GPU scaling
+efficiency.
 
 EVEv2 stages: image tokens by EVEv2's rule (``1 + h * (w + 1)`` over 32-px cells: 651 for a square image at 800 px,
 2551 at 1600), decoder FLOPs routed (one branch per token, ``routed_flops``: image tokens count 6 x parameters when
@@ -51,7 +52,7 @@ class StagePlan:
     mfu: float  # decoder MFU projected with (the measured one unless plan.mfu is given)
     measured: MeasuredStep
     card_ratio: float  # the cluster's dense bf16 peak / the measured card's
-    recompute: float  # step time with the configured checkpointing / without
+    recompute: float  # step time with the configured checkpointing / with the measured run's (its MFU holds that)
     efficiency: float  # multi-GPU scaling efficiency (1 on one GPU)
     n_gpus: int
     image_size: int
@@ -61,7 +62,7 @@ class StagePlan:
 
     @property
     def reference_samples_per_s(self) -> float:
-        """Samples/s of this stage's decoder and tokens on one GPU of the measured card, no checkpointing."""
+        """Samples/s of this stage's decoder and tokens on one GPU of the measured card, checkpointed as the run was."""
         return self.mfu * REFERENCE_PEAK_TFLOPS * 1e12 / self.flops_per_sample
 
     @property
@@ -136,7 +137,7 @@ def off_measured_path(cfg: DictConfig) -> list[str]:
 
 
 def recompute_factor(checkpointing: bool, trained: bool, fraction: float = 1.0) -> float:
-    """Step time with activation checkpointing over the time without (the MFU was measured without).
+    """Step time with activation checkpointing over the time without.
 
     The forward (2 units of work) of the checkpointed ``fraction`` of the layers runs again in the backward; the
     backward is 4 units for a trained decoder (activation and weight gradients), 2 for a frozen one (activation
@@ -146,6 +147,26 @@ def recompute_factor(checkpointing: bool, trained: bool, fraction: float = 1.0) 
         return 1.0
     backward = 4 if trained else 2
     return (2 + backward + 2 * fraction) / (2 + backward)
+
+
+def stage_recompute(measured: MeasuredStep, checkpointing: bool, trained: bool, fraction: float = 1.0) -> float:
+    """Step time of the stage's checkpointing over that of the run its MFU was measured on.
+
+    A run's MFU counts the FLOPs of one forward and backward (6N x tokens), while its step time holds whatever its
+    checkpointing recomputed: a run measured with every block checkpointed (``measured.checkpointing``, the 7B
+    full-parameter points) already pays the recompute. The stage's factor is therefore taken over the run's, both
+    from ``recompute_factor``: a stage checkpointing every block, like the run, gets 1 (adding x4/3 again would count
+    the recompute twice); one checkpointing N of L blocks gets (1 + N/3L) / (4/3), faster than measured; over a run
+    without checkpointing (every other point) it is ``recompute_factor`` itself.
+
+    Args:
+        measured: the run whose MFU the stage is projected with.
+        checkpointing: the stage checkpoints some decoder blocks.
+        trained: the stage's decoder weights train (the backward computes weight gradients).
+        fraction: share of the stage's decoder blocks checkpointed.
+    """
+    run = recompute_factor(measured.checkpointing, measured.workload != "prealign")
+    return recompute_factor(checkpointing, trained, fraction) / run
 
 
 def stage_memory(cfg: DictConfig, counts: dict[str, Any], work: Workload, strategy: str, n_gpus: int) -> MemoryPlan:
@@ -283,7 +304,8 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
         mfu=mfu,
         measured=measured,
         card_ratio=float(cfg.perf.peak_tflops) / REFERENCE_PEAK_TFLOPS,
-        recompute=recompute_factor(checkpointed > 0, trained_llm, checkpointed / shape.layers),
+        # over the measured run's checkpointing: the 7B full-parameter runs' MFU already holds their recompute
+        recompute=stage_recompute(measured, checkpointed > 0, trained_llm, checkpointed / shape.layers),
         efficiency=float(options.get("scaling_efficiency", 0.9)) if n_gpus > 1 else 1.0,
         n_gpus=n_gpus,
         image_size=size,

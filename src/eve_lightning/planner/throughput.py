@@ -1,15 +1,17 @@
 """Measured training throughput the planner projects from: one figure per stage kind, each traced to its run.
 
 Every figure is a run of ``python -m eve_lightning.bench.train`` on our path (compiled decoder and teacher blocks,
-``torch_varlen`` attention, balanced packed rows, no activation checkpointing, one GPU), committed as a JSON under
+``torch_varlen`` attention, balanced packed rows, one GPU, one AdamW step per micro-batch), committed as a JSON under
 ``benchmarks/results/`` and listed in ``benchmarks/README.md``; ``tests/planner/test_planner_throughput.py`` checks
 every number here against its JSON. The decoder MFU of a run counts 6 x decoder parameters (4 x for a frozen
 decoder) x tokens plus causal attention over ``REFERENCE_PEAK_TFLOPS`` (``eve_lightning.utils.flops.samples_flops``);
 the teacher and the patch embedding run inside the timed step but are not counted.
 
-The trained decoder was measured at 1.1B only (``eve_1b``); the planner carries its MFU to the 7B decoder. The
-tokens per sample of the planner's default workload are those of the benchmark's synthetic samples
-(``eve_lightning.bench.train.draw_samples``), whose means are computed here.
+The trained 7B decoder (EVE-7B's pretraining and SFT) was measured with activation checkpointing of every decoder
+block (``--checkpoint-ours``, ``MeasuredStep.checkpointing``): its step time holds the recomputed forward, which its
+MFU does not count, so the planner takes a stage's recompute relative to the run's (``planner.stage``). The other
+runs had no checkpointing. The tokens per sample of the planner's default workload are those of the benchmark's
+synthetic samples (``eve_lightning.bench.train.draw_samples``), whose means are computed here.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class MeasuredStep:
     mfu: float  # decoder MFU over REFERENCE_PEAK_TFLOPS
     json: str  # file under benchmarks/results/
     readme: str  # where benchmarks/README.md lists it
+    checkpointing: bool = False  # every decoder block checkpointed (bench.train --checkpoint-ours): in the step time
 
     @property
     def tokens_per_sample(self) -> float:
@@ -61,21 +64,40 @@ MEASURED = {
         json="2026-12-03_h200_eve_7b_prealign_mb24_varlen_compile_ours.json",
         readme="H200 section, 'Other workloads' table, row 'eve_7b prealign, decoder frozen': 36.4 samples/s, 55.5 %",
     ),
-    # micro-batch 64 (35k tokens, 2.2e14 FLOP per micro-step) rather than 32 (39.5-40.3 %): a 7B micro-batch of 16
-    # samples is ~3.5e14 FLOP, so the per-step overheads weigh no more than at micro-batch 64
+    # The 7B decoder trained whole (6N), every block checkpointed as in the recipe: the recipe's stage 2. Its MFU
+    # counts 6N x tokens; the recomputed forward is in the step time, not in the count (see planner.stage).
+    # Micro-batch 32 (~18k tokens, one AdamW step over the unsharded fp32 states per micro-batch): the recipe's GPU
+    # takes 32 samples per optimizer step too (micro-batch 16, 2 micro-steps), its optimizer sharded 16 ways.
     "pretrain": MeasuredStep(
         workload="pretrain",
-        model="eve_1b",
+        model="eve_7b",
         card="NVIDIA H200",
-        micro_batch=64,
-        samples_per_s=117.4395,
-        tokens_per_s=64933.0398,
-        mfu=0.4177,
-        json="2026-12-03_h200_eve_1b_pretrain_mb64_varlen_compile_balanced.json",
-        readme="H200 section, row '+ tight kernel bound (9edfe08, current)', micro-batch 64: 117.4 samples/s, 41.8 %",
+        micro_batch=32,
+        samples_per_s=19.4623,
+        tokens_per_s=10933.2754,
+        mfu=0.4433,
+        json="2026-12-05_h200_eve_7b_pretrain_mb32_varlen_compile_balanced_checkpointed_fp8.json",
+        readme="'Planning a recipe' section, 'What the days are based on': 19.5 samples/s, 44.3 %, every block "
+        "checkpointed",
+        checkpointing=True,
     ),
-    # micro-batch 32 (~18.5k tokens), as pretraining's 64: overheads per step weigh about as much as in a 7B step
+    # The same on SFT samples: the recipe's stage 3 and the HD SFT (measured at 672 px, carried to 1344 px)
     "sft": MeasuredStep(
+        workload="sft",
+        model="eve_7b",
+        card="NVIDIA H200",
+        micro_batch=32,
+        samples_per_s=19.2998,
+        tokens_per_s=10998.4558,
+        mfu=0.4466,
+        json="2026-12-05_h200_eve_7b_sft_mb32_varlen_compile_balanced_checkpointed_fp8.json",
+        readme="'Planning a recipe' section, 'What the days are based on': 19.3 samples/s, 44.7 %, every block "
+        "checkpointed",
+        checkpointing=True,
+    ),
+    # The 1.1B decoder (eve_1b) on SFT samples, no checkpointing: EVEv2's stage 2 and SFT, which have no EVEv2
+    # measurement of their kind (EVE-7B's SFT carried it before the 7B point above). Micro-batch 32 (~18.5k tokens).
+    "eve_1b_sft": MeasuredStep(
         workload="sft",
         model="eve_1b",
         card="NVIDIA H200",
@@ -101,17 +123,33 @@ MEASURED = {
     ),
 }
 MEASURED_IMAGE_SIZE = {"eve": 672, "evev2": 800}  # the runs above, by model family
+# Not projected from: the 7B pretraining step at micro-batch 8 (one whole AdamW step per 8 samples), the MFU a small
+# micro-batch gives on one card; the planner prints it beside the micro-batch 32 figure it uses.
+PRETRAIN_7B_MB8 = MeasuredStep(
+    workload="pretrain",
+    model="eve_7b",
+    card="NVIDIA H200",
+    micro_batch=8,
+    samples_per_s=16.2636,
+    tokens_per_s=8895.6728,
+    mfu=0.3606,
+    json="2026-12-05_h200_eve_7b_pretrain_mb8_varlen_compile_balanced_checkpointed_fp8.json",
+    readme="'Planning a recipe' section, 'What the days are based on': 16.3 samples/s, 36.1 % at micro-batch 8",
+    checkpointing=True,
+)
 STAGE_KIND = {"prealign": "prealign", "pretrain": "pretrain", "sft": "sft", "sft_hd": "sft"}  # stage -> MEASURED key
 # EVEv2's caption stages 1.0 and 1.1 (the vision copies train on image tokens, most of every caption sample) carry
 # the EVEv2 measurement. The others have no EVEv2 measurement of their kind and carry the EVE v1 figure of the kind
 # they resemble: stage 0 trains only the patch embedding under a frozen decoder (as prealign; the 7B decoder
-# itself); stage 2 and SFT train everything on conversations (as SFT, whose v1 step includes the teacher).
+# itself); stage 2 and SFT train everything on conversations (as SFT, whose v1 step includes the teacher). These two
+# keep the 1.1B decoder's SFT figure they had (no checkpointing in it, so the planner adds their recompute); EVE-7B's
+# SFT moved to the 7B full-parameter point.
 STAGE_KIND |= {
     "evev2_s0": "prealign",
     "evev2_s1_0": "evev2_pretrain",
     "evev2_s1_1": "evev2_pretrain",
-    "evev2_s2": "sft",
-    "evev2_sft": "sft",
+    "evev2_s2": "eve_1b_sft",
+    "evev2_sft": "eve_1b_sft",
 }
 
 # The settings of the measured path. A stage configured otherwise is projected with the same figure and flagged:
