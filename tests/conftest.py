@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
-import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from eve_lightning.data import synthetic_shapes
-from tests.helpers.repo_paths import CONF
+def _share_the_cores_between_xdist_workers() -> None:
+    """Under pytest-xdist (`make test` runs `-n 2`), each worker gets an equal share of the cores for torch's threads.
+
+    Every worker is a process with its own OpenMP pool sized to all cores; 2 workers x 2 threads on 2 cores spin
+    against each other and the heavy tests take 3-6x longer. Set before torch is imported here, so the workers'
+    pools and the subprocesses they start (training CLIs, DDP ranks, loader workers) inherit it. An
+    OMP_NUM_THREADS set by the user wins; without xdist (`-n 0`) nothing changes.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // workers)))
+
+
+_share_the_cores_between_xdist_workers()
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from eve_lightning.data import synthetic_shapes  # noqa: E402
+from tests.helpers.repo_paths import CONF  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

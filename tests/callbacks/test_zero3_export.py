@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from tests.helpers.ports import free_port
 from tests.helpers.repo_paths import REPO
 
 pytest.importorskip("deepspeed")
@@ -38,8 +39,8 @@ print("ok")
 
 
 def test_zero3_state_dict_gathers_every_partitioned_parameter(tmp_path):
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29561", "RANK": "0",
-           "WORLD_SIZE": "1", "LOCAL_RANK": "0", "PYTHONPATH": str(REPO / "src")}  # fmt: skip
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "PYTHONPATH": str(REPO / "src")}  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=240)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

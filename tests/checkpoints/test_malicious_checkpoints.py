@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from eve_lightning.inference.loading import check_model, load_model
 from eve_lightning.train import build
 from eve_lightning.utils.config_checks import ConfigError
 from eve_lightning.webui.__main__ import main as demo_main
+from tests.helpers.ports import free_port
 from tests.helpers.repo_paths import CONF
 from tests.helpers.runs import compose_train
 
@@ -66,12 +66,6 @@ def evil(tmp_path):
 
 
 KINDS = ["ckpt", "deepspeed", "official", "run"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def one_line(text: str) -> str:

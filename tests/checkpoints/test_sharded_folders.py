@@ -1,7 +1,7 @@
 """DeepSpeed folders are consolidated weights-only, exactly as DeepSpeed's own converter does; broken folders fail.
 
 The folders are real: written by DeepSpeed from 2 CPU ranks (tests/helpers/zero_folders.py, one subprocess per
-session).
+test run, shared by the parallel workers).
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from eve_lightning.checkpoints.safe_load import TornCheckpointError
 from eve_lightning.checkpoints.sharded_folders import CheckpointFolderError, consolidate_deepspeed_folder
 from eve_lightning.inference.loading import find_kind, load_model
+from tests.helpers.ports import free_port
 from tests.helpers.repo_paths import REPO
 
 pytest.importorskip("deepspeed")
@@ -25,12 +27,25 @@ pytest.importorskip("deepspeed")
 
 @pytest.fixture(scope="module")
 def zero_folders(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("zero")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "DS_ACCELERATOR": "cpu"}
-    script = REPO / "tests" / "helpers" / "zero_folders.py"
-    proc = subprocess.run([sys.executable, str(script), str(out), "29581"], env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+    """The folders, written once per test run (~20 s of two DeepSpeed ranks); the tests only read them.
+
+    Under pytest-xdist the first worker to get here writes them into the run's shared temporary folder and the
+    others wait for them (a file lock), instead of each writing its own copy.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the folder of this run that holds every worker's own
+    out, done = base / "zero-folders", base / "zero-folders.done"
+    with FileLock(f"{out}.lock"):
+        if not done.is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "DS_ACCELERATOR": "cpu"}
+            script = REPO / "tests" / "helpers" / "zero_folders.py"
+            cmd = [sys.executable, str(script), str(out), str(free_port())]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+            done.touch()
     return out
 
 

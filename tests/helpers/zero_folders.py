@@ -1,9 +1,10 @@
 """Write real DeepSpeed ZeRO-2 and ZeRO-3 checkpoint folders of a tiny EVE model from 2 CPU ranks (gloo).
 
-`python tests/helpers/zero_folders.py OUT` writes OUT/zero2 and OUT/zero3 as Lightning's DeepSpeedStrategy lays them
-out (the module under `_forward_module.`, our checkpoint config as client state), after one AdamW step with two
-parameter groups, a frozen part and several ZeRO-3 sub-groups, and OUT/zero{2,3}.reference.pt: DeepSpeed's own fp32
-consolidation of each folder, the oracle the tests compare ours with.
+`python tests/helpers/zero_folders.py OUT [PORT]` writes OUT/zero2 and OUT/zero3 as Lightning's DeepSpeedStrategy
+lays them out (the module under `_forward_module.`, our checkpoint config as client state), after one AdamW step with
+two parameter groups, a frozen part and several ZeRO-3 sub-groups, and OUT/zero{2,3}.reference.pt: DeepSpeed's own
+fp32 consolidation of each folder, the oracle the tests compare ours with. PORT: the ranks' rendezvous port (default:
+a free one).
 """
 
 from __future__ import annotations
@@ -95,6 +96,10 @@ def rank_main(rank: int, out: str) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2] if len(sys.argv) > 2 else "29571")
+    sys.path.insert(0, str(CONF.parent))  # the repository root, for tests.helpers
+    from tests.helpers.ports import free_port
+
+    # the ranks' rendezvous port: never a fixed one, tests run in parallel workers
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2] if len(sys.argv) > 2 else str(free_port()))
     mp.spawn(rank_main, args=(sys.argv[1],), nprocs=2)
     print("ok")

@@ -31,18 +31,23 @@ def ref_normalize(pixels):
 
 
 def ref_attention(attn, query_in, kv_in):
-    """attn: PoolingAttention; query_in [Q, D]; kv_in [K, D] -> [Q, D] aggregated values (before proj)."""
+    """attn: PoolingAttention; query_in [..., Q, D]; kv_in [..., K, D] -> [..., Q, D] aggregated values (before proj).
+
+    Head j attends with the j-th D/heads slice of the queries, keys and values; the logit scale is D^-0.5 (the full
+    width, not the head width). Leading dims (e.g. every 2x2 cell of an image) are independent problems.
+    """
     heads = attn.num_heads
     q = attn.q_proj(attn.q_norm(query_in))
     kv = attn.kv_proj(attn.kv_norm(kv_in))
     d = q.shape[-1]
-    k, v = kv[:, :d], kv[:, d:]
-    out = []
-    for h in range(heads):
-        sl = slice(h * d // heads, (h + 1) * d // heads)
-        logits = q[:, sl] @ k[:, sl].T * d**-0.5  # scale over the full width
-        out.append(logits.softmax(-1) @ v[:, sl])
-    return torch.cat(out, -1)
+    k, v = kv[..., :d], kv[..., d:]  # first half of the projection = keys
+
+    def per_head(t):  # [..., N, D] -> [..., N, heads, D/heads]
+        return t.reshape(*t.shape[:-1], heads, d // heads)
+
+    logits = torch.einsum("...qhe,...khe->...hqk", per_head(q), per_head(k)) * d**-0.5
+    out = torch.einsum("...hqk,...khe->...qhe", logits.softmax(-1), per_head(v))
+    return out.reshape(*out.shape[:-2], d)
 
 
 def ref_pel(pel, pixels, mask):
@@ -54,14 +59,10 @@ def ref_pel(pel, pixels, mask):
     crop = feat[:, r0:r1, c0:c1]  # [D, Hp, Wp]
     d, hp, wp = crop.shape
     h, w = hp // 2, wp // 2
-    cells = []
-    for i in range(h):
-        for j in range(w):
-            sub = crop[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].reshape(d, 4).T  # [4, D] row-major
-            avg = sub.mean(0, keepdim=True)
-            agg = ref_attention(pel.local_attn, avg, sub)
-            cells.append(avg + pel.local_attn.out_proj(agg))
-    cells = torch.cat(cells)  # [h*w, D]
+    # every 2x2 cell as [4, D] (row-major inside the cell), cells row-major over the grid: [h*w, 4, D]
+    sub = crop[:, : 2 * h, : 2 * w].reshape(d, h, 2, w, 2).permute(1, 3, 2, 4, 0).reshape(h * w, 4, d)
+    avg = sub.mean(1, keepdim=True)  # [h*w, 1, D]: each cell's query is its mean
+    cells = (avg + pel.local_attn.out_proj(ref_attention(pel.local_attn, avg, sub)))[:, 0]  # [h*w, D]
     cls = pel.cls_token[None]
     cls = cls + pel.global_attn.out_proj(ref_attention(pel.global_attn, cls, cells))
     grid = cells.view(h, w, d)

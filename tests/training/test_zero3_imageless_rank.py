@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 import torch
 
 from tests.helpers import zero3_imageless
+from tests.helpers.ports import free_port
 from tests.helpers.repo_paths import REPO
 
 pytest.importorskip("deepspeed")
@@ -34,19 +34,13 @@ pytestmark = pytest.mark.slow  # DeepSpeed in two fresh processes
 SCRIPT = REPO / "tests" / "helpers" / "zero3_imageless.py"
 
 
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def run_ranks(families: str, option: str, folder: Path, timeout: float) -> list[tuple[int | None, str]]:
     """Start both ranks and wait at most ``timeout`` s in all: (exit code, or None if killed at the timeout; output).
 
     Rank 0 saves the weights after each family's first step in ``folder``.
     """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]), "OMP_NUM_THREADS": "1"}
-    port = free_port()
+    port = str(free_port())
     logs = [folder / f"{option}-rank{rank}.log" for rank in range(2)]
     procs = []
     for rank, log in enumerate(logs):

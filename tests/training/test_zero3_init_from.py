@@ -9,7 +9,6 @@ the empty placeholders) and the copy step's ``copy_`` between placeholders chang
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -20,22 +19,17 @@ from eve_lightning.data.tokenizer import default_tokenizer_path
 from eve_lightning.models.evev2.decoder import copy_text_to_vision, vision_text_pairs
 from eve_lightning.models.export_format import save_export
 from tests.helpers.official_checkpoint_v2 import tiny_evev2
+from tests.helpers.ports import free_port
 from tests.helpers.repo_paths import REPO
 
 pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.slow  # DeepSpeed in fresh processes
 
 
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def loaded(export, mode: str, tmp_path) -> dict[str, torch.Tensor]:
     out = tmp_path / f"{mode}.pt"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(REPO / "tests" / "helpers" / "zero3_init_from.py"), str(export), free_port(), mode,
+    cmd = [sys.executable, str(REPO / "tests" / "helpers" / "zero3_init_from.py"), str(export), str(free_port()), mode,
            str(out)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

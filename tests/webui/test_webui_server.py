@@ -19,6 +19,7 @@ from eve_lightning.inference.generate import GenerationConfig, GenerationConfigE
 from eve_lightning.webui import server
 from eve_lightning.webui.__main__ import main
 from eve_lightning.webui.server import create_app
+from tests.helpers.ports import free_port
 from tests.helpers.webui import FakeEngine
 
 
@@ -239,12 +240,6 @@ def test_cli_without_model_says_to_run_make_train(tmp_path, monkeypatch, capsys)
     with pytest.raises(SystemExit) as exc:
         main(["--model", str(tmp_path / "nowhere")])
     assert exc.value.code == 2 and "does not exist" in capsys.readouterr().err
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_cli_serves_the_model_on_loopback(tiny_export, monkeypatch, capsys):
