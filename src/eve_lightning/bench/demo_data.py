@@ -9,7 +9,10 @@ Usage::
 153600 per task + 2 x 400). The content options are the recipe's (``conf/experiment/demo_recipe.yaml``). The
 generation runs without the cache; ``--cache DIR`` then also times a second call that takes the set from a cache
 in ``DIR`` (generate + store, then restore). The last line printed is JSON:
-``{"samples": N, "workers": W, "seconds": S, "samples_per_s": R, ...}``.
+``{"samples": N, "workers": W, "seconds": S, "samples_per_s": R, "cpu_seconds": C, "cpu_ms_per_sample": M,
+"cpu_busy": B, ...}``. ``cpu_seconds`` is the user + system time of this process and its worker processes during
+the generation; ``cpu_busy`` is that over ``seconds x workers``. Together they tell slow cores (many CPU ms per
+sample, busy near 1) from workers that wait (few CPU ms per sample, busy well below 1: disk, memory, a serial step).
 
 The same timing without this module (for code that predates it; run with ``PYTHONPATH`` at that code's ``src``)::
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import time
 from collections.abc import Sequence
@@ -53,11 +57,20 @@ def recipe_params(samples: int, max_side: int = 672) -> dict[str, Any]:
     return dict(num_pretrain=per_task, num_sft=per_task, num_val=held_out, seed=0, max_side=max_side, **RECIPE_CONTENT)
 
 
-def timed(out: Path, params: dict[str, Any], workers: int, cache: str | Path | bool) -> float:
-    """Seconds one ``generate`` call takes (the DataModule's call: every worker, overwrite)."""
-    start = time.perf_counter()
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children that have ended so far."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(out: Path, params: dict[str, Any], workers: int, cache: str | Path | bool) -> tuple[float, float]:
+    """Wall and CPU seconds of one ``generate`` call (the DataModule's call: every worker, overwrite).
+
+    The CPU seconds include the worker processes: ``generate`` ends its pool before it returns.
+    """
+    start, cpu = time.perf_counter(), cpu_seconds()
     synthetic_shapes.generate(out, **params, workers=workers, overwrite=True, cache=cache)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - cpu
 
 
 def run(
@@ -80,7 +93,8 @@ def run(
 
 def _measure(out: Path, params: dict[str, Any], workers: int, cache: Path | None) -> dict[str, Any]:
     total = params["num_pretrain"] + params["num_sft"] + 2 * params["num_val"]
-    cold = timed(out, params, workers, cache=False)
+    cold, cpu = timed(out, params, workers, cache=False)
+    busy = cpu / (cold * workers)
     result: dict[str, Any] = {
         "samples": total,
         "workers": workers,
@@ -88,12 +102,18 @@ def _measure(out: Path, params: dict[str, Any], workers: int, cache: Path | None
         "max_side": params["max_side"],
         "seconds": round(cold, 2),
         "samples_per_s": round(total / cold, 1),
+        "cpu_seconds": round(cpu, 1),
+        "cpu_ms_per_sample": round(1000 * cpu / total, 3),
+        "cpu_busy": round(busy, 3),
     }
-    print(f"{total} samples, {workers} workers ({os.cpu_count()} CPUs): {cold:.1f} s, {total / cold:.0f} samples/s")
+    print(
+        f"{total} samples, {workers} workers ({os.cpu_count()} CPUs): {cold:.1f} s, {total / cold:.0f} samples/s; "
+        f"CPU {cpu:.1f} s ({1000 * cpu / total:.2f} ms per sample), workers busy {busy:.0%} of the time"
+    )
     if cache is not None:
-        store = timed(out, params, workers, cache=cache)  # generated again, then kept in the cache
+        store, _ = timed(out, params, workers, cache=cache)  # generated again, then kept in the cache
         shutil.rmtree(out)
-        restore = timed(out, params, workers, cache=cache)
+        restore, _ = timed(out, params, workers, cache=cache)
         result.update(cache_store_seconds=round(store, 2), cache_restore_seconds=round(restore, 2))
         print(f"with the cache in {cache}: generate + store {store:.1f} s, then restore {restore:.1f} s")
     return result
