@@ -11,10 +11,10 @@
 # every run). The demo data is generated on first use (308k samples; python -m eve_lightning.bench.demo_data
 # --out "$ROOT/data/demo_recipe" makes the same set and times it). Each run's log and metrics.csv land in OUT_DIR.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-out=${1:?usage: bash benchmarks/fp8_loss_curve.sh OUT_DIR [STEPS]}
+out=$(realpath -m "${1:?usage: bash benchmarks/fp8_loss_curve.sh OUT_DIR [STEPS]}")  # from the caller's folder
 steps=${2:-300}
-root=${ROOT:-/tmp/fp8_loss_curve}
+root=$(realpath -m "${ROOT:-/tmp/fp8_loss_curve}")
+cd "$(dirname "$0")/.."
 mkdir -p "$out"
 extra=()
 [ -n "${EXTRA:-}" ] && read -r -a extra <<< "$EXTRA"
@@ -28,7 +28,7 @@ for run in bf16 fp8 bf16_again; do
     "hydra.run.dir=$root/logs/$run" ${extra[@]+"${extra[@]}"} > "$out/$run.log" 2>&1 \
     || { echo "$run failed; the end of $out/$run.log:"; tail -20 "$out/$run.log"; exit 1; }
   cp "$root/logs/$run/csv/metrics.csv" "$out/$run.metrics.csv"
-  echo "$run (model.fp8=$fp8): $steps steps in $(( $(date +%s) - start )) s"
+  echo "$run (model.fp8=$fp8): $steps steps in $(( $(date +%s) - start )) s (the first run's time includes making the demo data)"
 done
 python -m eve_lightning.bench.loss_curves "$out/bf16.metrics.csv" "$out/fp8.metrics.csv" \
   --noise "$out/bf16_again.metrics.csv" --tolerance "${TOLERANCE:-0.05}" --out "$out/loss_curves.json"

@@ -45,11 +45,13 @@ def test_the_tail_gap_is_the_relative_gap_of_the_last_steps_means(tmp_path):
 def test_the_cli_passes_within_the_tolerance_and_fails_outside_it(tmp_path, capsys):
     a = write_metrics(tmp_path / "a.csv", curve())
     near = write_metrics(tmp_path / "near.csv", curve(seed=2))
+    again = write_metrics(tmp_path / "again.csv", curve(scale=1.03, seed=4))
     far = write_metrics(tmp_path / "far.csv", curve(scale=1.2, seed=3))
     out = tmp_path / "gap.json"
-    result = loss_curves.main([str(a), str(near), "--noise", str(near), "--out", str(out)])
+    result = loss_curves.main([str(a), str(near), "--noise", str(again), "--out", str(out)])
     assert result["within_tolerance"] and result["tail_rel_gap"] < 0.01
-    assert json.loads(out.read_text())["noise"]["tail_rel_gap"] == result["tail_rel_gap"]
+    noise = json.loads(out.read_text())["noise"]
+    assert 0.015 < noise["tail_rel_gap"] < 0.045  # the 3 % run, not the one compared
     with pytest.raises(SystemExit) as err:
         loss_curves.main([str(a), str(far)])
     assert err.value.code == 1
@@ -67,7 +69,10 @@ def test_only_the_steps_both_runs_logged_are_compared(tmp_path):
     ("make", "message"),
     [
         (lambda p: p / "missing.csv", "no such metrics file"),
-        (lambda p: write_metrics(p / "a.csv", curve(30)), "30 common logged steps; more than --skip 20 and --tail 100"),
+        (
+            lambda p: write_metrics(p / "a.csv", curve(30)),
+            r"a.csv against .*a.csv: 30 common logged steps; more than --skip 20 and --tail 100",
+        ),
     ],
 )
 def test_unusable_files_are_one_line_errors(tmp_path, make, message):

@@ -32,10 +32,11 @@ def zero_folders(tmp_path_factory) -> Path:
     Under pytest-xdist the first worker to get here writes them into the run's shared temporary folder and the
     others wait for them (a file lock), instead of each writing its own copy.
     """
-    base = tmp_path_factory.getbasetemp()
+    base, run = tmp_path_factory.getbasetemp(), ""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # the folder of this run that holds every worker's own
-    out, done = base / "zero-folders", base / "zero-folders.done"
+        run = "-" + os.environ.get("PYTEST_XDIST_TESTRUNUID", "")  # never a folder of an earlier run
+    out, done = base / f"zero-folders{run}", base / f"zero-folders{run}.done"
     with FileLock(f"{out}.lock"):
         if not done.is_file():
             shutil.rmtree(out, ignore_errors=True)

@@ -120,6 +120,8 @@ def test_checkpointing_again_after_compiling_keeps_each_block_checkpointed_once(
     assert enable_checkpointing(llm) == 3
     blocks = decoder_layers(llm)
     assert all(b.checkpointed_in_graph and not b.gradient_checkpointing for b in blocks)  # not twice
+    with pytest.raises(ValueError, match=r"layers=1: decoder block 1 is compiled with its checkpoint inside"):
+        enable_checkpointing(llm, layers=1)  # fewer blocks cannot be had any more: said, not ignored
 
 
 def test_checkpointing_blocks_compiled_without_it_is_refused():

@@ -59,6 +59,13 @@ def test_the_trained_7b_stages_print_the_7b_full_parameter_runs(eve7b):
     assert "eve_1b" not in out  # no 1.1B figure left in the EVE-7B recipe
 
 
+def test_fewer_checkpointed_blocks_than_the_measured_run_say_the_plan_errs_short(capsys):
+    plans = cli.main(["recipe=eve7b", "cluster=a100_2x8", "gradient_checkpointing=false"])
+    assert [round(p.recompute, 3) for p in plans] == [1.0, 0.75, 0.75]  # prealign: measured without, none here
+    out = capsys.readouterr().out
+    assert out.count("/ 0.750 (checkpointing recompute, over the measured run's; errs short") == 2
+
+
 def test_a_config_off_the_measured_path_is_flagged(capsys):
     plans = cli.main(["experiment=eve7b_pretrain_r672", "cluster=a100_2x8"])  # as committed: ZeRO-3, eager
     off = ["compile.enabled=False", "model.llm.attn_implementation=sdpa", "data.packing.collate=padded"]

@@ -11,8 +11,9 @@ generation runs without the cache; ``--cache DIR`` then also times a second call
 in ``DIR`` (generate + store, then restore). The last line printed is JSON:
 ``{"samples": N, "workers": W, "seconds": S, "samples_per_s": R, "cpu_seconds": C, "cpu_ms_per_sample": M,
 "cpu_busy": B, ...}``. ``cpu_seconds`` is the user + system time of this process and its worker processes during
-the generation; ``cpu_busy`` is that over ``seconds x workers``. Together they tell slow cores (many CPU ms per
-sample, busy near 1) from workers that wait (few CPU ms per sample, busy well below 1: disk, memory, a serial step).
+the generation; ``cpu_busy`` is that over ``seconds x workers`` (the workers asked for). Together they tell slow
+cores (many CPU ms per sample, busy near 1) from workers that wait (few CPU ms per sample, busy well below 1: disk,
+memory, a serial step).
 
 The same timing without this module (for code that predates it; run with ``PYTHONPATH`` at that code's ``src``)::
 
@@ -94,7 +95,7 @@ def run(
 def _measure(out: Path, params: dict[str, Any], workers: int, cache: Path | None) -> dict[str, Any]:
     total = params["num_pretrain"] + params["num_sft"] + 2 * params["num_val"]
     cold, cpu = timed(out, params, workers, cache=False)
-    busy = cpu / (cold * workers)
+    busy = cpu / (cold * max(1, workers))  # over the processes asked for (fewer run for a set of few shards)
     result: dict[str, Any] = {
         "samples": total,
         "workers": workers,
@@ -102,7 +103,7 @@ def _measure(out: Path, params: dict[str, Any], workers: int, cache: Path | None
         "max_side": params["max_side"],
         "seconds": round(cold, 2),
         "samples_per_s": round(total / cold, 1),
-        "cpu_seconds": round(cpu, 1),
+        "cpu_seconds": round(cpu, 3),
         "cpu_ms_per_sample": round(1000 * cpu / total, 3),
         "cpu_busy": round(busy, 3),
     }

@@ -98,6 +98,14 @@ def compare(
     }
 
 
+def _compare_files(base: dict[int, float], base_path: str, path: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``compare`` of the base curve with the one in ``path``; an error names both files."""
+    try:
+        return compare(base, read_curve(path, args.metric), args.window, args.skip, args.tail)
+    except CurveError as err:
+        raise CurveError(f"{base_path} against {path}: {err}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m eve_lightning.bench.loss_curves", description=__doc__.split("\n")[0])
     p.add_argument("base", help="the baseline run's metrics.csv (e.g. BF16)")
@@ -110,14 +118,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--skip", type=int, default=20, help="logged steps the moving-mean gap leaves out at the start")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
-    if args.window < 1 or args.tail < 1 or args.skip < 0:
-        p.error("--window and --tail must be at least 1, --skip at least 0")
+    if args.window < 1 or args.tail < 1 or args.skip < 0 or not args.tolerance >= 0:
+        p.error("--window and --tail must be at least 1, --skip and --tolerance at least 0")
     try:
         base = read_curve(args.base, args.metric)
         result: dict[str, Any] = {"metric": args.metric, "window": args.window, "skip": args.skip}
-        result |= compare(base, read_curve(args.other, args.metric), args.window, args.skip, args.tail)
+        result |= _compare_files(base, args.base, args.other, args)
         if args.noise:
-            noise = compare(base, read_curve(args.noise, args.metric), args.window, args.skip, args.tail)
+            noise = _compare_files(base, args.base, args.noise, args)
             keys = ("tail_mean", "tail_rel_gap", "max_smoothed_rel_gap", "mean_smoothed_rel_gap")
             result["noise"] = {k: noise[k] for k in keys}
     except CurveError as err:

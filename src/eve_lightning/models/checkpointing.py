@@ -16,11 +16,13 @@ def enable_checkpointing(llm: nn.Module, layers: int | None = None) -> int:
     """Turn on activation checkpointing for the first ``layers`` decoder blocks (None: all); returns how many.
 
     Blocks compiled with their checkpoint inside (``models.compile``) are checkpointed already and keep their own
-    flag off, so calling this again after compiling changes nothing for them.
+    flag off, so calling this again after compiling changes nothing for them; asking for fewer blocks than that is
+    refused (their checkpoint cannot be taken out of the compiled graph).
 
     Raises:
         ValueError: ``layers`` is negative or more than the decoder has, or one of the first ``layers`` blocks was
-            compiled without checkpointing (a checkpoint around a compiled forward fails in the backward).
+            compiled without checkpointing (a checkpoint around a compiled forward fails in the backward), or a
+            block past the first ``layers`` was compiled with its checkpoint inside.
     """
     blocks = decoder_layers(llm)
     n = len(blocks) if layers is None else int(layers)
@@ -34,6 +36,12 @@ def enable_checkpointing(llm: nn.Module, layers: int | None = None) -> int:
         raise ValueError(
             f"decoder block {compiled_plain[0]} is compiled already without checkpointing: a checkpoint around a "
             "compiled forward fails in the backward (models/compile.py); turn checkpointing on before compiling"
+        )
+    compiled_in_graph = [i for i, b in enumerate(blocks) if i >= n and _in_graph(b)]
+    if compiled_in_graph:
+        raise ValueError(
+            f"gradient_checkpointing_layers={n}: decoder block {compiled_in_graph[0]} is compiled with its checkpoint "
+            "inside and stays checkpointed; choose the checkpointed blocks before compiling"
         )
     llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     for i, block in enumerate(blocks):

@@ -85,6 +85,8 @@ def format_stage(p: StagePlan) -> list[str]:
     )
     mfu = f"MFU {p.mfu:.1%}" + ("" if p.mfu == m.mfu else " (plan.mfu)")
     recompute = "checkpointing recompute" + (", over the measured run's" if m.checkpointing else "")
+    if p.recompute < 1:  # fewer blocks recomputed than in the run: the whole step is sped up by the x4/3 rule
+        recompute += "; errs short: the run's optimizer step and teacher, never recomputed, are scaled too"
     lines.append(
         f"     per GPU: {mfu} -> {p.reference_samples_per_s:.2f} samples/s at {REFERENCE_PEAK_TFLOPS:g} TFLOP/s"
         f" x {p.card_ratio:.3f} (peak ratio {p.card_ratio * REFERENCE_PEAK_TFLOPS:g}/{REFERENCE_PEAK_TFLOPS:g})"
