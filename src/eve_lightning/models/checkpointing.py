@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from eve_lightning.models.compile import decoder_layers
+from eve_lightning.models.compile import decoder_layers, is_checkpointed_in_graph, is_compiled
 
 
 def enable_checkpointing(llm: nn.Module, layers: int | None = None) -> int:
@@ -31,13 +31,13 @@ def enable_checkpointing(llm: nn.Module, layers: int | None = None) -> int:
             f"gradient_checkpointing_layers={layers}: the decoder has {len(blocks)} blocks; use 0-{len(blocks)} "
             "or null for all of them"
         )
-    compiled_plain = [i for i, b in enumerate(blocks[:n]) if _compiled(b) and not _in_graph(b)]
+    compiled_plain = [i for i, b in enumerate(blocks[:n]) if is_compiled(b) and not is_checkpointed_in_graph(b)]
     if compiled_plain:
         raise ValueError(
             f"decoder block {compiled_plain[0]} is compiled already without checkpointing: a checkpoint around a "
             "compiled forward fails in the backward (models/compile.py); turn checkpointing on before compiling"
         )
-    compiled_in_graph = [i for i, b in enumerate(blocks) if i >= n and _in_graph(b)]
+    compiled_in_graph = [i for i, b in enumerate(blocks) if i >= n and is_checkpointed_in_graph(b)]
     if compiled_in_graph:
         raise ValueError(
             f"gradient_checkpointing_layers={n}: decoder block {compiled_in_graph[0]} is compiled with its checkpoint "
@@ -46,13 +46,5 @@ def enable_checkpointing(llm: nn.Module, layers: int | None = None) -> int:
     llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     for i, block in enumerate(blocks):
         # a block compiled with its checkpoint inside is checkpointed already: its own flag stays off (not twice)
-        block.gradient_checkpointing = i < n and not _in_graph(block)
+        block.gradient_checkpointing = i < n and not is_checkpointed_in_graph(block)
     return n
-
-
-def _compiled(block: nn.Module) -> bool:
-    return "forward" in block.__dict__  # models.compile keeps the compiled forward on the instance
-
-
-def _in_graph(block: nn.Module) -> bool:
-    return bool(getattr(block, "checkpointed_in_graph", False))

@@ -93,7 +93,7 @@ def compile_layers(
     )
     mode = None if mode == "default" else mode
     for layer in layers:
-        if "forward" in layer.__dict__:  # compiled already: the instance holds its compiled forward
+        if is_compiled(layer):
             continue
         forward = layer.forward
         if getattr(layer, "gradient_checkpointing", False):
@@ -111,9 +111,19 @@ def _checkpointed(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
     return forward(*args, **kwargs)
 
 
+def is_compiled(layer: nn.Module) -> bool:
+    """Whether a block's forward is compiled already (``compile_layers`` keeps it on the instance)."""
+    return "forward" in layer.__dict__
+
+
+def is_checkpointed_in_graph(layer: nn.Module) -> bool:
+    """Whether a block was compiled with its activation checkpoint inside its compiled forward."""
+    return bool(getattr(layer, "checkpointed_in_graph", False))
+
+
 def is_checkpointed(layer: nn.Module) -> bool:
     """Whether a decoder block recomputes its activations in the backward (its own flag, or inside its graph)."""
-    return bool(getattr(layer, "gradient_checkpointing", False) or getattr(layer, "checkpointed_in_graph", False))
+    return bool(getattr(layer, "gradient_checkpointing", False)) or is_checkpointed_in_graph(layer)
 
 
 @contextlib.contextmanager
@@ -127,7 +137,7 @@ def eager_generation(llm: nn.Module) -> Iterator[None]:
     layers = decoder_layers(llm)
     compiled: dict[int, object] = {}
     try:
-        compiled = {i: layer.__dict__.pop("forward") for i, layer in enumerate(layers) if "forward" in layer.__dict__}
+        compiled = {i: layer.__dict__.pop("forward") for i, layer in enumerate(layers) if is_compiled(layer)}
         with attention.generation_backend(llm):
             yield
     finally:
