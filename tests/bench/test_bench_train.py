@@ -96,3 +96,38 @@ def test_profile_writes_a_trace_and_the_top_operators(tmp_path):
     table = profile_path("ours", model, [batch], 1, tmp_path)
     assert (tmp_path / "trace_ours.json").stat().st_size > 1000
     assert "aten::" in table and (tmp_path / "top_ops_ours.txt").read_text() == table
+
+
+def test_decoder_flops_count_the_lm_head_at_the_supervised_positions():
+    """A sample's supervised count is what the model's loss takes logits at; the head counts there, the rest of the
+    decoder (input embedding aside) at every token."""
+    from eve_lightning.bench.train import decoder_flops, sample_tokens, supervised_count
+    from eve_lightning.models.losses import supervised_positions
+    from eve_lightning.models.shapes import build_random_model
+    from eve_lightning.utils.flops import samples_flops
+
+    model = build_random_model(str(CONF / "model" / "tiny.yaml"), "pretrain", torch.device("cpu"), "sdpa")
+    samples = draw_samples("sft", 4, np.random.default_rng(5))
+    samples[0]["geom"] = None  # a text-only sample
+    samples[0]["ids"][1] = 5
+    lengths, supervised = [sample_tokens(s) for s in samples], [supervised_count(s) for s in samples]
+    text = [len(s["ids"]) - 2 for s in samples]  # L text tokens after BOS and the placeholder: labels from L // 2 on
+    assert supervised == [n + 2 - n // 2 for n in text]
+    batch = packed_batch(samples, 4096)
+    mm = model.vlm.prepare_inputs(
+        batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["pixel_mask"], batch["labels"],
+        position_ids=batch["position_ids"], seq_ids=batch["seq_ids"],
+    )  # fmt: skip
+    assert int(mm.attention_mask.sum()) == sum(lengths)  # expanded tokens
+    assert len(supervised_positions(mm.labels)[0]) == sum(supervised)  # the positions the LM head runs at
+    llm = model.vlm.llm
+    cfg = llm.config
+    head = cfg.vocab_size * cfg.hidden_size
+    assert llm.get_output_embeddings().weight.numel() == head
+    body = sum(p.numel() for p in llm.parameters()) - 2 * head  # without the input embedding and the head
+    for trained in (True, False):
+        per_param = 6 if trained else 4
+        every_token = decoder_flops(model, lengths, trained)
+        assert every_token == samples_flops(body + head, cfg.num_hidden_layers, cfg.hidden_size, lengths, trained)
+        useful = decoder_flops(model, lengths, trained, supervised)
+        assert useful == pytest.approx(every_token - per_param * head * (sum(lengths) - sum(supervised)))

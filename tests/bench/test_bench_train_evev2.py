@@ -64,16 +64,36 @@ def test_ours_dense_and_reference_give_the_same_first_loss(workload):
     assert abs(float(model(packed).loss) - float(ours)) > 1e-4
 
 
-def test_flops_count_one_branch_per_token_and_the_tied_lm_head():
-    model = tiny_evev2()
+@pytest.mark.parametrize("tied", [False, True])
+def test_flops_count_one_branch_per_token_and_the_lm_head_at_supervised_positions(tied):
+    from omegaconf import OmegaConf
+
+    from eve_lightning.bench.train import sample_tokens, supervised_count
+    from eve_lightning.models.evev2 import build_evev2_model
+
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "evev2_tiny.yaml"), resolve=True)
+    cfg["llm"]["config"]["tie_word_embeddings"] = tied
+    model = build_evev2_model({"config": cfg["llm"]["config"], "attn_implementation": "sdpa"}, cfg["eve"])
     llm = model.vlm.llm
-    embed = llm.get_input_embeddings().weight.numel()
-    text = sum(p.numel() for n, p in llm.named_parameters() if not is_vision_parameter(n))
+    embed, head = llm.get_input_embeddings().weight, llm.get_output_embeddings().weight
+    assert (head is embed) == tied
+    text = sum(p.numel() for n, p in llm.named_parameters() if not is_vision_parameter(n))  # a tied head once
     vision = sum(p.numel() for n, p in llm.named_parameters() if is_vision_parameter(n))
     assert vision > 0
     cfg = llm.config
-    want = samples_flops(text - embed, cfg.num_hidden_layers, cfg.hidden_size, [300, 500], True)
-    assert decoder_flops(model, [300, 500], True) == want  # the tiny model's LM head is untied: counted in `text`
+    body = text - embed.numel() - (0 if tied else head.numel())  # one branch, without the embedding and the head
+    samples = draw_samples("pretrain", 3, np.random.default_rng(0), "evev2", SIZE)
+    lengths, supervised = [sample_tokens(s) for s in samples], [supervised_count(s) for s in samples]
+    assert supervised == [len(s["ids"]) - 2 for s in samples]  # a caption: every text token's label
+    shape = (cfg.num_hidden_layers, cfg.hidden_size)
+    # the head (the embedding itself when tied: it still runs) counts at the supervised positions only
+    want = samples_flops(body, *shape, lengths, True, head.numel(), supervised)
+    assert decoder_flops(model, lengths, True, supervised) == want
+    assert want == pytest.approx(
+        samples_flops(body + head.numel(), *shape, lengths, True) - 6 * head.numel() * (sum(lengths) - sum(supervised))
+    )
+    # without supervised positions, the head at every token: the earlier convention (mfu_head_every_token)
+    assert decoder_flops(model, lengths, True) == samples_flops(body + head.numel(), *shape, lengths, True)
 
 
 def test_evev2_shapes_are_the_configs_and_prealign_is_refused():

@@ -13,6 +13,8 @@ from eve_lightning.planner.stage import routed_flops
 from eve_lightning.planner.throughput import MEASURED, TEXT_TOKENS, tokens_per_sample
 from eve_lightning.utils.flops import samples_flops
 
+QWEN25_7B_PARAMS = 7_615_616_512  # Qwen2.5-7B-Instruct: EVEv2-7B's text branch, embedding and untied LM head included
+
 SAMPLES = {"evev2_s0": 10e6, "evev2_s1_0": 29e6, "evev2_s1_1": 48e6, "evev2_s2": 15e6, "evev2_sft": 7.3e6}
 KIND = {  # the MEASURED entry each stage projects from; stage 2 and SFT keep the 1.1B SFT figure (no EVEv2 point)
     "evev2_s0": "prealign",
@@ -46,6 +48,12 @@ def test_routed_flops_reduce_to_the_benchmark_count_when_both_branches_agree():
     # stage 1: image tokens run trained vision copies (6 per parameter), text tokens frozen text weights (4)
     mixed = routed_flops(1000, 4, 64, 500.0, 200.0, True, False)
     assert mixed == pytest.approx((6 * 500 + 4 * 200) * 1000 + 6 * 4 * 64 * 700.0**2)
+    # the LM head (300 parameters, with the text weights) at 150 supervised positions only
+    for trained in (True, False):
+        want = samples_flops(1000, 4, 64, [700.0], trained, 300, [150.0])
+        assert routed_flops(1000, 4, 64, 500.0, 200.0, trained, trained, 300, 150.0) == pytest.approx(want)
+    headed = routed_flops(1000, 4, 64, 500.0, 200.0, True, False, 300, 150.0)
+    assert headed == pytest.approx(mixed + 4 * 300 * 150.0)  # frozen text weights: 4 per head parameter
 
 
 def test_recipe_plans_the_five_stages_with_their_samples_and_days(evev2_7b):
@@ -65,9 +73,16 @@ def test_recipe_plans_the_five_stages_with_their_samples_and_days(evev2_7b):
     assert s0.tokens_per_sample == pytest.approx(tokens_per_sample("pretrain", 800, family="evev2"))
     assert "text weights frozen, vision weights trained" in s1_0.notes[-1]
     assert "text weights frozen, vision weights frozen" in s0.notes[-1]
-    # routed: the decoder FLOPs count one branch, Qwen2.5-7B without the input embedding (~7.07B), per token
+    # routed: the decoder FLOPs count one branch, Qwen2.5-7B without the input embedding and the LM head (~6.53B),
+    # per token, and the LM head (~0.55B) at the 97.74 supervised positions of an SFT sample
     branch = s2.flops_per_sample / 6 / s2.tokens_per_sample
-    assert 7.0e9 < branch < 7.4e9  # attention adds a few %; the vision copies (another ~6.5B) are not counted
+    assert 6.5e9 < branch < 6.9e9  # attention adds a few %; the vision copies (another ~6.5B) are not counted
+    head = 152064 * 3584
+    words = TEXT_TOKENS["sft"]  # text tokens per sample
+    want = routed_flops(
+        QWEN25_7B_PARAMS - 2 * head, 28, 3584, s2.tokens_per_sample - words, words, True, True, head, 97.74
+    )
+    assert s2.flops_per_sample == pytest.approx(want)
     assert s1_1.flops_per_sample < s2.flops_per_sample * s1_1.tokens_per_sample / s2.tokens_per_sample
     assert "16 nodes x 8 GPUs" in text
     # stages 1.x on the EVEv2 measurement; the others say that theirs is EVE v1's

@@ -25,9 +25,13 @@ useful FLOPs, shows what computing both branches wastes.
 Both share the teacher, which runs CLIP only up to the distilled layer (the original also computes the last of
 CLIP ViT-L's 24 layers and discards it: the reference path is spared that 1/24 of the teacher). With ``--compile``
 our path also compiles the teacher's encoder blocks (``--no-compile-teacher``: the decoder blocks only).
-Decoder MFU counts 6 x decoder parameters (without the input embedding) x real tokens, plus causal attention
-6 x layers x width x sum(len^2) per sample (4x parameters and 4x attention for a frozen decoder, whose weights get
-no gradient), over 989 TFLOP/s (H100 SXM dense bf16). Teacher and patch embedding are not counted in the MFU;
+Decoder MFU (``mfu``) counts the useful FLOPs: 6 x decoder parameters (without the input embedding and the LM head)
+x real tokens, 6 x the LM head's parameters x supervised positions (positions whose next label is supervised, where
+our path computes logits; a tied head counts too), plus causal attention 6 x layers x width x sum(len^2) per sample
+(4x parameters and 4x attention for a frozen decoder, whose weights get no gradient), over 989 TFLOP/s (H100 SXM
+dense bf16); every path is measured against that same count. ``mfu_head_every_token`` counts the LM head at every
+token, the convention of the JSONs written before 2026-12-05's change (they have only ``mfu``), to compare with
+them. Teacher and patch embedding are not counted in the MFU;
 their forward time (teacher, patch embedding + projector) is reported as a share of the step (``teacher_pel_share``;
 the patch embedding's backward is not in it).
 """
@@ -54,6 +58,7 @@ from eve_lightning.models.build import EveWithTeacher, teacher_cell_mask
 from eve_lightning.models.checkpointing import enable_checkpointing
 from eve_lightning.models.compile import compile_decoder_layers, compile_layers, decoder_layers, is_checkpointed
 from eve_lightning.models.evev2 import EveV2VLM, is_vision_parameter
+from eve_lightning.models.fp8 import AMAX_MODES as FP8_AMAX_MODES
 from eve_lightning.models.fp8 import FP8_ROW_MULTIPLE, convert_decoder_to_fp8
 from eve_lightning.models.fp8 import RECIPES as FP8_RECIPES
 from eve_lightning.models.fused_ce import CE_IMPLS
@@ -115,6 +120,16 @@ class ForwardTimer:
 
 
 # ------------------------------------------------------------------------------------------------- samples
+def sample_tokens(sample: dict[str, Any]) -> int:
+    """Decoder tokens of a ``draw_samples`` sample: its text, and its image tokens in place of the placeholder."""
+    return len(sample["ids"]) - 1 + (sample["geom"].num_image_tokens if sample["geom"] is not None else 1)
+
+
+def supervised_count(sample: dict[str, Any]) -> int:
+    """Supervised positions of a sample: those whose next label is supervised, where the LM head runs."""
+    return int((sample["labels"][1:] != IGNORE_INDEX).sum())
+
+
 def draw_samples(
     workload: str, n: int, rng: np.random.Generator, family: str = "eve", image_size: int = 800
 ) -> list[dict[str, Any]]:
@@ -283,23 +298,26 @@ def reference_loss(model: EveWithTeacher, batch: dict[str, torch.Tensor]) -> tor
     return ce + (torch.stack(losses).mean() if losses else 0.0)
 
 
-def decoder_flops(model: EveWithTeacher, batch_lengths: list[int], trained: bool) -> float:
+def decoder_flops(
+    model: EveWithTeacher, batch_lengths: list[int], trained: bool, supervised: list[int] | None = None
+) -> float:
     """Decoder FLOPs of a step over samples of ``batch_lengths`` tokens (``utils.flops.samples_flops``).
 
     EVE v1: the decoder's parameters without the input embedding. EVEv2: the routed (useful) count, one branch
-    per token, so the parameters without the vision copies and without the input embedding, plus the LM head when
-    it is tied to the embedding (it still runs).
+    per token, so the parameters without the vision copies and without the input embedding. Of these, the LM head
+    (also when tied to the input embedding: it still runs) counts only at each sample's ``supervised`` positions,
+    the rest at every token; without ``supervised``, the head too counts at every token (``mfu_head_every_token``).
     """
     llm = model.vlm.llm
     cfg = llm.config
     embed = llm.get_input_embeddings().weight
-    if isinstance(model.vlm, EveV2VLM):
-        params = sum(p.numel() for n, p in llm.named_parameters() if not is_vision_parameter(n)) - embed.numel()
-        if llm.get_output_embeddings().weight is embed:
-            params += embed.numel()
-    else:
-        params = sum(p.numel() for p in llm.parameters()) - embed.numel()
-    return samples_flops(params, cfg.num_hidden_layers, cfg.hidden_size, batch_lengths, trained)
+    head = llm.get_output_embeddings().weight
+    v2 = isinstance(model.vlm, EveV2VLM)
+    total = sum(p.numel() for n, p in llm.named_parameters() if not (v2 and is_vision_parameter(n)))
+    params = total - embed.numel() - (0 if head is embed else head.numel())  # a tied head is listed once
+    return samples_flops(
+        params, cfg.num_hidden_layers, cfg.hidden_size, batch_lengths, trained, head.numel(), supervised
+    )
 
 
 def set_path(model: EveWithTeacher, path: str) -> None:
@@ -400,7 +418,8 @@ def run(args: argparse.Namespace) -> dict:
     init = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     size = int(getattr(model.vlm.config, "image_size", 800))
     draws = [draw_samples(args.workload, args.micro_batch, rng, family, size) for _ in range(4)]
-    lengths = [[len(s["ids"]) - 1 + (s["geom"].num_image_tokens if s["geom"] else 1) for s in d] for d in draws]
+    lengths = [[sample_tokens(s) for s in d] for d in draws]
+    supervised = [[supervised_count(s) for s in d] for d in draws]
     results: dict[str, Any] = {
         "card": torch.cuda.get_device_name(0),
         "model": args.model,
@@ -416,6 +435,7 @@ def run(args: argparse.Namespace) -> dict:
         "ce_impl_ours": args.ce_impl,
         "initial_weights_kept_on": "host",  # earlier runs kept them on the GPU (their peaks include one copy)
         "fp8_recipe": args.fp8_recipe if "ours_fp8" in paths else None,
+        "fp8_amax": args.fp8_amax if "ours_fp8" in paths else None,
         "paths": {},
     }
     if family == "evev2":
@@ -428,7 +448,7 @@ def run(args: argparse.Namespace) -> dict:
         set_path(model, path)
         model.vlm.config.ce_impl = args.ce_impl if path != "reference" else "torch"
         if path == "ours_fp8":
-            n_fp8 = convert_decoder_to_fp8(model.vlm.llm, args.fp8_recipe)
+            n_fp8 = convert_decoder_to_fp8(model.vlm.llm, args.fp8_recipe, amax=args.fp8_amax)
             model.vlm.config.pad_to_multiple_of = FP8_ROW_MULTIPLE  # rows of whole 16-token blocks
             print(f"ours_fp8: {n_fp8} decoder linear layers in float8 ({args.fp8_recipe})", flush=True)
         # the reference path calls the HF decoder as the original does, without our layout's segment offsets
@@ -450,11 +470,13 @@ def run(args: argparse.Namespace) -> dict:
             balanced = args.rows == "balanced"
             batches = [_to(packed_batch(d, args.token_budget, balanced), device) for d in draws]
         r = time_path(path, model, batches, args.steps, args.warmup, trained, ckpt=args.checkpoint_ours)
-        flops = np.mean([decoder_flops(model, ln, trained) for ln in lengths])
+        flops = np.mean([decoder_flops(model, ln, trained, sup) for ln, sup in zip(lengths, supervised)])
+        every_token = np.mean([decoder_flops(model, ln, trained) for ln in lengths])  # the earlier convention
         r |= {
             "samples_per_s": args.micro_batch / r["step_s"],
             "tokens_per_s": float(np.mean([sum(ln) for ln in lengths])) / r["step_s"],
             "mfu": flops / r["step_s"] / (PEAK_TFLOPS * 1e12),
+            "mfu_head_every_token": every_token / r["step_s"] / (PEAK_TFLOPS * 1e12),
         }
         results["paths"][path] = {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
         print(f"{path:>9}: " + ", ".join(f"{k} {v}" for k, v in results["paths"][path].items()), flush=True)
@@ -498,6 +520,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument(
         "--ce-impl", choices=list(CE_IMPLS), default="torch", help="our paths' LM head + loss (models/fused_ce.py)"
+    )
+    p.add_argument(
+        "--fp8-amax",
+        choices=list(FP8_AMAX_MODES),
+        default="separate",
+        help="how the ours_fp8 path's tensorwise scales take each tensor's amax (models/fp8.py)",
     )
     p.add_argument("--fp8-recipe", choices=list(FP8_RECIPES), default="tensorwise", help="the ours_fp8 path's recipe")
     p.add_argument("--micro-batch", type=int, default=16, help="samples per optimizer step (both paths)")

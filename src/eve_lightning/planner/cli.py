@@ -8,11 +8,11 @@
 A recipe plans its experiments on the path our throughput was measured on (``planner.recipe.RECIPE_PATH``: FSDP,
 compiled blocks, ``torch_varlen``, packed rows); ``experiment=`` plans a config as it is. Any training override
 composes as it does for ``eve_lightning.train``. Planner options: ``plan.mfu.<stage>=F`` or ``plan.mfu=F`` (decoder
-MFU to project with instead of the measured one, read with the measured run's checkpointing: every block for the
-trained 7B stages, none for the others), ``plan.scaling_efficiency=F``,
-``plan.tokens_per_sample.<pretrain|sft>=N``. Nothing is loaded: the model is built on the meta device from its
-config (or the published shape when the config points to a checkpoint folder that is not there), so the plan runs
-anywhere. Every assumption is printed with the plan.
+MFU to project with instead of the measured one, in the benchmark's count, the LM head at supervised positions only,
+and read with the measured run's checkpointing: every block for the trained 7B stages, none for the others),
+``plan.scaling_efficiency=F``, ``plan.tokens_per_sample.<pretrain|sft>=N``. Nothing is loaded: the model is built
+on the meta device from its config (or the published shape when the config points to a checkpoint folder that is
+not there), so the plan runs anywhere. Every assumption is printed with the plan.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ Per-GPU memory and projected days of training stages, before running them. Nothi
   cluster=NAME       a100_2x8 | a100_1x8 | gpu1: the GPU count and perf.peak_tflops
   OVERRIDE           any training override, e.g. data.batch_size=8 gradient_checkpointing=false
   plan.mfu.<stage>=F                          decoder MFU to project a stage with (plan.mfu=F: every stage), in
-                                              place of the measured one and with its run's checkpointing
+                                              place of the measured one and with its run's checkpointing; the
+                                              benchmark's mfu (the LM head counted at supervised positions only)
   plan.scaling_efficiency=F                   throughput kept per GPU on several GPUs (default 0.9)
   plan.tokens_per_sample.<pretrain|sft>=N     tokens per sample (image + text) instead of the benchmark's mean
   -h, --help         this help

@@ -3,7 +3,8 @@
 The decoder and teacher shapes come from the config, from the checkpoint folder's ``config.json``, or, when that
 folder is not here, from the published Vicuna-7B / CLIP ViT-L/14-336 shapes (noted in the plan). EVEv2 models
 (``model._target_`` of the evev2 family) have no teacher; their published decoder is Qwen2.5-7B-Instruct, and
-their decoder FLOPs count one branch per token (the routed count: vision copies not added).
+their decoder FLOPs count one branch per token (the routed count: vision copies not added). The LM head is counted
+apart (``lm_head``): the decoder FLOPs take it only at the supervised positions.
 """
 
 from __future__ import annotations
@@ -70,10 +71,13 @@ def count_parameters(cfg: DictConfig, notes: list[str]) -> dict[str, Any]:
     embed = llm.get_input_embeddings().weight
     decoder_no_embed = sum(p.numel() for p in llm.parameters()) - embed.numel()
     text_trained = vision_trained = frozen_llm == 0
-    if v2:  # routed: a token runs one branch; the tied LM head still runs
+    head = llm.get_output_embeddings().weight
+    if head is embed:  # a tied LM head still runs: listed once among the parameters, counted back
+        decoder_no_embed += embed.numel()
+    if v2:  # routed: a token runs one branch
         named = list(llm.named_parameters())
         decoder_no_embed = sum(p.numel() for n, p in named if not is_vision_parameter(n)) - embed.numel()
-        if llm.get_output_embeddings().weight is embed:
+        if head is embed:
             decoder_no_embed += embed.numel()
         text_trained = any(p.requires_grad for n, p in named if not is_vision_parameter(n))
         vision = [p.requires_grad for n, p in named if is_vision_parameter(n)]
@@ -86,7 +90,8 @@ def count_parameters(cfg: DictConfig, notes: list[str]) -> dict[str, Any]:
         "frozen_llm": frozen_llm,
         "teacher": teacher,
         "decoder": sum(p.numel() for p in llm.parameters()),
-        "decoder_no_embed": decoder_no_embed,
+        "decoder_no_embed": decoder_no_embed,  # the LM head included (one branch for EVEv2)
+        "lm_head": head.numel(),  # the decoder FLOPs count it at the supervised positions only
         "layer": sum(p.numel() for p in llm.model.layers[0].parameters()),  # EVEv2: with its vision copies
         "shape": DecoderShape.from_hf(llm.config),
         "align_layers": len(model.vlm.aligner.layer_indices) if model.vlm.aligner is not None else 0,

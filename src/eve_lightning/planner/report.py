@@ -12,6 +12,7 @@ from eve_lightning.planner.throughput import (
     PRETRAIN_7B_MB8,
     REFERENCE_PEAK_TFLOPS,
     RESULTS_DIR,
+    SUPERVISED_TOKENS,
 )
 
 # The paper's EVE-7B training time (16M prealign + 33M pretrain + 665K SFT) on two 8-A100-40G nodes (paper, README)
@@ -23,12 +24,15 @@ ASSUMPTIONS = [
     "CUDA context and NCCL buffers (~1-3 GiB), allocator fragmentation, DeepSpeed's communication buckets",
     "tokens per sample: the mean of the benchmark's samples (bench.train.draw_samples): 7 aspect ratios from 2:1 to "
     "1:2 (405 image tokens on average at 672 px, 1577 at 1344; a square image has 601 / 2353), captions of 60-200 "
-    "tokens (131 with BOS), SFT text log-normal around 150 tokens (192) with 5 % text-only samples",
+    f"tokens (131 with BOS, {SUPERVISED_TOKENS['pretrain']:g} supervised), SFT text log-normal around 150 tokens (192, "
+    f"{SUPERVISED_TOKENS['sft']:g} supervised) with 5 % text-only samples",
     "throughput: the measured decoder MFU of each stage kind (eve_lightning.planner.throughput) over the FLOPs "
     "of this stage's decoder and tokens, counted as bench.train counts them (6 x parameters without the input "
-    "embedding x tokens + causal attention; 4 x and 4/6 of the attention for a frozen decoder). The teacher and the "
-    "patch embedding ran inside the measured step; the LM head is counted at every token though our path computes "
-    "logits only at supervised positions (as in the measurement)",
+    "embedding and the LM head x tokens, 6 x the LM head x supervised positions, where our path computes logits, + "
+    "causal attention; 4 x and 4/6 of the attention for a frozen decoder). The teacher and the patch embedding ran "
+    "inside the measured step. The committed runs recorded the LM head at every token; their MFU is re-derived in "
+    "this count from their regenerated samples (the JSON's figure beside it in the table of "
+    "eve_lightning.planner.throughput)",
     f"7B trained decoder (pretrain, SFT, HD SFT): the 7B full-parameter steps measured on one H200 at micro-batch "
     f"{MEASURED['pretrain'].micro_batch}, every block checkpointed (pretrain {MEASURED['pretrain'].mfu:.1%}, SFT "
     f"{MEASURED['sft'].mfu:.1%}), with one AdamW step over the unsharded fp32 states per micro-batch. The stage's "
@@ -51,7 +55,8 @@ ASSUMPTIONS = [
 
 EVEV2_ASSUMPTIONS = [
     "EVEv2 throughput: stages 1.0 and 1.1 carry the MFU measured on the routed EVEv2 decoder (evev2_1b: Qwen2.5-1.5B's "
-    "shape with vision copies, every weight trained, caption samples at 800 px, 44.9 % on one H200); stage 0 (frozen "
+    f"shape with vision copies, every weight trained, caption samples at 800 px, {MEASURED['evev2_pretrain'].mfu:.1%} "
+    "on one H200); stage 0 (frozen "
     "decoder, as EVE v1's prealign: the 7B decoder's figure) and stages 2 and SFT (conversations, as EVE v1's SFT, "
     "whose measured step includes the teacher EVEv2 does not have: the 1.1B decoder's figure, "
     f"{MEASURED['eve_1b_sft'].mfu:.1%} without checkpointing, not the 7B full-parameter one) carry the EVE v1 figure "
@@ -62,8 +67,9 @@ EVEV2_ASSUMPTIONS = [
     "2560) plus the same text as EVE v1's samples; the original's data (EVE-recap, Infinity-MM, LLaVA-OneVision) "
     "differs",
     "EVEv2 decoder FLOPs: routed, one branch per token (the vision copies replace the text weights for image tokens, "
-    "same FLOPs per token): 6 x Qwen2.5-7B parameters without the input embedding per token whose branch trains, 4 x "
-    "when it is frozen (stage 0 freezes both, stages 1.x train only the vision branch), plus causal attention",
+    "same FLOPs per token): 6 x Qwen2.5-7B parameters without the input embedding and the LM head per token whose "
+    "branch trains, 4 x when it is frozen (stage 0 freezes both, stages 1.x train only the vision branch), the LM "
+    "head (with the text weights) at the supervised positions only, plus causal attention",
     "EVEv2-7B in the original: 16 nodes x 8 GPUs, ZeRO-3, activation checkpointing; it states no training time",
 ]
 

@@ -2,15 +2,15 @@
 
 Memory: the model states of the configured sharding and the activations of one micro-batch whose images are all
 square (``planner.memory``). Time: the stage's samples over the samples/s that the measured decoder MFU of its stage
-kind gives for this stage's decoder and tokens (``planner.throughput``), scaled by the cluster's peak ratio, the
-checkpointing recompute of the stage over the measured run's (``recompute_factor``) and the multi-GPU scaling
-efficiency.
+kind gives for this stage's decoder and tokens (``planner.throughput``; both count the LM head at the supervised
+positions only), scaled by the cluster's peak ratio, the checkpointing recompute of the stage over the measured run's
+(``recompute_factor``) and the multi-GPU scaling efficiency.
 
 EVEv2 stages: image tokens by EVEv2's rule (``1 + h * (w + 1)`` over 32-px cells: 651 for a square image at 800 px,
 2551 at 1600), decoder FLOPs routed (one branch per token, ``routed_flops``: image tokens count 6 x parameters when
-the weights they run train, 4 x when those are frozen, text tokens alike), and the MFU that ``throughput.STAGE_KIND``
-maps the stage to: the routed EVEv2 decoder's measurement for the caption stages 1.0 and 1.1, the EVE v1 figure of
-the matching kind for the others.
+the weights they run train, 4 x when those are frozen, text tokens alike, the LM head at the supervised positions
+only, as for EVE v1), and the MFU that ``throughput.STAGE_KIND`` maps the stage to: the routed EVEv2 decoder's
+measurement for the caption stages 1.0 and 1.1, the EVE v1 figure of the matching kind for the others.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from eve_lightning.planner.throughput import (
     STAGE_KIND,
     TEXT_TOKENS,
     MeasuredStep,
+    supervised_per_sample,
     tokens_per_sample,
 )
 from eve_lightning.utils.config_checks import ConfigError, check_speed_options
@@ -47,7 +48,7 @@ class StagePlan:
     memory: MemoryPlan
     samples: int
     tokens_per_sample: float
-    flops_per_sample: float  # decoder FLOPs, the benchmark's count
+    flops_per_sample: float  # decoder FLOPs, the benchmark's count (the LM head at the supervised positions)
     square_flops_per_sample: float  # the same with every image square (the most image tokens)
     mfu: float  # decoder MFU projected with (the measured one unless plan.mfu is given)
     measured: MeasuredStep
@@ -87,26 +88,32 @@ def routed_flops(
     text_tokens: float,
     vision_trained: bool,
     text_trained: bool,
+    head_params: int = 0,
+    supervised: float | None = None,
 ) -> float:
     """Decoder FLOPs of one EVEv2 sample whose tokens each run one branch (text or vision weights, same size).
 
     The ``utils.flops.samples_flops`` convention per branch: 6 FLOPs per parameter and token whose weights train,
-    4 when they are frozen; causal attention over the whole sample, 6 x layers x width x len^2 when any weights
-    train, 4/6 of that otherwise. With both branches trained (or both frozen) it equals ``samples_flops``.
+    4 when they are frozen; the LM head (one, with the text weights: 6 or 4 as they) at the ``supervised``
+    positions only; causal attention over the whole sample, 6 x layers x width x len^2 when any weights train, 4/6
+    of that otherwise. With both branches trained (or both frozen) it equals ``samples_flops``.
 
     Args:
-        params: decoder parameters of one branch without the input embedding (the LM head included).
+        params: decoder parameters of one branch without the input embedding and without the LM head.
         layers: decoder layers.
         hidden: decoder width.
         image_tokens: image tokens of the sample (the vision branch's).
         text_tokens: text tokens of the sample.
         vision_trained: the weights image tokens run get gradients.
-        text_trained: the weights text tokens run get gradients.
+        text_trained: the weights text tokens run (and the LM head) get gradients.
+        head_params: parameters of the LM head (0: counted in ``params``, at every token).
+        supervised: supervised positions of the sample; None: every token.
     """
     n = image_tokens + text_tokens
     attn = 6 * layers * hidden * n * n * (1 if (vision_trained or text_trained) else 4 / 6)
     per_param = (6 if vision_trained else 4) * image_tokens + (6 if text_trained else 4) * text_tokens
-    return per_param * params + attn
+    head = (6 if text_trained else 4) * head_params * (n if supervised is None else supervised)
+    return per_param * params + head + attn
 
 
 def strategy_name(cfg: DictConfig) -> str:
@@ -256,23 +263,27 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
     trained_llm = counts["frozen_llm"] == 0 or counts["text_trained"] or counts["vision_trained"]
     memory = stage_memory(cfg, counts, work, strategy, n_gpus)
     shape = counts["shape"]
+    head = counts["lm_head"]
+    body = counts["decoder_no_embed"] - head  # every token runs it; the LM head only the supervised positions
     if family == "evev2":
         text = TEXT_TOKENS.get(task, 0.0) if task not in given else 0.0
         flops, square_flops = (
             routed_flops(
-                counts["decoder_no_embed"],
+                body,
                 shape.layers,
                 shape.hidden,
                 n - text,
                 text,
                 counts["vision_trained"],
                 counts["text_trained"],
+                head,
+                supervised_per_sample(task, n),
             )
             for n in (tps, square_tps)
         )
     else:
         flops, square_flops = (
-            samples_flops(counts["decoder_no_embed"], shape.layers, shape.hidden, [n], trained_llm)
+            samples_flops(body, shape.layers, shape.hidden, [n], trained_llm, head, [supervised_per_sample(task, n)])
             for n in (tps, square_tps)
         )
     measured = MEASURED[STAGE_KIND[stage]]
