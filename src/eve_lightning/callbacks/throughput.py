@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torch import nn
 
-from eve_lightning.utils.flops import decoder_flops_per_token
+from eve_lightning.models.evev2 import is_vision_parameter
+from eve_lightning.utils.flops import step_flops
 
 
 def numel(p: torch.Tensor) -> int:
@@ -15,10 +19,75 @@ def numel(p: torch.Tensor) -> int:
     return int(getattr(p, "ds_numel", p.numel()))
 
 
+@dataclass(frozen=True)
+class DecoderCounts:
+    """What the useful FLOP count needs of a decoder, read once from its parameters.
+
+    Attributes:
+        params: parameters of one branch without the input embedding and the LM head (EVEv2: without the vision
+            copies, which replace text weights for image tokens rather than add to them).
+        head: parameters of the LM head (the input embedding's when tied: it still runs).
+        layers, hidden: the decoder's depth and width.
+        trained: whether the text weights (body or head) get gradients.
+        vision_trained: whether the vision copies get gradients; None without vision copies (image tokens run the
+            text weights).
+    """
+
+    params: int
+    head: int
+    layers: int
+    hidden: int
+    trained: bool
+    vision_trained: bool | None
+
+    @classmethod
+    def of(cls, llm: nn.Module) -> DecoderCounts:
+        """Read the counts of an HF causal LM (EVE v1) or EVEv2's routed decoder, ZeRO-3 partitioned or not."""
+        embed = llm.get_input_embeddings().weight
+        head = llm.get_output_embeddings().weight
+        text, vision = [], []
+        for name, p in llm.named_parameters():  # a tied head is listed once, as the embedding
+            (vision if is_vision_parameter(name) else text).append(p)
+        counted = [p for p in text if p is not embed] + ([head] if head is embed else [])  # body and head
+        total = sum(numel(p) for p in counted)
+        return cls(
+            params=total - numel(head),
+            head=numel(head),
+            layers=int(llm.config.num_hidden_layers),
+            hidden=int(llm.config.hidden_size),
+            trained=any(p.requires_grad for p in counted),
+            vision_trained=any(p.requires_grad for p in vision) if vision else None,
+        )
+
+    def flops(self, stats: dict[str, Any]) -> float:
+        """Useful decoder FLOPs of one micro-batch from the training module's ``last_stats`` (``step_flops``)."""
+        return step_flops(
+            self.params,
+            self.layers,
+            self.hidden,
+            stats["tokens"],
+            stats["sum_len_sq"],
+            self.trained,
+            self.head,
+            stats["supervised"],
+            stats.get("image_tokens", 0),
+            self.vision_trained,
+        )
+
+
 class Throughput(pl.Callback):
     """Logs throughput and memory every optimizer step.
 
     Metrics: `perf/samples_per_sec`, `perf/tokens_per_sec` (whole job), `perf/mfu` and, on GPU, `perf/peak_mem_gib`.
+
+    `perf/mfu` is one rank's useful decoder FLOPs per second over its peak, the convention of
+    ``python -m eve_lightning.bench.train``'s `mfu` (``eve_lightning.utils.flops``), so that training and benchmark
+    MFUs compare: per micro-batch, 6 FLOPs (4 for frozen weights) x decoder parameters other than the input
+    embedding and the LM head x real tokens, + 6 (4) x LM-head parameters x supervised positions, + causal attention
+    within each sample, 6 x layers x width x sum of len^2 (x 4/6 when no weight trains). Padding and the row length
+    of packed batches count nothing. EVEv2 counts one branch per token (the vision copies are not added): image
+    tokens count 6 when the vision copies train, text tokens and the head when the text weights do. The patch
+    embedding, projector, aligner and teacher are left out, as in the benchmark.
 
     Args:
         peak_tflops: dense bf16 peak of one device (A100: 312, H100 SXM: 989); None disables MFU.
@@ -29,8 +98,7 @@ class Throughput(pl.Callback):
         self._t0: float | None = None
         self._samples = self._tokens = 0
         self._flops = 0.0
-        self._llm_params: int | None = None
-        self._llm_trained = False
+        self._decoder: DecoderCounts | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._t0 is None:
@@ -41,15 +109,10 @@ class Throughput(pl.Callback):
         stats = pl_module.last_stats
         self._samples += stats.get("samples", 0)
         self._tokens += stats.get("tokens", 0)
-        llm = pl_module.model.vlm.llm
-        cfg = llm.config
-        if self._llm_params is None:
-            self._llm_params = sum(numel(p) for p in llm.parameters()) - numel(llm.get_input_embeddings().weight)
-            self._llm_trained = any(p.requires_grad for p in llm.parameters())
-        per_token = decoder_flops_per_token(
-            self._llm_params, cfg.num_hidden_layers, cfg.hidden_size, stats["seq_len"], self._llm_trained
-        )
-        self._flops += per_token * stats.get("tokens", 0)
+        if self.peak_tflops:
+            if self._decoder is None:  # after configure_model and freezing; the flags hold for the whole fit
+                self._decoder = DecoderCounts.of(pl_module.model.vlm.llm)
+            self._flops += self._decoder.flops(stats)
         if not trainer.fit_loop._should_accumulate():
             self._sync()
             elapsed = time.perf_counter() - self._t0

@@ -187,6 +187,9 @@ class EveLitModule(pl.LightningModule):
             "samples": len(meta.get("keys") or []) or bsz,  # packed rows hold several samples each
             "tokens": out.stats["n_tokens"],
             "seq_len": out.stats["seq_len"],
+            "sum_len_sq": out.stats["sum_len_sq"],  # with the next two: the useful FLOPs (callbacks.throughput)
+            "supervised": out.stats["n_supervised"],
+            "image_tokens": out.stats.get("n_image_tokens", 0),  # EVEv2: tokens that run the vision branch
             "truncated": out.n_truncated,
         }
         return undo_deepspeed_gas_scaling(loss, self.trainer.strategy, self.trainer.accumulate_grad_batches)

@@ -23,6 +23,7 @@ from eve_lightning.models.losses import causal_lm_loss, cosine_alignment_loss, l
 from eve_lightning.models.patch_aligner import PatchAligner
 from eve_lightning.models.patch_embedding import PatchEmbedding, token_layout
 from eve_lightning.models.projector import Projector
+from eve_lightning.utils.flops import sample_token_totals
 
 
 @dataclass
@@ -347,10 +348,13 @@ class EveVLM(nn.Module):
         elif run_vision and self.aligner is not None:  # no alignment in this step: the aligner runs on zero cells
             cell_rows, cell_pos, cell_teacher = cell_rows[:0], cell_pos[:0], cell_teacher[:0]
             align = ((cell_teacher, cell_teacher), cell_teacher, 0)  # no cell, no group, no image
+        n_tokens, sum_len_sq = sample_token_totals(mm.layout.seq_ids).tolist()  # one read-back for both
         stats = {
             "seq_len": mm.inputs_embeds.shape[1],
-            "n_tokens": int(mm.attention_mask.sum()),
+            "n_tokens": n_tokens,
             "n_images": int(mm.image_rows.numel()),
+            "n_supervised": ce_positions[2].numel(),  # where the LM head runs
+            "sum_len_sq": sum_len_sq,  # sum over samples of len^2: the causal attention's work
         }
         n_truncated = int(mm.n_truncated.sum())
         decoder_kwargs = mm.layout.decoder_kwargs(attention.backend_of(self.llm))  # mask or segment offsets

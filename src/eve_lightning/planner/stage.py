@@ -36,7 +36,7 @@ from eve_lightning.planner.throughput import (
     tokens_per_sample,
 )
 from eve_lightning.utils.config_checks import ConfigError, check_speed_options
-from eve_lightning.utils.flops import samples_flops
+from eve_lightning.utils.flops import routed_flops, samples_flops
 
 
 @dataclass
@@ -78,42 +78,6 @@ class StagePlan:
     @property
     def days(self) -> float:
         return self.seconds / 86400
-
-
-def routed_flops(
-    params: int,
-    layers: int,
-    hidden: int,
-    image_tokens: float,
-    text_tokens: float,
-    vision_trained: bool,
-    text_trained: bool,
-    head_params: int = 0,
-    supervised: float | None = None,
-) -> float:
-    """Decoder FLOPs of one EVEv2 sample whose tokens each run one branch (text or vision weights, same size).
-
-    The ``utils.flops.samples_flops`` convention per branch: 6 FLOPs per parameter and token whose weights train,
-    4 when they are frozen; the LM head (one, with the text weights: 6 or 4 as they) at the ``supervised``
-    positions only; causal attention over the whole sample, 6 x layers x width x len^2 when any weights train, 4/6
-    of that otherwise. With both branches trained (or both frozen) it equals ``samples_flops``.
-
-    Args:
-        params: decoder parameters of one branch without the input embedding and without the LM head.
-        layers: decoder layers.
-        hidden: decoder width.
-        image_tokens: image tokens of the sample (the vision branch's).
-        text_tokens: text tokens of the sample.
-        vision_trained: the weights image tokens run get gradients.
-        text_trained: the weights text tokens run (and the LM head) get gradients.
-        head_params: parameters of the LM head (0: counted in ``params``, at every token).
-        supervised: supervised positions of the sample; None: every token.
-    """
-    n = image_tokens + text_tokens
-    attn = 6 * layers * hidden * n * n * (1 if (vision_trained or text_trained) else 4 / 6)
-    per_param = (6 if vision_trained else 4) * image_tokens + (6 if text_trained else 4) * text_tokens
-    head = (6 if text_trained else 4) * head_params * (n if supervised is None else supervised)
-    return per_param * params + head + attn
 
 
 def strategy_name(cfg: DictConfig) -> str:

@@ -28,6 +28,7 @@ from eve_lightning.models.evev2.patch_embedding import EveV2PatchEmbedding
 from eve_lightning.models.evev2.routing import ROUTINGS
 from eve_lightning.models.evev2.splice import DecoderInputs, placeholders, splice_image_tokens
 from eve_lightning.models.losses import causal_lm_loss, lm_head_calls, supervised_positions
+from eve_lightning.utils.flops import sample_token_totals
 
 
 @dataclass
@@ -245,11 +246,15 @@ class EveV2VLM(nn.Module):
         # read counts back before the decoder is queued (as v1 does): after it each read-back would wait for it
         ce_positions = supervised_positions(mm.labels)
         head_calls = lm_head_calls(ce_positions[2].numel(), mm.labels.device) if run_vision else None  # ZeRO-3
+        counts = [sample_token_totals(mm.layout.seq_ids), mm.vision_mask.sum().long()[None], mm.n_truncated.sum()[None]]
+        n_tokens, sum_len_sq, n_image_tokens, n_truncated = torch.cat(counts).tolist()  # one read-back for all four
         stats = {
             "seq_len": mm.inputs_embeds.shape[1],
-            "n_tokens": int(mm.attention_mask.sum()),
+            "n_tokens": n_tokens,
             "n_images": int(mm.image_rows.numel()),
-            "n_image_tokens": int(mm.vision_mask.sum()),
+            "n_image_tokens": n_image_tokens,
+            "n_supervised": ce_positions[2].numel(),  # where the LM head runs
+            "sum_len_sq": sum_len_sq,  # sum over samples of len^2: the causal attention's work
         }
         decoder_kwargs = self.decoder_kwargs(mm)  # mask, positions or segment offsets
         out = self.llm.get_decoder()(
@@ -273,7 +278,7 @@ class EveV2VLM(nn.Module):
             loss_align=loss_ce.new_zeros((), dtype=torch.float32),
             n_ce_tokens=n_tok,
             n_align_images=0,
-            n_truncated=int(mm.n_truncated.sum()),
+            n_truncated=n_truncated,
             stats=stats,
             terms=(loss_ce, unused),
         )
