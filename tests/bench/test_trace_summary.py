@@ -30,8 +30,17 @@ def test_kinds_by_name() -> None:
         "optimizer"
     )
     assert ts.kind_of("triton_red_fused_abs_max_0") == "fp8_scale_cast"
+    separate_amax = (  # the reduction models.fp8.abs_max runs (vector_norm of order infinity)
+        "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<c10::BFloat16, "
+        "at::native::AbsMaxOps<c10::BFloat16, float>, unsigned int, float, 4, 4>>"
+    )
+    assert ts.kind_of(separate_amax) == "fp8_scale_cast"
+    assert ts.kind_of("void at::native::reduce_kernel<128, 4, at::native::ReduceOp<float, MeanOps<float>>>") == ts.OTHER
     assert ts.kind_of("triton_poi_fused__unsafe_view_mul_silu_silu_backward_3") == "compiled_fused"
     assert ts.kind_of("Memcpy HtoD (Pinned -> Device)") == "copy_cast"
+    assert ts.kind_of("void at::native::elementwise_kernel<128, 4, at::native::direct_copy_kernel_cuda>") == "copy_cast"
+    binary = "void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl_nocast<BinaryFunctor<float>>>"
+    assert ts.kind_of(binary) == ts.OTHER  # arithmetic, not a cast
     assert ts.kind_of("some_custom_kernel") == ts.OTHER
 
 

@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 
 from eve_lightning.bench.train import draw_samples, packed_batch, padded_batch, sample_tokens, supervised_count
 from eve_lightning.callbacks import throughput
-from eve_lightning.callbacks.throughput import DecoderCounts, Throughput
+from eve_lightning.callbacks.throughput import Throughput, batch_flops
 from eve_lightning.lit.eve_module import EveLitModule
 from eve_lightning.models.build import build_eve_model
 from eve_lightning.models.evev2 import build_evev2_model, is_vision_parameter
-from eve_lightning.utils.flops import samples_flops
+from eve_lightning.utils.flops import samples_flops, step_flops
 from tests.helpers.repo_paths import CONF
 
 PREALIGN = ["vlm.patch_embed", "vlm.projector", "vlm.aligner"]  # the decoder frozen
@@ -134,14 +134,16 @@ def test_evev2_counts_one_branch_per_token(layout, trainable):
     if trainable == ["vlm"]:
         assert got == pytest.approx(samples_flops(body, layers, width, lengths, True, head, supervised))
     else:  # image tokens run trained vision copies (6), text tokens and the head frozen text weights (4)
-        want = 6 * body * images + 4 * body * (tokens - images) + 4 * head * sup + attention
+        norm = llm.model.norm.weight.numel()  # the final norm has no copy: image tokens run it frozen too
+        image = 6 * (body - norm) * images + 4 * norm * images
+        want = image + 4 * body * (tokens - images) + 4 * head * sup + attention
         assert got == pytest.approx(want)
 
 
 def test_mfu_is_the_window_flops_over_time_and_peak(eve_samples, monkeypatch):
     model = tiny_eve()
     module, _ = step_stats(model, packed_batch(eve_samples, 4096), ["vlm"])
-    per_batch = DecoderCounts.of(model.vlm.llm).flops(module.last_stats)
+    per_batch = batch_flops(module.decoder_params, module.last_stats)
     clock = iter([10.0, 12.5, 13.0])  # window start, its end, the next window's start
     monkeypatch.setattr(throughput.time, "perf_counter", lambda: next(clock))
     logged = {}
@@ -153,3 +155,102 @@ def test_mfu_is_the_window_flops_over_time_and_peak(eve_samples, monkeypatch):
         cb.on_train_batch_end(trainer, module, None, None, 0)
     assert logged["perf/mfu"] == pytest.approx(2 * per_batch / 2.5 / 2e6)
     assert cb._flops == 0.0  # the next window starts from zero
+
+
+def test_the_counts_are_taken_before_the_strategy_shards_the_parameters(eve_samples):
+    """FSDP (use_orig_params) swaps each parameter for this rank's shard after configure_model; the count stays the
+    whole model's, on every rank."""
+    model = tiny_eve()
+    module, stats = step_stats(model, packed_batch(eve_samples, 4096), ["vlm"])
+    whole = callback_flops(module)
+    body, head, layers, width = shape_of(model.vlm.llm)
+    for p in model.vlm.llm.parameters():  # this rank's shard: here nothing of the parameter
+        p.data = torch.empty(0)
+    assert sum(p.numel() for p in model.vlm.llm.parameters()) == 0
+    got = callback_flops(module)
+    assert got == whole
+    want = 6 * body * stats["tokens"] + 6 * head * stats["supervised"] + 6 * layers * width * stats["sum_len_sq"]
+    assert got == pytest.approx(want)
+
+
+def test_a_partly_frozen_decoder_counts_its_trained_and_frozen_parameters_apart(eve_samples):
+    model = tiny_eve()
+    module, stats = step_stats(model, packed_batch(eve_samples, 4096), ["vlm.patch_embed", "vlm.llm.model.layers.0"])
+    llm = model.vlm.llm
+    layer = sum(p.numel() for p in llm.model.layers[0].parameters())
+    body, head, layers, width = shape_of(llm)
+    tokens, squares, sup = stats["tokens"], stats["sum_len_sq"], stats["supervised"]
+    got = callback_flops(module)
+    # one block trains (6), the rest and the head are frozen (4); a weight trains: the attention counts whole
+    want = 6 * layer * tokens + 4 * (body - layer) * tokens + 4 * head * sup + 6 * layers * width * squares
+    assert got == pytest.approx(want)
+    assert got == pytest.approx(
+        step_flops(layer, body - layer, layers, width, tokens, squares, head=head, supervised=sup)
+    )
+
+
+def test_evev2_image_tokens_count_the_trained_copies_6_and_the_frozen_ones_4():
+    samples = draw_samples("pretrain", 2, np.random.default_rng(1), "evev2", 256)
+    model = tiny_evev2()
+    module, stats = step_stats(model, packed_batch(samples, 4096), ["vlm.patch_embed", "vlm.llm.*.moe_mlp.*"])
+    llm = model.vlm.llm
+    mlp = sum(p.numel() for n, p in llm.named_parameters() if ".moe_mlp." in n)
+    assert mlp > 0 and all(p.requires_grad == (".moe_mlp." in n) for n, p in llm.named_parameters())
+    body, head, layers, width = shape_of(llm)
+    tokens, squares, sup, images = stats["tokens"], stats["sum_len_sq"], stats["supervised"], stats["image_tokens"]
+    got = callback_flops(module)
+    image = 6 * mlp * images + 4 * (body - mlp) * images  # the MLP copies train; attention and norms run frozen
+    want = image + 4 * body * (tokens - images) + 4 * head * sup + 6 * layers * width * squares
+    assert got == pytest.approx(want)
+
+
+def nan_lm_head(model) -> None:
+    with torch.no_grad():
+        model.vlm.llm.lm_head.weight[0, 0] = float("nan")
+
+
+def test_a_first_non_finite_micro_batch_counts_its_own_flops(eve_samples):
+    model = tiny_eve()
+    nan_lm_head(model)
+    batch = packed_batch(eve_samples, 4096)
+    module, stats = step_stats(model, batch, ["vlm"])
+    assert module.skipped_steps == 1  # the step is skipped, its forward and backward still run
+    lengths = [sample_tokens(s) for s in eve_samples]
+    assert stats["tokens"] == sum(lengths) and stats["supervised"] == sum(supervised_count(s) for s in eve_samples)
+    body, head, layers, width = shape_of(model.vlm.llm)
+    supervised = [supervised_count(s) for s in eve_samples]
+    assert callback_flops(module) == pytest.approx(samples_flops(body, layers, width, lengths, True, head, supervised))
+
+
+def test_a_non_finite_micro_batch_after_a_finite_one_is_not_counted_as_the_previous_one(eve_samples):
+    model = tiny_eve()
+    module, first = step_stats(model, packed_batch(eve_samples, 4096), ["vlm"])
+    nan_lm_head(model)
+    module.training_step(dict(packed_batch(eve_samples[:2], 4096)), 1)
+    assert module.skipped_steps == 1
+    lengths = [sample_tokens(s) for s in eve_samples[:2]]
+    assert module.last_stats["tokens"] == sum(lengths) < first["tokens"]
+    body, head, layers, width = shape_of(model.vlm.llm)
+    supervised = [supervised_count(s) for s in eve_samples[:2]]
+    assert callback_flops(module) == pytest.approx(samples_flops(body, layers, width, lengths, True, head, supervised))
+
+
+def test_stats_without_the_totals_count_nothing(eve_samples):
+    model = tiny_eve()
+    module, _ = step_stats(model, packed_batch(eve_samples, 4096), ["vlm"])
+    module.last_stats = {}  # no step recorded
+    assert callback_flops(module) == 0.0
+    assert batch_flops(module.decoder_params, {"samples": 2, "tokens": 10}) == 0.0
+
+
+def test_a_module_without_decoder_counts_logs_no_mfu(eve_samples):
+    model = tiny_eve()
+    module, _ = step_stats(model, packed_batch(eve_samples, 4096), ["vlm"])
+    module.decoder_params = None
+    logged = {}
+    module.log_dict = lambda metrics, **kwargs: logged.update(metrics)
+    cb = Throughput(peak_tflops=1.0)
+    trainer = SimpleNamespace(fit_loop=SimpleNamespace(_should_accumulate=lambda: False), world_size=1)
+    cb.on_train_batch_start(trainer, module, None, 0)
+    cb.on_train_batch_end(trainer, module, None, None, 0)
+    assert "perf/mfu" not in logged and logged["perf/tokens_per_sec"] > 0

@@ -9,9 +9,8 @@ import pytest
 
 from eve_lightning.planner import cli
 from eve_lightning.planner.recipe import RECIPE_PATH, RECIPES
-from eve_lightning.planner.stage import routed_flops
 from eve_lightning.planner.throughput import MEASURED, TEXT_TOKENS, tokens_per_sample
-from eve_lightning.utils.flops import samples_flops
+from eve_lightning.utils.flops import routed_flops, samples_flops
 
 QWEN25_7B_PARAMS = 7_615_616_512  # Qwen2.5-7B-Instruct: EVEv2-7B's text branch, embedding and untied LM head included
 

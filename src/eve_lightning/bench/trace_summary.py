@@ -28,9 +28,9 @@ KINDS = (
     ("matmul_fp8", r"(gemm|xmma|cutlass).*(e4m3|e5m2|f8)|nvjet_sm\d+_q[qr]"),  # cuBLAS: q = e4m3, r = e5m2
     ("matmul", r"gemm|nvjet|xmma|cutlass|wgmma|cublas|sm90_|sm80_|ampere_"),
     ("optimizer", r"adam|multi_tensor"),
-    ("fp8_scale_cast", r"^triton.*(amax|abs_max|float8|fp8|_e4m3|_e5m2)"),
+    ("fp8_scale_cast", r"^triton.*(amax|abs_max|float8|fp8|_e4m3|_e5m2)|AbsMaxOps"),  # AbsMaxOps: models.fp8.abs_max
     ("compiled_fused", r"^triton_"),
-    ("copy_cast", r"memcpy|memset|copy|_to_copy|cast"),
+    ("copy_cast", r"memcpy|memset|copy|(?<!no)cast"),  # not ATen's "gpu_kernel_impl_nocast" arithmetic
     ("nccl", r"nccl"),
 )
 OTHER = "other"

@@ -57,7 +57,8 @@ from eve_lightning.models import attention
 from eve_lightning.models.build import EveWithTeacher, teacher_cell_mask
 from eve_lightning.models.checkpointing import enable_checkpointing
 from eve_lightning.models.compile import compile_decoder_layers, compile_layers, decoder_layers, is_checkpointed
-from eve_lightning.models.evev2 import EveV2VLM, is_vision_parameter
+from eve_lightning.models.evev2 import EveV2VLM
+from eve_lightning.models.evev2.decoder import vision_text_pairs
 from eve_lightning.models.fp8 import AMAX_MODES as FP8_AMAX_MODES
 from eve_lightning.models.fp8 import FP8_ROW_MULTIPLE, convert_decoder_to_fp8
 from eve_lightning.models.fp8 import RECIPES as FP8_RECIPES
@@ -65,7 +66,7 @@ from eve_lightning.models.fused_ce import CE_IMPLS
 from eve_lightning.models.losses import cosine_alignment_loss
 from eve_lightning.models.shapes import MODEL_NAMES, build_random_model
 from eve_lightning.planner.throughput import ASPECTS, evev2_sample_geometry
-from eve_lightning.utils.flops import samples_flops
+from eve_lightning.utils.flops import decoder_params
 
 PEAK_TFLOPS = 989.0
 
@@ -301,27 +302,29 @@ def reference_loss(model: EveWithTeacher, batch: dict[str, torch.Tensor]) -> tor
 def decoder_flops(
     model: EveWithTeacher, batch_lengths: list[int], trained: bool, supervised: list[int] | None = None
 ) -> float:
-    """Decoder FLOPs of a step over samples of ``batch_lengths`` tokens (``utils.flops.samples_flops``).
+    """Decoder FLOPs of a step over samples of ``batch_lengths`` tokens (``utils.flops``), every weight ``trained``.
 
-    EVE v1: the decoder's parameters without the input embedding. EVEv2: the routed (useful) count, one branch
+    The parameters are split by ``utils.flops.decoder_params``, as the planner and the training callback split
+    them. EVE v1: the decoder's parameters without the input embedding. EVEv2: the routed (useful) count, one branch
     per token, so the parameters without the vision copies and without the input embedding. Of these, the LM head
     (also when tied to the input embedding: it still runs) counts only at each sample's ``supervised`` positions,
     the rest at every token; without ``supervised``, the head too counts at every token (``mfu_head_every_token``).
     """
     llm = model.vlm.llm
-    cfg = llm.config
-    embed = llm.get_input_embeddings().weight
-    head = llm.get_output_embeddings().weight
-    v2 = isinstance(model.vlm, EveV2VLM)
-    total = sum(p.numel() for n, p in llm.named_parameters() if not (v2 and is_vision_parameter(n)))
-    params = total - embed.numel() - (0 if head is embed else head.numel())  # a tied head is listed once
-    return samples_flops(
-        params, cfg.num_hidden_layers, cfg.hidden_size, batch_lengths, trained, head.numel(), supervised
+    copies = [(v, t) for _, v, t in vision_text_pairs(llm)] if isinstance(model.vlm, EveV2VLM) else []
+    counts = decoder_params(llm, vision_copies=copies).whole(trained)
+    return counts.flops(
+        sum(batch_lengths), sum(n * n for n in batch_lengths), None if supervised is None else sum(supervised)
     )
 
 
 def set_path(model: EveWithTeacher, path: str) -> None:
-    """Put an EVEv2 model in the routing of a path: ``dense`` computes both branches for every token, else routed."""
+    """Put the model in a path's settings.
+
+    ``ours_bf16_residual`` turns ``autocast_residual`` on (every other path off); an EVEv2 model's routing: ``dense``
+    computes both branches for every token, every other path is routed.
+    """
+    model.vlm.config.autocast_residual = path == "ours_bf16_residual"
     if isinstance(model.vlm, EveV2VLM):
         model.vlm.set_routing("dense" if path == "dense" else "routed")
     elif path == "dense":
@@ -442,7 +445,7 @@ def run(args: argparse.Namespace) -> dict:
         results["image_size"] = size
     backend = attention.backend_of(model.vlm.llm)
     # compiling and the FP8 swap are in place: the eager reference path goes first, the FP8 one last
-    paths.sort(key=lambda name: {"reference": 0, "dense": 0, "ours_fp8": 2}.get(name, 1))
+    paths.sort(key=lambda name: {"reference": 0, "dense": 0, "ours_bf16_residual": 1.5, "ours_fp8": 2}.get(name, 1))
     for path in paths:
         model.load_state_dict(init)
         set_path(model, path)
@@ -455,7 +458,7 @@ def run(args: argparse.Namespace) -> dict:
         attention.set_backend(model.vlm.llm, attention.bare_decoder_name(backend) if path == "reference" else backend)
         # EVEv2's dense path is the same model with the original's routing, so it is compiled like ours: the
         # comparison is routing against routing; the reference path stays the original's eager computation
-        if path in ("ours", "ours_fp8", "dense") and args.compile:
+        if path in ("ours", "ours_bf16_residual", "ours_fp8", "dense") and args.compile:
             mode = None if args.compile == "default" else args.compile
             if args.checkpoint_ours:  # before compiling: the checkpoint goes inside the compiled forward
                 enable_checkpointing(model.vlm.llm)
@@ -492,6 +495,14 @@ def run(args: argparse.Namespace) -> dict:
         results["dense_first_loss_rel_diff"] = round(
             abs(p["dense"]["first_loss"] - p["ours"]["first_loss"]) / abs(p["ours"]["first_loss"]), 5
         )
+    if {"ours", "ours_bf16_residual"} <= set(results["paths"]):
+        p = results["paths"]
+        results["bf16_residual_speedup"] = round(
+            p["ours_bf16_residual"]["samples_per_s"] / p["ours"]["samples_per_s"], 3
+        )
+        results["bf16_residual_first_loss_rel_diff"] = round(
+            abs(p["ours_bf16_residual"]["first_loss"] - p["ours"]["first_loss"]) / abs(p["ours"]["first_loss"]), 5
+        )
     if {"ours", "ours_fp8"} <= set(results["paths"]):
         p = results["paths"]
         results["speedup_vs_bf16"] = round(p["ours_fp8"]["samples_per_s"] / p["ours"]["samples_per_s"], 3)
@@ -515,6 +526,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--paths",
         default=None,
         help="comma-separated: ours, reference, ours_fp8 (our path with the decoder's linears in float8, run last), "
+        "ours_bf16_residual (our path with model.eve.autocast_residual: the decoder's residual stream in bf16), "
         "dense (EVEv2: routing='dense', the original's compute-both); default ours,reference (EVE) | ours,dense "
         "(EVEv2)",
     )
@@ -562,9 +574,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be at least 1")
-    unknown = set((args.paths or "ours").split(",")) - {"ours", "reference", "ours_fp8", "dense"}
+    unknown = set((args.paths or "ours").split(",")) - {"ours", "reference", "ours_fp8", "ours_bf16_residual", "dense"}
     if unknown:
-        p.error(f"--paths: unknown {', '.join(sorted(unknown))}; use ours, reference, ours_fp8, dense")
+        p.error(
+            f"--paths: unknown {', '.join(sorted(unknown))}; use ours, reference, ours_fp8, ours_bf16_residual, dense"
+        )
     if args.model not in MODEL_NAMES and not Path(args.model).is_file():
         p.error(f"--model {args.model!r}: use {' | '.join(MODEL_NAMES)} or an existing model config file")
     if not torch.cuda.is_available():

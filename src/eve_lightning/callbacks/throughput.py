@@ -3,76 +3,27 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import nn
 
-from eve_lightning.models.evev2 import is_vision_parameter
-from eve_lightning.utils.flops import step_flops
+from eve_lightning.utils.flops import DecoderParams
+from eve_lightning.utils.logging import get_logger
 
+log = get_logger(__name__)
 
-def numel(p: torch.Tensor) -> int:
-    """Full size of a parameter, also when ZeRO-3 has partitioned it away (`ds_numel`)."""
-    return int(getattr(p, "ds_numel", p.numel()))
+STAT_KEYS = ("tokens", "sum_len_sq", "supervised")  # the per-batch totals the FLOP count needs
 
 
-@dataclass(frozen=True)
-class DecoderCounts:
-    """What the useful FLOP count needs of a decoder, read once from its parameters.
+def batch_flops(decoder: DecoderParams, stats: dict[str, Any]) -> float:
+    """Useful decoder FLOPs of one micro-batch from the training module's ``last_stats`` (``DecoderParams.flops``).
 
-    Attributes:
-        params: parameters of one branch without the input embedding and the LM head (EVEv2: without the vision
-            copies, which replace text weights for image tokens rather than add to them).
-        head: parameters of the LM head (the input embedding's when tied: it still runs).
-        layers, hidden: the decoder's depth and width.
-        trained: whether the text weights (body or head) get gradients.
-        vision_trained: whether the vision copies get gradients; None without vision copies (image tokens run the
-            text weights).
+    Stats without the totals (no step recorded yet) count nothing.
     """
-
-    params: int
-    head: int
-    layers: int
-    hidden: int
-    trained: bool
-    vision_trained: bool | None
-
-    @classmethod
-    def of(cls, llm: nn.Module) -> DecoderCounts:
-        """Read the counts of an HF causal LM (EVE v1) or EVEv2's routed decoder, ZeRO-3 partitioned or not."""
-        embed = llm.get_input_embeddings().weight
-        head = llm.get_output_embeddings().weight
-        text, vision = [], []
-        for name, p in llm.named_parameters():  # a tied head is listed once, as the embedding
-            (vision if is_vision_parameter(name) else text).append(p)
-        counted = [p for p in text if p is not embed] + ([head] if head is embed else [])  # body and head
-        total = sum(numel(p) for p in counted)
-        return cls(
-            params=total - numel(head),
-            head=numel(head),
-            layers=int(llm.config.num_hidden_layers),
-            hidden=int(llm.config.hidden_size),
-            trained=any(p.requires_grad for p in counted),
-            vision_trained=any(p.requires_grad for p in vision) if vision else None,
-        )
-
-    def flops(self, stats: dict[str, Any]) -> float:
-        """Useful decoder FLOPs of one micro-batch from the training module's ``last_stats`` (``step_flops``)."""
-        return step_flops(
-            self.params,
-            self.layers,
-            self.hidden,
-            stats["tokens"],
-            stats["sum_len_sq"],
-            self.trained,
-            self.head,
-            stats["supervised"],
-            stats.get("image_tokens", 0),
-            self.vision_trained,
-        )
+    if any(key not in stats for key in STAT_KEYS):
+        return 0.0
+    return decoder.flops(stats["tokens"], stats["sum_len_sq"], stats["supervised"], stats.get("image_tokens", 0))
 
 
 class Throughput(pl.Callback):
@@ -82,12 +33,16 @@ class Throughput(pl.Callback):
 
     `perf/mfu` is one rank's useful decoder FLOPs per second over its peak, the convention of
     ``python -m eve_lightning.bench.train``'s `mfu` (``eve_lightning.utils.flops``), so that training and benchmark
-    MFUs compare: per micro-batch, 6 FLOPs (4 for frozen weights) x decoder parameters other than the input
-    embedding and the LM head x real tokens, + 6 (4) x LM-head parameters x supervised positions, + causal attention
-    within each sample, 6 x layers x width x sum of len^2 (x 4/6 when no weight trains). Padding and the row length
-    of packed batches count nothing. EVEv2 counts one branch per token (the vision copies are not added): image
-    tokens count 6 when the vision copies train, text tokens and the head when the text weights do. The patch
-    embedding, projector, aligner and teacher are left out, as in the benchmark.
+    MFUs compare: per micro-batch, 6 FLOPs x trained and 4 x frozen decoder parameters other than the input
+    embedding and the LM head x real tokens, + 6 (4 when frozen) x LM-head parameters x supervised positions, +
+    causal attention within each sample, 6 x layers x width x sum of len^2 (x 4/6 when no decoder weight trains).
+    Padding and the row length of packed batches count nothing. EVEv2 counts one branch per token (the vision copies
+    are not added): image tokens run the vision copies, text tokens the text weights, each parameter at 6 or 4 as
+    it trains. The patch embedding, projector, aligner and teacher are left out, as in the benchmark.
+
+    The parameter counts are the training module's ``decoder_params`` (``utils.flops.DecoderParams``), taken when it
+    built the model: before FSDP shards it, whole under ZeRO-3. A module without them logs no `perf/mfu`. A
+    micro-batch whose stats lack the totals counts no FLOPs.
 
     Args:
         peak_tflops: dense bf16 peak of one device (A100: 312, H100 SXM: 989); None disables MFU.
@@ -98,7 +53,7 @@ class Throughput(pl.Callback):
         self._t0: float | None = None
         self._samples = self._tokens = 0
         self._flops = 0.0
-        self._decoder: DecoderCounts | None = None
+        self._decoder: DecoderParams | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._t0 is None:
@@ -109,10 +64,13 @@ class Throughput(pl.Callback):
         stats = pl_module.last_stats
         self._samples += stats.get("samples", 0)
         self._tokens += stats.get("tokens", 0)
+        if self.peak_tflops and self._decoder is None:
+            self._decoder = getattr(pl_module, "decoder_params", None)  # taken in configure_model, after freezing
+            if self._decoder is None:
+                log.warning("perf/mfu is not logged: %s has no decoder_params", type(pl_module).__name__)
+                self.peak_tflops = None
         if self.peak_tflops:
-            if self._decoder is None:  # after configure_model and freezing; the flags hold for the whole fit
-                self._decoder = DecoderCounts.of(pl_module.model.vlm.llm)
-            self._flops += self._decoder.flops(stats)
+            self._flops += batch_flops(self._decoder, stats)
         if not trainer.fit_loop._should_accumulate():
             self._sync()
             elapsed = time.perf_counter() - self._t0

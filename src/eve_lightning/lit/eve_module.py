@@ -16,8 +16,10 @@ from eve_lightning.models.build import EveWithTeacher
 from eve_lightning.models.checkpointing import enable_checkpointing
 from eve_lightning.models.compile import compile_decoder_layers, compile_layers
 from eve_lightning.models.evev2 import copy_text_to_vision, is_vision_parameter
+from eve_lightning.models.evev2.decoder import vision_text_pairs
 from eve_lightning.models.export_format import load_export_weights, model_family
 from eve_lightning.utils.config_checks import ZERO3_COMPILE
+from eve_lightning.utils.flops import DecoderParams, decoder_params
 from eve_lightning.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -34,6 +36,17 @@ def hf_zero3_config(strategy: Any) -> Any:
     from transformers.integrations import HfDeepSpeedConfig
 
     return HfDeepSpeedConfig(config)
+
+
+def count_decoder(model: EveWithTeacher) -> DecoderParams:
+    """The decoder's parameter counts for the useful FLOP count (``utils.flops.decoder_params``).
+
+    EVEv2: the vision copies make the image tokens' branch. Call it on whole parameters (ZeRO-3's ``ds_numel``
+    counts), before FSDP replaces them by this rank's shards.
+    """
+    llm = model.vlm.llm
+    copies = [(v, t) for _, v, t in vision_text_pairs(llm)] if model_family(model.vlm) == "evev2" else []
+    return decoder_params(llm, vision_copies=copies)
 
 
 class EveLitModule(pl.LightningModule):
@@ -82,6 +95,7 @@ class EveLitModule(pl.LightningModule):
         self.model_factory = model_factory
         self.model: EveWithTeacher | None = None
         self.last_stats: dict[str, float] = {}
+        self.decoder_params: DecoderParams | None = None  # for perf/mfu (callbacks.throughput), in configure_model
         self.nonfinite_streak = 0
         self.skipped_steps = 0
         self._skip_update = False  # set by a non-finite loss, read when the optimizer step comes
@@ -100,6 +114,8 @@ class EveLitModule(pl.LightningModule):
             log.info("DeepSpeed ZeRO-3: every forward calls every module, on empty inputs where a batch has none")
         self._init_weights()
         apply_freezing(self.model, list(self.hparams.stage["trainable"]))
+        # the counts before the strategy wraps the model: FSDP then swaps every parameter for this rank's shard
+        self.decoder_params = count_decoder(self.model)
         if self.hparams.gradient_checkpointing:
             n = enable_checkpointing(self.model.vlm.llm, self.hparams.gradient_checkpointing_layers)
             log.info("activation checkpointing on %d decoder blocks", n)
@@ -154,6 +170,15 @@ class EveLitModule(pl.LightningModule):
         stats = meta.get("stats", {})
         out = self.model(batch)
         bsz = batch["input_ids"].shape[0]
+        self.last_stats = {  # also for a skipped step: its forward and backward run (callbacks.throughput)
+            "samples": len(meta.get("keys") or []) or bsz,  # packed rows hold several samples each
+            "tokens": out.stats["n_tokens"],
+            "seq_len": out.stats["seq_len"],
+            "sum_len_sq": out.stats["sum_len_sq"],  # with the next two: the useful FLOPs (callbacks.throughput)
+            "supervised": out.stats["n_supervised"],
+            "image_tokens": out.stats.get("n_image_tokens", 0),  # EVEv2: tokens that run the vision branch
+            "truncated": out.n_truncated,
+        }
         here = not bool(torch.isfinite(out.loss))
         bad = self.trainer.strategy.reduce_boolean_decision(here, all=False)
         if bad:  # every rank decides alike: the backward still runs (the ranks' all-reduce must meet), the update not
@@ -183,15 +208,6 @@ class EveLitModule(pl.LightningModule):
         self.log("train/loss", logged[0], prog_bar=True, batch_size=bsz)
         self.log("train/loss_ce", logged[1], batch_size=bsz)
         self.log("train/loss_align", logged[2], prog_bar=True, batch_size=bsz)
-        self.last_stats = {
-            "samples": len(meta.get("keys") or []) or bsz,  # packed rows hold several samples each
-            "tokens": out.stats["n_tokens"],
-            "seq_len": out.stats["seq_len"],
-            "sum_len_sq": out.stats["sum_len_sq"],  # with the next two: the useful FLOPs (callbacks.throughput)
-            "supervised": out.stats["n_supervised"],
-            "image_tokens": out.stats.get("n_image_tokens", 0),  # EVEv2: tokens that run the vision branch
-            "truncated": out.n_truncated,
-        }
         return undo_deepspeed_gas_scaling(loss, self.trainer.strategy, self.trainer.accumulate_grad_batches)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

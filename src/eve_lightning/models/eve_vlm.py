@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, TEACHER_IMAGE_SIZE
 from eve_lightning.models import attention
 from eve_lightning.models.attention import Layout, LayoutViews, PackedLayout, PaddedLayout
+from eve_lightning.models.llm import residual_dtype
 from eve_lightning.models.losses import causal_lm_loss, cosine_alignment_loss, lm_head_calls, supervised_positions
 from eve_lightning.models.patch_aligner import PatchAligner
 from eve_lightning.models.patch_embedding import PatchEmbedding, token_layout
@@ -49,6 +50,8 @@ class EveConfig:
             matmuls take whole blocks of 16 rows); padding is masked and never supervised.
         ce_impl: how the LM head and the CE loss run: "torch" (logits per chunk), "fused" or "liger" (one pass
             keeping no logits, ``models.fused_ce``); the same loss.
+        autocast_residual: the decoder's input embeddings, and with them its residual stream, take the autocast
+            dtype (bf16 under ``precision=bf16-mixed``) instead of the weights' float32 (``llm.residual_dtype``).
         uniform_module_calls: every loss forward (``forward``: training and validation steps, with or without gradients)
             calls every vision module, in the order a batch with images and teacher features calls them: without an
             image the patch embedding and the projector run on zero images (their empty output spliced like image
@@ -77,6 +80,7 @@ class EveConfig:
     teacher_patch_size: int = 14
     check_alignment: bool = True
     ce_impl: str = "torch"
+    autocast_residual: bool = False
     pad_to_multiple_of: int = 1
     uniform_module_calls: bool = False
 
@@ -233,8 +237,9 @@ class EveVLM(nn.Module):
         text = real & ~is_img & (dst < end)
         t_rows, t_cols = text.nonzero(as_tuple=True)
         hidden = self.llm.config.hidden_size  # (weight shapes are empty under ZeRO-3 partitioning)
-        embeds = embed.weight.new_zeros(bsz, out_len, hidden)
-        text_emb = embed(input_ids[t_rows, t_cols])  # [K, H]
+        dtype = residual_dtype(embed.weight.dtype, device, self.config.autocast_residual)
+        embeds = embed.weight.new_zeros(bsz, out_len, hidden, dtype=dtype)
+        text_emb = embed(input_ids[t_rows, t_cols]).to(dtype)  # [K, H]
         embeds = embeds.index_put((t_rows, dst[t_rows, t_cols]), text_emb)
         new_labels = None
         if labels is not None:
@@ -348,7 +353,8 @@ class EveVLM(nn.Module):
         elif run_vision and self.aligner is not None:  # no alignment in this step: the aligner runs on zero cells
             cell_rows, cell_pos, cell_teacher = cell_rows[:0], cell_pos[:0], cell_teacher[:0]
             align = ((cell_teacher, cell_teacher), cell_teacher, 0)  # no cell, no group, no image
-        n_tokens, sum_len_sq = sample_token_totals(mm.layout.seq_ids).tolist()  # one read-back for both
+        counts = torch.cat([sample_token_totals(mm.layout.seq_ids), mm.n_truncated.sum()[None]])
+        n_tokens, sum_len_sq, n_truncated = counts.tolist()  # one read-back for the three
         stats = {
             "seq_len": mm.inputs_embeds.shape[1],
             "n_tokens": n_tokens,
@@ -356,7 +362,6 @@ class EveVLM(nn.Module):
             "n_supervised": ce_positions[2].numel(),  # where the LM head runs
             "sum_len_sq": sum_len_sq,  # sum over samples of len^2: the causal attention's work
         }
-        n_truncated = int(mm.n_truncated.sum())
         decoder_kwargs = mm.layout.decoder_kwargs(attention.backend_of(self.llm))  # mask or segment offsets
 
         captured: dict[int, torch.Tensor] = {}

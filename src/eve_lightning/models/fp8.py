@@ -71,27 +71,34 @@ def _abs_max_fake(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty((), dtype=torch.float32)
 
 
+_TORCHAO_AMAX = "_eve_lightning_torchao_tensor_to_amax"  # where torchao's own function is kept while replaced
+
+
 def use_separate_amax(separate: bool) -> None:
     """Make torchao's tensorwise scales take their amax from ``abs_max`` (True) or from its own reduction (False).
 
     torchao looks ``tensor_to_amax`` up in its ``float8_utils`` module at every cast, so the choice holds for the
-    whole process (every Float8Linear), from the next compilation on. Axiswise (rowwise) scales are unchanged.
+    whole process (every Float8Linear), from the next compilation on. Axiswise (rowwise) scales, and amaxes reduced
+    over ranks, keep torchao's function. Its own function is kept on the module while replaced and put back as it
+    was (with its ``no_grad`` decorator) by ``use_separate_amax(False)``.
     """
     from torchao.float8 import float8_utils
 
-    original = getattr(float8_utils.tensor_to_amax, "__wrapped__", float8_utils.tensor_to_amax)
+    original = getattr(float8_utils, _TORCHAO_AMAX, float8_utils.tensor_to_amax)
     if not separate:
         float8_utils.tensor_to_amax = original
+        if hasattr(float8_utils, _TORCHAO_AMAX):
+            delattr(float8_utils, _TORCHAO_AMAX)
         return
-
+    setattr(float8_utils, _TORCHAO_AMAX, original)
     tensorwise = float8_utils.ScalingGranularity.TENSORWISE
 
+    @torch.no_grad()
     def tensor_to_amax(x, reduce_amax=False, device_mesh=None, scaling_granularity=tensorwise, axiswise_dim=None):
         if scaling_granularity is tensorwise and not (reduce_amax and torch.distributed.is_initialized()):
             return abs_max(x)  # a distributed amax keeps torchao's own path (it all-reduces the result)
         return original(x, reduce_amax, device_mesh, scaling_granularity, axiswise_dim)
 
-    tensor_to_amax.__wrapped__ = original
     float8_utils.tensor_to_amax = tensor_to_amax
 
 
@@ -108,7 +115,10 @@ def convert_decoder_to_fp8(llm: nn.Module, recipe: str = "tensorwise", amax: str
     if recipe not in RECIPES:
         raise ValueError(f"model.fp8={recipe!r} is not a float8 recipe: use one of {', '.join(RECIPES)} (or null)")
     if amax not in AMAX_MODES:
-        raise ValueError(f"fp8 amax={amax!r}: use one of {', '.join(AMAX_MODES)}")
+        raise ValueError(
+            f"fp8 amax={amax!r}: use one of {', '.join(AMAX_MODES)} (convert_decoder_to_fp8's amax; bench.train "
+            "--fp8-amax)"
+        )
     check_fp8_device()
     try:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training

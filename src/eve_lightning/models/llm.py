@@ -46,3 +46,16 @@ def build_llm(
     cfg_obj = AutoConfig.for_model(cfg.pop("model_type", "llama"), **cfg)
     attention.configure(cfg_obj, backend)
     return AutoModelForCausalLM.from_config(cfg_obj, dtype=torch_dtype)
+
+
+def residual_dtype(weight_dtype: torch.dtype, device: torch.device, autocast_residual: bool) -> torch.dtype:
+    """The dtype of the decoder's input embeddings, and so of its residual stream.
+
+    The weights' dtype (float32 under ``precision=bf16-mixed``: autocast casts only the matmuls' inputs, so the hidden
+    states between blocks, the RMSNorms' inputs and the rotary cos/sin stay float32), or with ``autocast_residual``
+    the autocast dtype when autocast is on (bf16: half the memory traffic of the decoder's elementwise kernels and
+    half its saved residual activations; the original EVE's DeepSpeed bf16 runs keep their bf16 weights' residual).
+    """
+    if autocast_residual and torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return weight_dtype

@@ -3,8 +3,9 @@
 The decoder and teacher shapes come from the config, from the checkpoint folder's ``config.json``, or, when that
 folder is not here, from the published Vicuna-7B / CLIP ViT-L/14-336 shapes (noted in the plan). EVEv2 models
 (``model._target_`` of the evev2 family) have no teacher; their published decoder is Qwen2.5-7B-Instruct, and
-their decoder FLOPs count one branch per token (the routed count: vision copies not added). The LM head is counted
-apart (``lm_head``): the decoder FLOPs take it only at the supervised positions.
+their decoder FLOPs count one branch per token (the routed count: vision copies not added). The decoder FLOPs take
+the split of ``utils.flops.decoder_params`` (``decoder_params``: trained and frozen parameters of each branch, the
+LM head apart, taken only at the supervised positions).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from eve_lightning.lit.freezing import apply_freezing
 from eve_lightning.models import attention
 from eve_lightning.models.build import build_eve_model
 from eve_lightning.models.evev2 import build_evev2_model, is_vision_parameter
+from eve_lightning.models.evev2.decoder import vision_text_pairs
 from eve_lightning.models.shapes import CLIP_L14_336, QWEN25_7B, VICUNA_7B
 from eve_lightning.planner.memory import DecoderShape
 from eve_lightning.utils.config_checks import model_family
+from eve_lightning.utils.flops import decoder_params
 
 
 def architecture(model_cfg: DictConfig, notes: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -68,17 +71,12 @@ def count_parameters(cfg: DictConfig, notes: list[str]) -> dict[str, Any]:
     llm = model.vlm.llm
     frozen_llm = sum(p.numel() for p in llm.parameters() if not p.requires_grad)
     teacher = sum(p.numel() for p in model.teacher.parameters()) if model.teacher is not None else 0
-    embed = llm.get_input_embeddings().weight
-    decoder_no_embed = sum(p.numel() for p in llm.parameters()) - embed.numel()
+    # routed (EVEv2): a token runs one branch, image tokens the vision copies where the decoder has them
+    copies = [(v, t) for _, v, t in vision_text_pairs(llm)] if v2 else []
+    flops_params = decoder_params(llm, vision_copies=copies)
     text_trained = vision_trained = frozen_llm == 0
-    head = llm.get_output_embeddings().weight
-    if head is embed:  # a tied LM head still runs: listed once among the parameters, counted back
-        decoder_no_embed += embed.numel()
-    if v2:  # routed: a token runs one branch
+    if v2:
         named = list(llm.named_parameters())
-        decoder_no_embed = sum(p.numel() for n, p in named if not is_vision_parameter(n)) - embed.numel()
-        if head is embed:
-            decoder_no_embed += embed.numel()
         text_trained = any(p.requires_grad for n, p in named if not is_vision_parameter(n))
         vision = [p.requires_grad for n, p in named if is_vision_parameter(n)]
         vision_trained = any(vision) if vision else text_trained  # no copies: image tokens run the text weights
@@ -90,8 +88,9 @@ def count_parameters(cfg: DictConfig, notes: list[str]) -> dict[str, Any]:
         "frozen_llm": frozen_llm,
         "teacher": teacher,
         "decoder": sum(p.numel() for p in llm.parameters()),
-        "decoder_no_embed": decoder_no_embed,  # the LM head included (one branch for EVEv2)
-        "lm_head": head.numel(),  # the decoder FLOPs count it at the supervised positions only
+        "decoder_params": flops_params,  # the split the decoder FLOPs take (utils.flops.decoder_params)
+        "decoder_no_embed": flops_params.body + flops_params.head,  # the LM head included (one branch for EVEv2)
+        "lm_head": flops_params.head,  # the decoder FLOPs count it at the supervised positions only
         "layer": sum(p.numel() for p in llm.model.layers[0].parameters()),  # EVEv2: with its vision copies
         "shape": DecoderShape.from_hf(llm.config),
         "align_layers": len(model.vlm.aligner.layer_indices) if model.vlm.aligner is not None else 0,

@@ -7,9 +7,9 @@ positions only), scaled by the cluster's peak ratio, the checkpointing recompute
 (``recompute_factor``) and the multi-GPU scaling efficiency.
 
 EVEv2 stages: image tokens by EVEv2's rule (``1 + h * (w + 1)`` over 32-px cells: 651 for a square image at 800 px,
-2551 at 1600), decoder FLOPs routed (one branch per token, ``routed_flops``: image tokens count 6 x parameters when
-the weights they run train, 4 x when those are frozen, text tokens alike, the LM head at the supervised positions
-only, as for EVE v1), and the MFU that ``throughput.STAGE_KIND`` maps the stage to: the routed EVEv2 decoder's
+2551 at 1600), decoder FLOPs routed (one branch per token, ``utils.flops.step_flops``: image tokens count 6 x the
+parameters they run that train, 4 x those frozen, text tokens alike, the LM head at the supervised positions only,
+as for EVE v1), and the MFU that ``throughput.STAGE_KIND`` maps the stage to: the routed EVEv2 decoder's
 measurement for the caption stages 1.0 and 1.1, the EVE v1 figure of the matching kind for the others.
 """
 
@@ -36,7 +36,6 @@ from eve_lightning.planner.throughput import (
     tokens_per_sample,
 )
 from eve_lightning.utils.config_checks import ConfigError, check_speed_options
-from eve_lightning.utils.flops import routed_flops, samples_flops
 
 
 @dataclass
@@ -227,29 +226,16 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
     trained_llm = counts["frozen_llm"] == 0 or counts["text_trained"] or counts["vision_trained"]
     memory = stage_memory(cfg, counts, work, strategy, n_gpus)
     shape = counts["shape"]
-    head = counts["lm_head"]
-    body = counts["decoder_no_embed"] - head  # every token runs it; the LM head only the supervised positions
-    if family == "evev2":
-        text = TEXT_TOKENS.get(task, 0.0) if task not in given else 0.0
-        flops, square_flops = (
-            routed_flops(
-                body,
-                shape.layers,
-                shape.hidden,
-                n - text,
-                text,
-                counts["vision_trained"],
-                counts["text_trained"],
-                head,
-                supervised_per_sample(task, n),
-            )
-            for n in (tps, square_tps)
-        )
-    else:
-        flops, square_flops = (
-            samples_flops(body, shape.layers, shape.hidden, [n], trained_llm, head, [supervised_per_sample(task, n)])
-            for n in (tps, square_tps)
-        )
+    decoder = counts["decoder_params"]  # trained and frozen parameters apart: a partly frozen decoder counts both
+
+    def sample_flops(n: float) -> float:
+        # EVEv2's image tokens run the vision copies: a sample's text tokens are its task's (at most n), also with a
+        # given plan.tokens_per_sample (which sets the image tokens); a task without benchmark samples counts every
+        # token as a text token, the LM head at every one (supervised_per_sample). EVE v1: one branch for all.
+        text = min(TEXT_TOKENS.get(task, n), n)
+        return decoder.flops(n, n * n, supervised_per_sample(task, n), image_tokens=n - text)
+
+    flops, square_flops = sample_flops(tps), sample_flops(square_tps)
     measured = MEASURED[STAGE_KIND[stage]]
     mfu_option = options.get("mfu", {})
     mfu = float(mfu_option if isinstance(mfu_option, float) else mfu_option.get(stage, measured.mfu))

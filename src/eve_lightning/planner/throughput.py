@@ -170,12 +170,16 @@ STAGE_KIND |= {
 
 # The settings of the measured path. A stage configured otherwise is projected with the same figure and flagged:
 # eager blocks ran at 0.67-0.71x the compiled step's samples/s on the H100 (benchmarks/README.md, "Compiled decoder
-# blocks"), FlexAttention at 0.92x torch_varlen; padded rows were not measured on our path.
+# blocks"), FlexAttention at 0.92x torch_varlen; padded rows were not measured on our path. The measured runs were
+# BF16 with a float32 residual stream: FP8 decoder linears ran 1.35-1.36x on the EVE-7B stages and the bf16 residual
+# 1.04x on eve_1b (benchmarks/README.md), so a stage with either is projected long.
 MEASURED_PATH = {
     "compile.enabled": True,
     "compile.teacher": True,
     "model.llm.attn_implementation": ("torch_varlen", "flash_attention_2"),  # the same kernel family
     "data.packing.collate": "packed",
+    "model.fp8": (None,),
+    "model.eve.autocast_residual": (False, None),  # None: a config from before the switch
 }
 
 # Mean text tokens per sample of draw_samples (BOS and text; an image sample's placeholder becomes its image tokens):
@@ -193,7 +197,9 @@ IMAGE_SHARE = {"pretrain": 1.0, "sft": 0.95}  # share of samples with an image
 def supervised_per_sample(task: str, tokens: float) -> float:
     """Mean supervised positions per sample of ``task`` (``SUPERVISED_TOKENS``), at most ``tokens``.
 
-    A task the benchmark has no samples of (given ``plan.tokens_per_sample``) counts the LM head at every token.
+    A task of the benchmark keeps its supervised positions also when ``plan.tokens_per_sample`` gives its tokens
+    (the given count changes the image tokens, not the text); only a task the benchmark has no samples of (its
+    tokens necessarily given) counts the LM head at every token, which the planner then counts as text tokens.
     """
     return min(SUPERVISED_TOKENS.get(task, tokens), tokens)
 

@@ -27,6 +27,7 @@ from eve_lightning.models.evev2.decoder import MOE_PARTS, EveV2ForCausalLM, is_v
 from eve_lightning.models.evev2.patch_embedding import EveV2PatchEmbedding
 from eve_lightning.models.evev2.routing import ROUTINGS
 from eve_lightning.models.evev2.splice import DecoderInputs, placeholders, splice_image_tokens
+from eve_lightning.models.llm import residual_dtype
 from eve_lightning.models.losses import causal_lm_loss, lm_head_calls, supervised_positions
 from eve_lightning.utils.flops import sample_token_totals
 
@@ -45,6 +46,8 @@ class EveV2Config:
         max_length: sequence cap after image expansion (2048; 4096 from stage 1.1, 5000 in SFT).
         routing: "routed" (each token through its own branch) or "dense" (both branches for every token, blended:
             the original's formulation, a reference).
+        autocast_residual: the decoder's input embeddings, and with them its residual stream, take the autocast
+            dtype (bf16 under ``precision=bf16-mixed``) instead of the weights' float32 (``llm.residual_dtype``).
         uniform_module_calls: every loss forward (``forward``: training and validation steps, with or without gradients)
             calls every vision module, in the order a batch with images calls them: without an image, the patch
             embedding runs on zero images (its empty output spliced like image tokens) and every layer's vision copies
@@ -64,6 +67,7 @@ class EveV2Config:
     moe_parts: list[str] = field(default_factory=lambda: list(MOE_PARTS))
     max_length: int = 2048
     routing: str = "routed"
+    autocast_residual: bool = False
     uniform_module_calls: bool = False
 
     def __post_init__(self) -> None:
@@ -183,6 +187,9 @@ class EveV2VLM(nn.Module):
             pad_side=pad_side,
             position_ids=position_ids,
             seq_ids=seq_ids,
+            dtype=residual_dtype(
+                self.llm.get_input_embeddings().weight.dtype, input_ids.device, self.config.autocast_residual
+            ),
         )
 
     def _no_images(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,6 +61,7 @@ def splice_image_tokens(
     pad_side: str = "right",
     position_ids: torch.Tensor | None = None,
     seq_ids: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> DecoderInputs:
     """Lay text embeddings and image tokens out in expanded rows.
 
@@ -78,6 +79,8 @@ def splice_image_tokens(
         position_ids: packed rows: [B, L] positions in expanded coordinates (the placeholder holds the first image
             token's position).
         seq_ids: packed rows: [B, L] sample index within the row (-1 on padding); selects the packed layout.
+        dtype: of the expanded embeddings, the decoder's residual stream (``llm.residual_dtype``); None: the
+            embedding weight's.
 
     Returns:
         DecoderInputs.
@@ -109,8 +112,8 @@ def splice_image_tokens(
     text = real & ~is_img & (dst < out_len)  # [B, L]
     t_rows, t_cols = text.nonzero(as_tuple=True)
     t_dst = dst[t_rows, t_cols]
-    embeds = embed.weight.new_zeros(bsz, out_len, hidden_size)  # [B, L', H]
-    embeds = embeds.index_put((t_rows, t_dst), embed(input_ids[t_rows, t_cols]))
+    embeds = embed.weight.new_zeros(bsz, out_len, hidden_size, dtype=dtype)  # [B, L', H]
+    embeds = embeds.index_put((t_rows, t_dst), embed(input_ids[t_rows, t_cols]).to(embeds.dtype))
     vision = torch.zeros(bsz, out_len, dtype=torch.bool, device=device)
     new_labels = None
     if labels is not None:
