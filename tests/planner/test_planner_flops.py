@@ -31,6 +31,12 @@ def test_a_partly_trained_decoder_counts_6_per_trained_and_4_per_frozen_paramete
     )
     wholly = [samples_flops(VICUNA_7B_BODY, 32, 4096, [n], t, VICUNA_7B_HEAD, [supervised]) for t in (False, True)]
     assert wholly[0] < p.flops_per_sample < wholly[1]
+    # its notes and recompute take it as trained (weight gradients are computed), and say that it is only partly
+    frozen_b = (VICUNA_7B_BODY - VICUNA_7B_LAYER + 2 * VICUNA_7B_HEAD) / 1e9
+    assert any(f"decoder partly trained ({frozen_b:.2f}B of its parameters frozen)" in note for note in p.notes)
+    whole = stage("eve7b_pretrain_r672", *RECIPE_PATH, "cluster=gpu1")
+    assert p.recompute == whole.recompute
+    assert any(note.endswith("decoder trained") for note in whole.notes)
 
 
 @pytest.mark.parametrize("name", ["evev2_s1_0", "evev2_s2"])

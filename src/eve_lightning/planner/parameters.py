@@ -74,7 +74,8 @@ def count_parameters(cfg: DictConfig, notes: list[str]) -> dict[str, Any]:
     # routed (EVEv2): a token runs one branch, image tokens the vision copies where the decoder has them
     copies = [(v, t) for _, v, t in vision_text_pairs(llm)] if v2 else []
     flops_params = decoder_params(llm, vision_copies=copies)
-    text_trained = vision_trained = frozen_llm == 0
+    # EVE v1: the decoder trains when any of its weights does (a partly frozen one still computes weight gradients)
+    text_trained = vision_trained = any(p.requires_grad for p in llm.parameters())
     if v2:
         named = list(llm.named_parameters())
         text_trained = any(p.requires_grad for n, p in named if not is_vision_parameter(n))

@@ -150,7 +150,7 @@ def stage_memory(cfg: DictConfig, counts: dict[str, Any], work: Workload, strate
         n_gpus: data-parallel size.
     """
     llm_bytes = dtype_bytes(cfg.model.llm.get("dtype"))
-    trained_llm = counts["frozen_llm"] == 0 or counts["vision_trained"]  # EVEv2 1.x: only the vision copies train
+    trained_llm = counts["text_trained"] or counts["vision_trained"]  # EVEv2 1.x: only the vision copies train
     parts = model_states(
         counts["trained"],
         counts["frozen_llm"],
@@ -222,8 +222,9 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
             f"{experiment}: gradient_checkpointing_layers={work.checkpoint_layers} but the decoder has {layers} "
             f"blocks; use 0-{layers} or null"
         )
-    # EVEv2: the decoder counts as trained when either branch trains (stages 1.x: the vision copies)
-    trained_llm = counts["frozen_llm"] == 0 or counts["text_trained"] or counts["vision_trained"]
+    # the decoder counts as trained when any of its weights trains (EVEv2 stages 1.x: only the vision copies)
+    trained_llm = counts["text_trained"] or counts["vision_trained"]
+    partly = trained_llm and counts["frozen_llm"] > 0
     memory = stage_memory(cfg, counts, work, strategy, n_gpus)
     shape = counts["shape"]
     decoder = counts["decoder_params"]  # trained and frozen parameters apart: a partly frozen decoder counts both
@@ -251,7 +252,8 @@ def plan_stage(cfg: DictConfig, experiment: str, options: dict[str, Any]) -> Sta
             f"text weights {'trained' if counts['text_trained'] else 'frozen'}, vision weights "
             f"{'trained' if counts['vision_trained'] else 'frozen'} (routed)"
             if family == "evev2"
-            else f"decoder {'trained' if trained_llm else 'frozen'}"
+            else f"decoder {'frozen' if not trained_llm else 'partly trained' if partly else 'trained'}"
+            + (f" ({counts['frozen_llm'] / 1e9:.2f}B of its parameters frozen)" if partly else "")
         )
     )
     return StagePlan(
