@@ -225,14 +225,10 @@ def build_shards(
             writer.add(item)
             summary.written += 1
             summary.images += int(item.has_image)
-    writer.close(
-        {
-            "format": opts.fmt,
-            "max_side": opts.max_side,
-            "read": summary.read,
-            "skipped": dict(sorted(summary.skipped.items())),
-        }
-    )
+    info = {"format": opts.fmt, "max_side": opts.max_side}
+    if opts.max_side is not None and opts.family != "eve":
+        info["max_side_family"] = opts.family  # EVE v1 indexes stay as they were (the demo set's bytes with them)
+    writer.close(info | {"read": summary.read, "skipped": dict(sorted(summary.skipped.items()))})
     summary.shards = len(writer.shards)
     return summary
 
@@ -248,9 +244,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max-side",
         type=int,
-        choices=SUPPORTED_IMAGE_SIZES,
         default=None,
-        help="resize images to their exact EVE band size at this resolution (decode once, not every epoch)",
+        help="resize images to the size training takes them to at this resolution (decode once, not every epoch): "
+        "EVE v1 672 | 1344, EVEv2 (--family evev2) a multiple of 32, 800 | 1600",
+    )
+    p.add_argument(
+        "--family",
+        choices=["eve", "evev2"],
+        default="eve",
+        help="whose resize rule --max-side follows (EVE v1 bands, or EVEv2's 32-px cells of about max-side^2 px)",
     )
     p.add_argument("--no-upscale", action="store_true", help="with --max-side, keep smaller images as they are")
     p.add_argument(
@@ -279,6 +281,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--out {out} is a file: give a folder for the shards")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise UsageError(f"--out {out} is not empty: choose a new folder, or pass --overwrite to replace its shards")
+    if args.max_side is not None:
+        if args.family == "eve" and args.max_side not in SUPPORTED_IMAGE_SIZES:
+            sizes = " or ".join(map(str, SUPPORTED_IMAGE_SIZES))
+            raise UsageError(
+                f"--max-side {args.max_side}: EVE v1 images are stored at {sizes}; for EVEv2 shards add --family evev2"
+            )
+        if args.family == "evev2" and (args.max_side < 32 or args.max_side % 32):
+            raise UsageError(f"--max-side {args.max_side}: EVEv2 sizes are multiples of 32 px (800 or 1600)")
     if not 0.0 <= args.max_skipped <= 1.0:
         raise UsageError(f"--max-skipped is a share of the records in [0, 1], got {args.max_skipped}")
     for flag in ("max_pixels", "workers", "shard_size", "shard_bytes"):
@@ -297,6 +307,7 @@ def build_from_args(args: argparse.Namespace) -> BuildSummary:
         max_side=args.max_side,
         upscale=not args.no_upscale,
         max_pixels=args.max_pixels,
+        family=args.family,
     )
     total = None
     if str(args.annotations).endswith(".jsonl"):  # stream large JSONL files; count lines for the progress bar

@@ -28,7 +28,7 @@ from eve_lightning.data.conversation import (
     turns_to_json,
     word_count,
 )
-from eve_lightning.data.geometry import band_geometry
+from eve_lightning.data.geometry import band_geometry, evev2_geometry
 from eve_lightning.data.image import to_rgb
 from eve_lightning.data.shards import encode_json
 
@@ -52,9 +52,12 @@ class BuildOptions:
     Attributes:
         fmt: ``llava`` (conversations, optional image) or ``caption`` (image + caption).
         images_dir: root that record image paths are relative to.
-        max_side: if set (672 or 1344), resize every image to its exact EVE band size at that resolution.
+        max_side: if set, resize every image to the size training resizes it to: EVE v1 (672 or 1344) its exact
+            band size at that resolution; EVEv2 (``family="evev2"``, a multiple of 32: 800 or 1600) its
+            ``evev2_geometry`` size, where loading that size gives the same size again (``evev2_stored_size``).
         upscale: with ``max_side``, also enlarge smaller images (so loading never resizes); else keep them.
         max_pixels: images with more pixels are skipped before decoding.
+        family: ``eve`` or ``evev2``: whose resize rule ``max_side`` follows.
     """
 
     fmt: RecordFormat
@@ -62,6 +65,7 @@ class BuildOptions:
     max_side: int | None = None
     upscale: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
+    family: str = "eve"
 
 
 @dataclass(frozen=True)
@@ -148,8 +152,11 @@ def _image_member(path: Path, opts: BuildOptions) -> tuple[str, bytes, int, int]
     fmt = img.format or ""
     target = (width, height)
     if opts.max_side is not None:
-        geom = band_geometry(width, height, opts.max_side)
-        target = (geom.eve.width, geom.eve.height)
+        if opts.family == "evev2":
+            target = evev2_stored_size(width, height, opts.max_side)
+        else:
+            geom = band_geometry(width, height, opts.max_side)
+            target = (geom.eve.width, geom.eve.height)
         if not opts.upscale and width <= target[0] and height <= target[1]:
             target = (width, height)
     if target == (width, height) and fmt in _KEEP_FORMATS:
@@ -160,6 +167,21 @@ def _image_member(path: Path, opts: BuildOptions) -> tuple[str, bytes, int, int]
     out = io.BytesIO()
     rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
     return "jpg", out.getvalue(), target[0], target[1]
+
+
+def evev2_stored_size(width: int, height: int, max_size: int) -> tuple[int, int]:
+    """The size to store an image at for EVEv2 training at ``max_size``: its training size, or its own size.
+
+    EVEv2's training rule (``geometry.evev2_geometry``) takes the image's own size, so a stored image is only
+    equivalent to its source when the rule gives the stored size back. That holds for most images, not for some
+    elongated ones (a 174 x 4405 px image becomes 160 x 4032 at 800 px, which the rule would take to 160 x 4000;
+    7 % of a grid of sides from 100 to 5000 px): those are stored at their own size, for the loader to resize from
+    the source as without ``--max-side``.
+    """
+    geom = evev2_geometry(width, height, max_size, training=True)
+    target = (geom.eve.width, geom.eve.height)
+    again = evev2_geometry(*target, max_size, training=True)
+    return target if (again.eve.width, again.eve.height) == target else (width, height)
 
 
 def _turns(record: dict[str, Any], fmt: RecordFormat, has_image: bool) -> list[Turn]:
