@@ -36,7 +36,14 @@ from eve_lightning.data.options import (
     as_options,
     synthetic_spec,
 )
-from eve_lightning.data.shards import INDEX_FILE, DataSizeError, DataSourceError, ShardInfo, resolve_shards
+from eve_lightning.data.shards import (
+    INDEX_FILE,
+    DataSizeError,
+    DataSourceError,
+    ShardInfo,
+    read_index,
+    resolve_shards,
+)
 from eve_lightning.data.stream import SampleConfig, ShardStream
 from eve_lightning.data.tokenizer import Backend, TextTokenizer, load_tokenizer
 
@@ -263,9 +270,41 @@ class EveDataModule(L.LightningDataModule):
         need_columns = not self.resampled
         if self._train_shards is None and stage in (None, "fit"):
             self._train_shards = resolve_shards(self.train_source, columns=need_columns)
+            self._check_resolution(self.train_source)
             self._check_size()
         if self._val_shards is None and self.val_source and stage in (None, "fit", "validate"):
             self._val_shards = resolve_shards(self.val_source, columns=True)
+            self._check_resolution(self.val_source)
+
+    def _check_resolution(self, source: str | Sequence[str]) -> None:
+        """Refuse shards whose images make_shards resized below the resolution this stage trains at.
+
+        ``make_shards --max-side`` records the size in ``index.json`` (``max_side``, and ``max_side_family`` for
+        EVEv2's rule); images stored smaller than the stage's resolution would train smaller than their sources, with
+        nothing in the run saying so (a 1344 px HD stage on shards built at 672, EVEv2's 1600 px stages on 800 px
+        shards). A generated demo set, stored at 672 px for both families on purpose, is not checked.
+        """
+        if not isinstance(source, str):
+            return
+        path = Path(source)
+        index = path / INDEX_FILE if path.is_dir() else path
+        if index.name != INDEX_FILE or not index.is_file():
+            return
+        from eve_lightning.data import synthetic_shapes
+
+        if synthetic_shapes.is_demo_split(index.parent):
+            return
+        info = read_index(index.parent)
+        side, need = info.get("max_side"), self.sample_cfg.image_size
+        if side is None or side >= need:
+            return
+        family = info.get("max_side_family", "eve")
+        flag = " --family evev2" if self.sample_cfg.family == "evev2" else ""
+        raise DataSourceError(
+            f"{source} holds images make_shards resized for {side} px ({family}), but this stage trains at {need} px: "
+            f"they would train smaller than their sources. Rebuild the shards with `python -m "
+            f"eve_lightning.data.make_shards --max-side {need}{flag} ...` (or without --max-side)"
+        )
 
     def _check_size(self) -> None:
         """Plan the first training pass now, in the main process, so that too small a set fails at start-up."""

@@ -1077,6 +1077,12 @@ def owns_folder(out: str | Path) -> bool:
     return not any(root.iterdir()) or (root / MARKER_FILE).is_file() or (root / PARAMS_FILE).is_file()
 
 
+def is_demo_split(folder: str | Path) -> bool:
+    """Whether ``folder`` is a split of a generated demo set (``ROOT/<task>/<split>`` under a root it marked)."""
+    root = Path(folder).parent.parent
+    return (root / MARKER_FILE).is_file() or (root / PARAMS_FILE).is_file()
+
+
 def recorded_params(out: str | Path) -> dict[str, Any] | None:
     """The parameters a set under ``out`` was generated with (None: no record, e.g. generated before records)."""
     path = Path(out) / PARAMS_FILE
