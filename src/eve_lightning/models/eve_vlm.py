@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 from eve_lightning.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, TEACHER_IMAGE_SIZE
 from eve_lightning.models import attention
 from eve_lightning.models.attention import Layout, LayoutViews, PackedLayout, PaddedLayout
+from eve_lightning.models.image_inputs import select_canvases
 from eve_lightning.models.llm import residual_dtype
 from eve_lightning.models.losses import causal_lm_loss, cosine_alignment_loss, lm_head_calls, supervised_positions
 from eve_lightning.models.patch_aligner import PatchAligner
@@ -204,19 +205,13 @@ class EveVLM(nn.Module):
         embed = self.llm.get_input_embeddings()
         real = attention_mask.bool()
         is_img = (input_ids == IMAGE_TOKEN_INDEX) & real  # [B, L]
-        if not packed and bool((is_img.sum(1) > 1).any()):
-            raise ValueError("a row holds more than one image placeholder; EVE takes one image per sample")
-        rows, starts = is_img.nonzero(as_tuple=True)  # [N], [N] placeholders in row-major order
+        found = select_canvases(input_ids, attention_mask, pixel_values, pixel_mask, packed)
+        rows, starts = found.rows, found.cols  # [N], [N] placeholders in row-major order
+        pix, pmask = found.pixels, found.mask
 
         img_len = torch.zeros_like(input_ids)  # [B, L] image tokens at each placeholder
         image_tokens = None
-        if rows.numel():
-            if pixel_values is None or pixel_mask is None:
-                raise ValueError("input_ids hold image placeholders but no pixel_values / pixel_mask were given")
-            if packed and pixel_values.shape[0] != rows.numel():
-                raise ValueError(f"{rows.numel()} image placeholders but {pixel_values.shape[0]} packed images")
-            pix, pmask = (pixel_values, pixel_mask) if packed else (pixel_values[rows], pixel_mask[rows])
-        elif run_vision:  # no image: zero canvases, so that every [T] and [M] tensor below is empty
+        if not rows.numel() and run_vision:  # no image: zero canvases, so that every [T] and [M] tensor below is empty
             pix, pmask = self._no_images(device)
         if rows.numel() or run_vision:
             image = self.patch_embed(pix, pmask)

@@ -26,7 +26,8 @@ from eve_lightning.models.eve_vlm import EveOutput
 from eve_lightning.models.evev2.decoder import MOE_PARTS, EveV2ForCausalLM, is_vision_parameter, parse_moe_parts
 from eve_lightning.models.evev2.patch_embedding import EveV2PatchEmbedding
 from eve_lightning.models.evev2.routing import ROUTINGS
-from eve_lightning.models.evev2.splice import DecoderInputs, placeholders, splice_image_tokens
+from eve_lightning.models.evev2.splice import DecoderInputs, splice_image_tokens
+from eve_lightning.models.image_inputs import select_canvases
 from eve_lightning.models.llm import residual_dtype
 from eve_lightning.models.losses import causal_lm_loss, lm_head_calls, supervised_positions
 from eve_lightning.utils.flops import sample_token_totals
@@ -162,18 +163,10 @@ class EveV2VLM(nn.Module):
             run_vision: without a placeholder, still run the patch embedding, on zero images, and splice its empty
                 output (``EveV2Config.uniform_module_calls``).
         """
-        packed = seq_ids is not None
-        rows, _ = placeholders(input_ids, attention_mask)
-        if not packed and rows.numel() and bool((torch.bincount(rows) > 1).any()):
-            raise ValueError("a row holds more than one image placeholder; a padded row takes one image")
+        found = select_canvases(input_ids, attention_mask, pixel_values, pixel_mask, packed=seq_ids is not None)
         image = None
-        if rows.numel():
-            if pixel_values is None or pixel_mask is None:
-                raise ValueError("input_ids hold image placeholders but no pixel_values / pixel_mask were given")
-            if packed and pixel_values.shape[0] != rows.numel():
-                raise ValueError(f"{rows.numel()} image placeholders but {pixel_values.shape[0]} packed images")
-            pix, pmask = (pixel_values, pixel_mask) if packed else (pixel_values[rows], pixel_mask[rows])
-            image = self.patch_embed(pix, pmask)
+        if found.pixels is not None:
+            image = self.patch_embed(found.pixels, found.mask)
         elif run_vision:
             image = self.patch_embed(*self._no_images(input_ids.device))  # tokens [0, H]
         return splice_image_tokens(

@@ -43,13 +43,6 @@ class DecoderInputs(LayoutViews):
     n_truncated: torch.Tensor
 
 
-def placeholders(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, columns) [N] of the image placeholders on real tokens, in row-major order."""
-    is_img = (input_ids == IMAGE_TOKEN_INDEX) & attention_mask.bool()
-    rows, cols = is_img.nonzero(as_tuple=True)
-    return rows, cols
-
-
 def splice_image_tokens(
     embed: nn.Embedding,
     hidden_size: int,
