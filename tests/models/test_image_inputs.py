@@ -22,6 +22,7 @@ def test_padded_rows_take_their_own_canvas_and_padding_placeholders_are_ignored(
     pixels, pmask = _canvases(3)
     found = select_canvases(ids, mask, pixels, pmask, packed=False)
     assert found.rows.tolist() == [0, 2] and found.cols.tolist() == [1, 2]
+    assert found.is_img.nonzero().tolist() == [[0, 1], [2, 2]]
     assert found.pixels[:, 0, 0, 0].tolist() == [0, 2]  # rows 0 and 2's canvases, row 1 has none
 
 

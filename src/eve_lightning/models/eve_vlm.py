@@ -204,9 +204,8 @@ class EveVLM(nn.Module):
         max_length = 10**9 if packed else (max_length or self.config.max_length)
         embed = self.llm.get_input_embeddings()
         real = attention_mask.bool()
-        is_img = (input_ids == IMAGE_TOKEN_INDEX) & real  # [B, L]
         found = select_canvases(input_ids, attention_mask, pixel_values, pixel_mask, packed)
-        rows, starts = found.rows, found.cols  # [N], [N] placeholders in row-major order
+        is_img, rows, starts = found.is_img, found.rows, found.cols  # [B, L]; [N], [N] in row-major order
         pix, pmask = found.pixels, found.mask
 
         img_len = torch.zeros_like(input_ids)  # [B, L] image tokens at each placeholder

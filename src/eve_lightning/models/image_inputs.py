@@ -14,12 +14,14 @@ class Placeholders:
     """The image placeholders of a batch and the canvases they take.
 
     Attributes:
+        is_img: [B, L] the placeholders on real tokens.
         rows: [N] row of each placeholder on a real token, in row-major order.
         cols: [N] its column.
         pixels: uint8 [N, 3, H, W] one canvas per placeholder, or None when there is none.
         mask: [N, H, W] the canvases' valid pixels, or None.
     """
 
+    is_img: torch.Tensor
     rows: torch.Tensor
     cols: torch.Tensor
     pixels: torch.Tensor | None
@@ -52,11 +54,11 @@ def select_canvases(
         raise ValueError("a row holds more than one image placeholder; a padded row takes one image (one per sample)")
     rows, cols = is_img.nonzero(as_tuple=True)  # [N], [N]
     if not rows.numel():
-        return Placeholders(rows, cols, None, None)
+        return Placeholders(is_img, rows, cols, None, None)
     if pixel_values is None or pixel_mask is None:
         raise ValueError("input_ids hold image placeholders but no pixel_values / pixel_mask were given")
     if packed and pixel_values.shape[0] != rows.numel():
         raise ValueError(f"{rows.numel()} image placeholders but {pixel_values.shape[0]} packed images")
     if packed:
-        return Placeholders(rows, cols, pixel_values, pixel_mask)
-    return Placeholders(rows, cols, pixel_values[rows], pixel_mask[rows])
+        return Placeholders(is_img, rows, cols, pixel_values, pixel_mask)
+    return Placeholders(is_img, rows, cols, pixel_values[rows], pixel_mask[rows])
